@@ -1,1 +1,17 @@
-pub fn x(){}
+//! The shoal swarm: the sans-IO `State` that decides what to send where, the quinn node that
+//! drives it over real connections, and the command-line plumbing shared by every binary.
+
+pub mod cli;
+pub mod link;
+pub mod node;
+pub mod pacer;
+pub mod state;
+pub mod stats;
+pub mod transport;
+pub mod window;
+
+#[cfg(test)]
+pub(crate) mod testing;
+
+pub use node::{Node, NodeConfig};
+pub use state::{Action, Event, State};

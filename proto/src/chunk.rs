@@ -113,13 +113,25 @@ pub struct VerifyError;
 
 impl Chunk {
     /// Signs `payload` under `header` (whose `payload_len` is set here).
-    pub fn sign(mut header: ChunkHeader, payload: Bytes, key: &SigningKey) -> Result<Chunk, DecodeError> {
+    pub fn sign(
+        mut header: ChunkHeader,
+        payload: Bytes,
+        key: &SigningKey,
+    ) -> Result<Chunk, DecodeError> {
         if payload.len() > MAX_CHUNK_PAYLOAD {
-            return Err(DecodeError::TooLong { what: "chunk payload", len: payload.len(), max: MAX_CHUNK_PAYLOAD });
+            return Err(DecodeError::TooLong {
+                what: "chunk payload",
+                len: payload.len(),
+                max: MAX_CHUNK_PAYLOAD,
+            });
         }
         header.payload_len = payload.len() as u32;
         let signature = key.sign(&signed_message(&header, &payload)).to_bytes();
-        Ok(Chunk { header, payload, signature })
+        Ok(Chunk {
+            header,
+            payload,
+            signature,
+        })
     }
 
     /// Checks the broadcaster's signature; call before trusting anything past the header.
@@ -156,7 +168,11 @@ impl Chunk {
         need(buf, header.payload_len as usize + SIGNATURE_LEN)?;
         let payload = buf.copy_to_bytes(header.payload_len as usize);
         let signature = get_array::<SIGNATURE_LEN>(buf)?;
-        Ok(Chunk { header, payload, signature })
+        Ok(Chunk {
+            header,
+            payload,
+            signature,
+        })
     }
 }
 
@@ -178,7 +194,14 @@ mod tests {
     }
 
     fn header(flags: u8, seq: u64) -> ChunkHeader {
-        ChunkHeader { flags: ChunkFlags(flags), epoch: 7, seq, segment: seq / 30, timestamp_us: 1_700_000_000_000_000 + seq, payload_len: 0 }
+        ChunkHeader {
+            flags: ChunkFlags(flags),
+            epoch: 7,
+            seq,
+            segment: seq / 30,
+            timestamp_us: 1_700_000_000_000_000 + seq,
+            payload_len: 0,
+        }
     }
 
     #[test]
@@ -186,7 +209,11 @@ mod tests {
         let chunk = Chunk::sign(header(1, 3), Bytes::from_static(&[0x47; 188]), &key(1)).unwrap();
         let bytes = chunk.to_bytes();
         for cut in 0..bytes.len() {
-            assert_eq!(Chunk::decode(&mut &bytes[..cut]), Err(DecodeError::Short), "cut at {cut}");
+            assert_eq!(
+                Chunk::decode(&mut &bytes[..cut]),
+                Err(DecodeError::Short),
+                "cut at {cut}"
+            );
         }
     }
 
@@ -195,7 +222,10 @@ mod tests {
         let mut h = header(0, 1);
         h.payload_len = (MAX_CHUNK_PAYLOAD + 1) as u32;
         let bytes = h.to_bytes();
-        assert!(matches!(ChunkHeader::decode(&mut &bytes[..]), Err(DecodeError::TooLong { .. })));
+        assert!(matches!(
+            ChunkHeader::decode(&mut &bytes[..]),
+            Err(DecodeError::TooLong { .. })
+        ));
     }
 
     #[test]

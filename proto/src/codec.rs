@@ -13,7 +13,11 @@ pub enum DecodeError {
     #[error("unsupported version {0}")]
     Version(u8),
     #[error("{what} is {len}, over the limit of {max}")]
-    TooLong { what: &'static str, len: usize, max: usize },
+    TooLong {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
     #[error("invalid {0}")]
     Invalid(&'static str),
     #[error("unknown message type {0}")]
@@ -21,7 +25,11 @@ pub enum DecodeError {
 }
 
 pub(crate) fn need(buf: &impl Buf, n: usize) -> Result<(), DecodeError> {
-    if buf.remaining() < n { Err(DecodeError::Short) } else { Ok(()) }
+    if buf.remaining() < n {
+        Err(DecodeError::Short)
+    } else {
+        Ok(())
+    }
 }
 
 pub(crate) fn get_u8(buf: &mut impl Buf) -> Result<u8, DecodeError> {
@@ -52,7 +60,11 @@ pub(crate) fn get_array<const N: usize>(buf: &mut impl Buf) -> Result<[u8; N], D
 }
 
 /// Reads a count and checks it against `max` before anything is allocated for it.
-pub(crate) fn get_count(buf: &mut impl Buf, what: &'static str, max: usize) -> Result<usize, DecodeError> {
+pub(crate) fn get_count(
+    buf: &mut impl Buf,
+    what: &'static str,
+    max: usize,
+) -> Result<usize, DecodeError> {
     let len = usize::from(get_u8(buf)?);
     if len > max {
         return Err(DecodeError::TooLong { what, len, max });

@@ -6,7 +6,10 @@ use std::net::SocketAddr;
 use bytes::{Buf, BufMut, BytesMut};
 
 use crate::NodeId;
-use crate::codec::{DecodeError, get_addr, get_addrs, get_array, get_count, get_u8, get_u16, get_u32, get_u64, need, put_addr, put_addrs};
+use crate::codec::{
+    DecodeError, get_addr, get_addrs, get_array, get_count, get_u8, get_u16, get_u32, get_u64,
+    need, put_addr, put_addrs,
+};
 
 /// Largest control frame body; a frame announcing more is refused unread.
 pub const MAX_FRAME: usize = 16 * 1024;
@@ -106,7 +109,13 @@ impl Message {
 
     fn encode_body(&self, buf: &mut impl BufMut) -> u8 {
         match self {
-            Message::Hello { version, node_id, stream_key, listen, observed } => {
+            Message::Hello {
+                version,
+                node_id,
+                stream_key,
+                listen,
+                observed,
+            } => {
                 buf.put_u16(*version);
                 buf.put_slice(&node_id.0);
                 buf.put_slice(stream_key);
@@ -156,7 +165,11 @@ impl Message {
         }
         let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
         if len > MAX_FRAME {
-            return Err(DecodeError::TooLong { what: "control frame", len, max: MAX_FRAME });
+            return Err(DecodeError::TooLong {
+                what: "control frame",
+                len,
+                max: MAX_FRAME,
+            });
         }
         Ok((buf.len() >= FRAME_HEADER_LEN + len).then_some(FRAME_HEADER_LEN + len))
     }
@@ -167,7 +180,11 @@ impl Message {
         let ty = get_u8(&mut frame)?;
         let len = get_u32(&mut frame)? as usize;
         if len > MAX_FRAME {
-            return Err(DecodeError::TooLong { what: "control frame", len, max: MAX_FRAME });
+            return Err(DecodeError::TooLong {
+                what: "control frame",
+                len,
+                max: MAX_FRAME,
+            });
         }
         need(&frame, len)?;
         let mut body = &frame[..len];
@@ -198,11 +215,18 @@ impl Message {
             PEX => {
                 let n = get_count(&mut body, "pex peers", MAX_PEX_PEERS)?;
                 let peers = (0..n)
-                    .map(|_| Ok(PeerInfo { node_id: NodeId(get_array(&mut body)?), addrs: get_addrs(&mut body, MAX_ADDRS)? }))
+                    .map(|_| {
+                        Ok(PeerInfo {
+                            node_id: NodeId(get_array(&mut body)?),
+                            addrs: get_addrs(&mut body, MAX_ADDRS)?,
+                        })
+                    })
                     .collect::<Result<_, DecodeError>>()?;
                 Message::Pex { peers }
             }
-            GOODBYE => Message::Goodbye { reason: get_u8(&mut body)? },
+            GOODBYE => Message::Goodbye {
+                reason: get_u8(&mut body)?,
+            },
             other => return Err(DecodeError::UnknownMessage(other)),
         };
         if body.has_remaining() {
@@ -227,9 +251,16 @@ fn get_ranges(buf: &mut impl Buf) -> Result<(u64, Vec<SeqRange>), DecodeError> {
     let n = get_count(buf, "range list", MAX_RANGES)?;
     let ranges = (0..n)
         .map(|_| {
-            let range = SeqRange { start: get_u64(buf)?, len: get_u32(buf)? };
+            let range = SeqRange {
+                start: get_u64(buf)?,
+                len: get_u32(buf)?,
+            };
             if range.len > MAX_RANGE_LEN {
-                return Err(DecodeError::TooLong { what: "range", len: range.len as usize, max: MAX_RANGE_LEN as usize });
+                return Err(DecodeError::TooLong {
+                    what: "range",
+                    len: range.len as usize,
+                    max: MAX_RANGE_LEN as usize,
+                });
             }
             Ok(range)
         })
@@ -265,18 +296,45 @@ mod tests {
     }
 
     fn arb_ranges() -> impl Strategy<Value = Vec<SeqRange>> {
-        proptest::collection::vec((any::<u64>(), 0..=MAX_RANGE_LEN).prop_map(|(start, len)| SeqRange { start, len }), 0..MAX_RANGES)
+        proptest::collection::vec(
+            (any::<u64>(), 0..=MAX_RANGE_LEN).prop_map(|(start, len)| SeqRange { start, len }),
+            0..MAX_RANGES,
+        )
     }
 
     fn arb_message() -> impl Strategy<Value = Message> {
         prop_oneof![
-            (any::<u16>(), any::<[u8; 32]>(), any::<[u8; 32]>(), proptest::collection::vec(arb_addr(), 0..MAX_ADDRS), proptest::option::of(arb_addr()))
-                .prop_map(|(version, id, stream_key, listen, observed)| Message::Hello { version, node_id: NodeId(id), stream_key, listen, observed }),
-            (any::<u64>(), arb_ranges()).prop_map(|(epoch, ranges)| Message::Have { epoch, ranges }),
-            (any::<u64>(), arb_ranges()).prop_map(|(epoch, ranges)| Message::Request { epoch, ranges }),
-            (any::<u64>(), arb_ranges()).prop_map(|(epoch, ranges)| Message::Cancel { epoch, ranges }),
+            (
+                any::<u16>(),
+                any::<[u8; 32]>(),
+                any::<[u8; 32]>(),
+                proptest::collection::vec(arb_addr(), 0..MAX_ADDRS),
+                proptest::option::of(arb_addr())
+            )
+                .prop_map(|(version, id, stream_key, listen, observed)| {
+                    Message::Hello {
+                        version,
+                        node_id: NodeId(id),
+                        stream_key,
+                        listen,
+                        observed,
+                    }
+                }),
+            (any::<u64>(), arb_ranges())
+                .prop_map(|(epoch, ranges)| Message::Have { epoch, ranges }),
+            (any::<u64>(), arb_ranges())
+                .prop_map(|(epoch, ranges)| Message::Request { epoch, ranges }),
+            (any::<u64>(), arb_ranges())
+                .prop_map(|(epoch, ranges)| Message::Cancel { epoch, ranges }),
             proptest::collection::vec(
-                (any::<[u8; 32]>(), proptest::collection::vec(arb_addr(), 0..MAX_ADDRS)).prop_map(|(id, addrs)| PeerInfo { node_id: NodeId(id), addrs }),
+                (
+                    any::<[u8; 32]>(),
+                    proptest::collection::vec(arb_addr(), 0..MAX_ADDRS)
+                )
+                    .prop_map(|(id, addrs)| PeerInfo {
+                        node_id: NodeId(id),
+                        addrs
+                    }),
                 0..MAX_PEX_PEERS
             )
             .prop_map(|peers| Message::Pex { peers }),
@@ -311,11 +369,17 @@ mod tests {
     #[test]
     fn oversized_frame_is_refused_from_its_header() {
         let header = [HAVE, 0xff, 0xff, 0xff, 0xff];
-        assert!(matches!(Message::frame_len(&header), Err(DecodeError::TooLong { .. })));
+        assert!(matches!(
+            Message::frame_len(&header),
+            Err(DecodeError::TooLong { .. })
+        ));
     }
 
     #[test]
     fn ranges_compress_runs() {
-        assert_eq!(ranges_of([1, 2, 3, 7, 8]), vec![SeqRange { start: 1, len: 3 }, SeqRange { start: 7, len: 2 }]);
+        assert_eq!(
+            ranges_of([1, 2, 3, 7, 8]),
+            vec![SeqRange { start: 1, len: 3 }, SeqRange { start: 7, len: 2 }]
+        );
     }
 }

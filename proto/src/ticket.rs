@@ -46,7 +46,11 @@ impl Ticket {
         }
         let mut addrs = addrs;
         addrs.truncate(MAX_TICKET_ADDRS);
-        Ticket { stream_key, name, addrs }
+        Ticket {
+            stream_key,
+            name,
+            addrs,
+        }
     }
 
     fn to_binary(&self) -> Vec<u8> {
@@ -70,19 +74,29 @@ impl Ticket {
         if buf.len() < name_len {
             return Err(DecodeError::Short.into());
         }
-        let name = std::str::from_utf8(&buf[..name_len]).map_err(|_| TicketError::Name)?.to_string();
+        let name = std::str::from_utf8(&buf[..name_len])
+            .map_err(|_| TicketError::Name)?
+            .to_string();
         buf = &buf[name_len..];
         let addrs = get_addrs(&mut buf, MAX_TICKET_ADDRS)?;
         if !buf.is_empty() {
             return Err(DecodeError::Invalid("trailing bytes").into());
         }
-        Ok(Ticket { stream_key, name, addrs })
+        Ok(Ticket {
+            stream_key,
+            name,
+            addrs,
+        })
     }
 }
 
 impl fmt::Display for Ticket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{PREFIX}{}", BASE32_NOPAD.encode(&self.to_binary()).to_ascii_lowercase())
+        write!(
+            f,
+            "{PREFIX}{}",
+            BASE32_NOPAD.encode(&self.to_binary()).to_ascii_lowercase()
+        )
     }
 }
 
@@ -91,7 +105,9 @@ impl FromStr for Ticket {
 
     fn from_str(s: &str) -> Result<Self, TicketError> {
         let body = s.trim().strip_prefix(PREFIX).ok_or(TicketError::Prefix)?;
-        let binary = BASE32_NOPAD.decode(body.to_ascii_uppercase().as_bytes()).map_err(|_| TicketError::Encoding)?;
+        let binary = BASE32_NOPAD
+            .decode(body.to_ascii_uppercase().as_bytes())
+            .map_err(|_| TicketError::Encoding)?;
         Ticket::from_binary(&binary)
     }
 }
@@ -103,7 +119,11 @@ mod tests {
     use proptest::prelude::*;
 
     fn ticket(name: &str, addrs: Vec<SocketAddr>) -> Ticket {
-        Ticket::new(SigningKey::from_bytes(&[3; 32]).verifying_key(), name, addrs)
+        Ticket::new(
+            SigningKey::from_bytes(&[3; 32]).verifying_key(),
+            name,
+            addrs,
+        )
     }
 
     proptest! {
@@ -128,7 +148,10 @@ mod tests {
         assert_eq!("hello".parse::<Ticket>(), Err(TicketError::Prefix));
         assert_eq!("shoal1!!!".parse::<Ticket>(), Err(TicketError::Encoding));
         let text = ticket("show", vec!["[::1]:4000".parse().unwrap()]).to_string();
-        assert!(matches!(text[..text.len() - 8].parse::<Ticket>(), Err(TicketError::Body(_) | TicketError::Encoding)));
+        assert!(matches!(
+            text[..text.len() - 8].parse::<Ticket>(),
+            Err(TicketError::Body(_) | TicketError::Encoding)
+        ));
     }
 
     #[test]

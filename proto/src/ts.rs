@@ -117,7 +117,10 @@ impl ProgramMap {
     }
 
     fn read_pmt(&mut self, section: &[u8]) {
-        let Some(info_len) = section.get(10..12).map(|b| usize::from(u16::from_be_bytes([b[0] & 0x0f, b[1]]))) else {
+        let Some(info_len) = section
+            .get(10..12)
+            .map(|b| usize::from(u16::from_be_bytes([b[0] & 0x0f, b[1]])))
+        else {
             return;
         };
         let mut rest = section.get(12 + info_len..).unwrap_or(&[]);
@@ -140,7 +143,10 @@ impl ProgramMap {
 fn psi_section(payload: &[u8]) -> Option<&[u8]> {
     let pointer = usize::from(*payload.first()?);
     let section = payload.get(1 + pointer..)?;
-    let len = usize::from(u16::from_be_bytes([*section.get(1)? & 0x0f, *section.get(2)?]));
+    let len = usize::from(u16::from_be_bytes([
+        *section.get(1)? & 0x0f,
+        *section.get(2)?,
+    ]));
     // section_length counts from after its own field and includes the 4-byte CRC.
     section.get(..3 + len.checked_sub(4)?)
 }
@@ -165,7 +171,12 @@ mod tests {
     use super::*;
 
     fn packet(pid: u16, unit_start: bool, payload: &[u8]) -> Vec<u8> {
-        let mut p = vec![SYNC_BYTE, (pid >> 8) as u8 | if unit_start { 0x40 } else { 0 }, pid as u8, 0x10];
+        let mut p = vec![
+            SYNC_BYTE,
+            (pid >> 8) as u8 | if unit_start { 0x40 } else { 0 },
+            pid as u8,
+            0x10,
+        ];
         p.extend_from_slice(payload);
         p.resize(PACKET_LEN, 0xff);
         p
@@ -174,12 +185,21 @@ mod tests {
     #[test]
     fn reads_pat_and_pmt() {
         // PAT: program 1 → PMT pid 0x1000.
-        let pat = packet(0, true, &[0, 0x00, 0xb0, 13, 0, 1, 0xc1, 0, 0, 0, 1, 0xf0, 0x00, 1, 2, 3, 4]);
+        let pat = packet(
+            0,
+            true,
+            &[
+                0, 0x00, 0xb0, 13, 0, 1, 0xc1, 0, 0, 0, 1, 0xf0, 0x00, 1, 2, 3, 4,
+            ],
+        );
         // PMT: H.264 on 0x41, AAC on 0x42.
         let pmt = packet(
             0x1000,
             true,
-            &[0, 0x02, 0xb0, 23, 0, 1, 0xc1, 0, 0, 0xe0, 0x41, 0xf0, 0, 0x1b, 0xe0, 0x41, 0xf0, 0, 0x0f, 0xe0, 0x42, 0xf0, 0, 1, 2, 3, 4],
+            &[
+                0, 0x02, 0xb0, 23, 0, 1, 0xc1, 0, 0, 0xe0, 0x41, 0xf0, 0, 0x1b, 0xe0, 0x41, 0xf0,
+                0, 0x0f, 0xe0, 0x42, 0xf0, 0, 1, 2, 3, 4,
+            ],
         );
         let mut map = ProgramMap::default();
         assert!(map.observe(&Packet::new(&pat).unwrap()));

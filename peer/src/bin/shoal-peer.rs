@@ -1,0 +1,52 @@
+//! `shoal-peer`: a headless relay. Joins a stream by its ticket and relays verified chunks to
+//! its neighbours, uploading as much as `--upload-kbps` allows.
+
+use clap::Parser;
+use shoal_peer::cli::{self, SwarmArgs, TicketArgs};
+use shoal_peer::{Node, NodeConfig};
+
+/// Relay a shoal stream: verify every chunk and pass it on to other viewers.
+#[derive(Parser, Debug)]
+#[command(version, args_override_self = true)]
+struct Args {
+    #[command(flatten)]
+    ticket: TicketArgs,
+    #[command(flatten)]
+    swarm: SwarmArgs,
+    /// TOML file with any of these flags as keys (flags on the command line win).
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+}
+
+fn main() {
+    let args: Args = cli::parse();
+    cli::run(|| relay(args));
+}
+
+async fn relay(args: Args) -> anyhow::Result<()> {
+    let ticket = args.ticket.load()?;
+    let dial = cli::dial_list(
+        &ticket,
+        args.swarm.bootstrap_addrs().await?,
+        args.swarm.no_discovery,
+    );
+    let node = Node::spawn(NodeConfig {
+        stream_key: ticket.stream_key,
+        listen: args.swarm.listen,
+        dial,
+        upload_kbps: args.swarm.upload_kbps,
+        core: args.swarm.core_config(),
+        stats_json: args.swarm.stats_json.clone(),
+    })
+    .await?;
+    println!(
+        "relaying \"{}\" on {} as node {}",
+        ticket.name,
+        node.local_addr(),
+        node.node_id().short()
+    );
+    cli::shutdown_signal().await;
+    tracing::info!("shutting down");
+    node.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,244 @@
+//! Command-line plumbing every shoal binary shares: swarm and ticket flags, `--config` TOML
+//! files, logging, Ctrl-C, and the one-line error exit.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use shoal_proto::Ticket;
+
+use crate::state;
+
+/// Swarm options shared by the broadcaster, the relay peer and the gateway.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SwarmArgs {
+    /// UDP address to accept QUIC connections on (port 0 picks a free one).
+    #[arg(long, default_value = "0.0.0.0:0", value_name = "ADDR:PORT")]
+    pub listen: SocketAddr,
+    /// A peer to dial besides the ticket's addresses; repeat for several. Re-dialled until it answers.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub bootstrap: Vec<String>,
+    /// Dial only the --bootstrap peers: ignore the ticket's addresses (fixed chains, locked-down kiosks).
+    #[arg(long)]
+    pub no_discovery: bool,
+    /// The most this node uploads, in kbit/s (default: no cap).
+    #[arg(long, value_name = "KBPS")]
+    pub upload_kbps: Option<u64>,
+    /// Rewrite this file with the node's counters (JSON) about once a second.
+    #[arg(long, value_name = "PATH")]
+    pub stats_json: Option<PathBuf>,
+    /// Seconds of stream kept and relayed, judged by the broadcaster's clock.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(2..=600))]
+    pub window_s: u64,
+}
+
+impl SwarmArgs {
+    /// Resolves the `--bootstrap` peers (names allowed), failing with the one that does not resolve.
+    pub async fn bootstrap_addrs(&self) -> anyhow::Result<Vec<SocketAddr>> {
+        let mut out = Vec::new();
+        for peer in &self.bootstrap {
+            let mut addrs = tokio::net::lookup_host(peer.as_str())
+                .await
+                .with_context(|| {
+                    format!("bootstrap peer {peer:?} is not a HOST:PORT that resolves")
+                })?;
+            out.extend(addrs.next());
+        }
+        Ok(out)
+    }
+
+    pub fn core_config(&self) -> state::Config {
+        state::Config {
+            window: Duration::from_secs(self.window_s),
+            ..state::Config::default()
+        }
+    }
+}
+
+/// Where a binary reads its ticket from.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TicketArgs {
+    /// The stream's ticket, as printed by the broadcaster (shoal1…).
+    #[arg(long, value_name = "TICKET", conflicts_with = "ticket_file")]
+    pub ticket: Option<String>,
+    /// A file holding the ticket (the broadcaster's --ticket-file).
+    #[arg(long, value_name = "PATH")]
+    pub ticket_file: Option<PathBuf>,
+}
+
+impl TicketArgs {
+    pub fn load(&self) -> anyhow::Result<Ticket> {
+        match (&self.ticket, &self.ticket_file) {
+            (Some(text), _) => text.parse().context("--ticket is not a valid shoal ticket"),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read ticket file {}", path.display()))?;
+                text.parse().with_context(|| {
+                    format!("ticket file {} holds no valid shoal ticket", path.display())
+                })
+            }
+            (None, None) => bail!("no ticket: pass --ticket TICKET or --ticket-file PATH"),
+        }
+    }
+}
+
+/// Which addresses to dial: the bootstrap peers, plus the ticket's unless discovery is off.
+pub fn dial_list(
+    ticket: &Ticket,
+    bootstrap: Vec<SocketAddr>,
+    no_discovery: bool,
+) -> Vec<SocketAddr> {
+    let mut dial = bootstrap;
+    if !no_discovery {
+        dial.extend(ticket.addrs.iter().copied());
+    }
+    dial.dedup();
+    dial
+}
+
+/// Parses the command line, with `--config FILE` (TOML) supplying defaults: each key is a flag
+/// name, flags given on the command line win. Exits with one line on a bad config file.
+pub fn parse<T: Parser>() -> T {
+    let mut args: Vec<OsString> = std::env::args_os().collect();
+    if let Some(path) = config_path(&args) {
+        match config_args(&path) {
+            Ok(extra) => {
+                let at = 1.min(args.len());
+                args.splice(at..at, extra);
+            }
+            Err(e) => fail(e),
+        }
+    }
+    T::parse_from(args)
+}
+
+fn config_path(args: &[OsString]) -> Option<PathBuf> {
+    let mut iter = args.iter().skip(1);
+    while let Some(arg) = iter.next() {
+        let arg = arg.to_string_lossy();
+        if arg == "--config" {
+            return iter.next().map(PathBuf::from);
+        }
+        if let Some(path) = arg.strip_prefix("--config=") {
+            return Some(PathBuf::from(path));
+        }
+    }
+    None
+}
+
+/// Turns a TOML table into flags: `key = v` → `--key=v`, `true` → `--key`, arrays repeat.
+pub fn config_args(path: &Path) -> anyhow::Result<Vec<OsString>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .with_context(|| format!("config file {} is not valid TOML", path.display()))?;
+    let mut out = Vec::new();
+    for (key, value) in table {
+        let flag = format!("--{}", key.replace('_', "-"));
+        if flag == "--config" {
+            continue;
+        }
+        let values = match value {
+            toml::Value::Array(items) => items,
+            other => vec![other],
+        };
+        for value in values {
+            match value {
+                toml::Value::Boolean(true) => out.push(flag.clone().into()),
+                toml::Value::Boolean(false) => {}
+                toml::Value::String(s) => out.push(format!("{flag}={s}").into()),
+                toml::Value::Integer(i) => out.push(format!("{flag}={i}").into()),
+                toml::Value::Float(f) => out.push(format!("{flag}={f}").into()),
+                other => bail!(
+                    "config file {}: {key} = {other} is not a flag value",
+                    path.display()
+                ),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Logs to stderr; RUST_LOG picks the level (default info).
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,quinn=warn,quinn_proto=warn"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .init();
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Prints `error: …` as one line and exits non-zero.
+pub fn fail(e: anyhow::Error) -> ! {
+    eprintln!("error: {e:#}");
+    std::process::exit(1)
+}
+
+/// Runs a binary's async main on a multi-thread runtime and turns its error into one line.
+pub fn run<F: std::future::Future<Output = anyhow::Result<()>>>(main: impl FnOnce() -> F) {
+    init_tracing();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => fail(anyhow::Error::new(e).context("cannot start the async runtime")),
+    };
+    if let Err(e) = runtime.block_on(main()) {
+        fail(e);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_files_become_flags() {
+        let dir = std::env::temp_dir().join(format!("shoal-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("kiosk.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:0\"\nbootstrap = [\"a:1\", \"b:2\"]\nno_discovery = true\nupload-kbps = 500\n").unwrap();
+        let args: Vec<String> = config_args(&path)
+            .unwrap()
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "--bootstrap=a:1",
+                "--bootstrap=b:2",
+                "--listen=127.0.0.1:0",
+                "--no-discovery",
+                "--upload-kbps=500"
+            ]
+        );
+        std::fs::write(&path, "listen = {a = 1}").unwrap();
+        assert!(config_args(&path).is_err());
+    }
+}

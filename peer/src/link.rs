@@ -1,0 +1,393 @@
+//! One QUIC connection to a neighbour, whichever side dialed: the HELLO exchange, then the
+//! control stream both ways, one unidirectional stream per chunk both ways (newest first,
+//! verified before it reaches the core), until the connection closes.
+
+use std::collections::BinaryHeap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::{Bytes, BytesMut};
+use ed25519_dalek::VerifyingKey;
+use shoal_proto::chunk::{HEADER_LEN, MAX_CHUNK_WIRE};
+use shoal_proto::message::MAX_FRAME;
+use shoal_proto::{Chunk, DecodeError, Message, NodeId, PROTOCOL_VERSION};
+use tokio::io::AsyncReadExt;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::pacer::Pacer;
+use crate::state::{Event, Reject};
+use crate::stats::{Kind, Link as LinkStats, Stats};
+
+/// Control messages queued towards one neighbour before it counts as too slow.
+pub const CONTROL_QUEUE: usize = 256;
+/// Chunks queued towards one neighbour; when full, new pushes to it are dropped.
+pub const CHUNK_QUEUE: usize = 512;
+/// Chunk streams written to one neighbour at once; priorities order them inside QUIC.
+const STREAMS_IN_FLIGHT: usize = 32;
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// QUIC application close codes.
+pub mod close {
+    pub const GOODBYE: u32 = 0;
+    pub const PROTOCOL: u32 = 1;
+    pub const BANNED: u32 = 2;
+    pub const DUPLICATE: u32 = 3;
+    pub const STREAM_MISMATCH: u32 = 4;
+    pub const SLOW: u32 = 5;
+    /// Stream reset code: the chunk missed its deadline.
+    pub const EXPIRED: u32 = 16;
+}
+
+/// What this node says about itself in HELLO.
+#[derive(Clone)]
+pub struct Identity {
+    pub node_id: NodeId,
+    pub stream_key: VerifyingKey,
+    pub listen: Vec<SocketAddr>,
+}
+
+/// The neighbour's side of a finished handshake.
+pub struct Peer {
+    pub node_id: NodeId,
+    pub listen: Vec<SocketAddr>,
+    pub observed: Option<SocketAddr>,
+}
+
+/// Exchanges HELLOs on the control stream: the dialer opens it and speaks first.
+pub async fn handshake(
+    conn: &quinn::Connection,
+    me: &Identity,
+    outbound: bool,
+) -> anyhow::Result<(Peer, quinn::SendStream, quinn::RecvStream, BytesMut)> {
+    let hello = Message::Hello {
+        version: PROTOCOL_VERSION,
+        node_id: me.node_id,
+        stream_key: me.stream_key.to_bytes(),
+        listen: me.listen.clone(),
+        observed: Some(conn.remote_address()),
+    };
+    let exchange = async {
+        let (mut send, mut recv) = if outbound {
+            conn.open_bi().await?
+        } else {
+            conn.accept_bi().await?
+        };
+        send.write_all(&hello.to_frame()).await?;
+        let mut buf = BytesMut::new();
+        let (theirs, _) = read_message(&mut recv, &mut buf)
+            .await?
+            .context("closed before HELLO")?;
+        anyhow::Ok((theirs, send, recv, buf))
+    };
+    let (theirs, send, recv, buf) = tokio::time::timeout(HELLO_TIMEOUT, exchange)
+        .await
+        .context("no HELLO in time")??;
+    let Message::Hello {
+        version,
+        node_id,
+        stream_key,
+        listen,
+        observed,
+    } = theirs
+    else {
+        bail!("first message was {}, not HELLO", theirs.kind());
+    };
+    if version != PROTOCOL_VERSION {
+        conn.close(close::PROTOCOL.into(), b"protocol version");
+        bail!("speaks protocol version {version}, we speak {PROTOCOL_VERSION}");
+    }
+    if stream_key != me.stream_key.to_bytes() {
+        conn.close(close::STREAM_MISMATCH.into(), b"another stream");
+        bail!("serves another stream");
+    }
+    Ok((
+        Peer {
+            node_id,
+            listen,
+            observed,
+        },
+        send,
+        recv,
+        buf,
+    ))
+}
+
+/// Reads one control frame and its length; `Ok(None)` at a clean end of stream.
+async fn read_message(
+    recv: &mut quinn::RecvStream,
+    buf: &mut BytesMut,
+) -> anyhow::Result<Option<(Message, usize)>> {
+    loop {
+        if let Some(len) = Message::frame_len(buf)? {
+            let frame = buf.split_to(len);
+            return Ok(Some((Message::decode_frame(&frame)?, len)));
+        }
+        buf.reserve(4096.min(MAX_FRAME));
+        if recv.read_buf(buf).await? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+/// The node loop's handle on a running link.
+pub struct LinkHandle {
+    pub node_id: NodeId,
+    pub conn: quinn::Connection,
+    pub control: mpsc::Sender<Message>,
+    pub chunks: mpsc::Sender<(Chunk, Instant)>,
+    pub stats: Arc<LinkStats>,
+}
+
+/// Everything a link's tasks share with the node.
+#[derive(Clone)]
+pub struct Shared {
+    pub stream_key: VerifyingKey,
+    pub events: mpsc::Sender<crate::node::Input>,
+    pub stats: Arc<Stats>,
+    pub pacer: Option<Arc<Pacer>>,
+}
+
+/// Starts the link's tasks and returns its handle; the tasks end when the connection does
+/// (the returned `JoinSet` owns them).
+pub fn start(
+    conn: quinn::Connection,
+    peer: &Peer,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    buf: BytesMut,
+    shared: &Shared,
+) -> (LinkHandle, JoinSet<()>) {
+    let stats = shared.stats.link(peer.node_id, conn.remote_address());
+    let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
+    let (chunk_tx, chunk_rx) = mpsc::channel(CHUNK_QUEUE);
+    let mut tasks = JoinSet::new();
+    tasks.spawn(read_control(
+        peer.node_id,
+        recv,
+        buf,
+        shared.clone(),
+        stats.clone(),
+    ));
+    tasks.spawn(write_control(
+        send,
+        control_rx,
+        shared.clone(),
+        stats.clone(),
+    ));
+    tasks.spawn(read_chunks(
+        peer.node_id,
+        conn.clone(),
+        shared.clone(),
+        stats.clone(),
+    ));
+    tasks.spawn(write_chunks(
+        conn.clone(),
+        chunk_rx,
+        shared.clone(),
+        stats.clone(),
+    ));
+    let handle = LinkHandle {
+        node_id: peer.node_id,
+        conn,
+        control: control_tx,
+        chunks: chunk_tx,
+        stats,
+    };
+    (handle, tasks)
+}
+
+async fn to_core(shared: &Shared, event: Event) {
+    let _ = shared.events.send(crate::node::Input::Event(event)).await;
+}
+
+async fn read_control(
+    from: NodeId,
+    mut recv: quinn::RecvStream,
+    mut buf: BytesMut,
+    shared: Shared,
+    stats: Arc<LinkStats>,
+) {
+    loop {
+        match read_message(&mut recv, &mut buf).await {
+            Ok(Some((msg, len))) => {
+                shared.stats.received(Some(&stats), Kind::Control, len);
+                to_core(&shared, Event::Control { from, msg }).await;
+            }
+            Ok(None) => return,
+            Err(e) => {
+                let unknown = e
+                    .downcast_ref::<DecodeError>()
+                    .is_some_and(|d| matches!(d, DecodeError::UnknownMessage(_)));
+                if unknown {
+                    // A newer peer's message: skip it, keep the link.
+                    continue;
+                }
+                if e.downcast_ref::<DecodeError>().is_some() {
+                    tracing::debug!(neighbour = %from.short(), "bad control frame: {e}");
+                    to_core(
+                        &shared,
+                        Event::Rejected {
+                            from,
+                            reason: Reject::Protocol,
+                        },
+                    )
+                    .await;
+                }
+                return;
+            }
+        }
+    }
+}
+
+async fn write_control(
+    mut send: quinn::SendStream,
+    mut rx: mpsc::Receiver<Message>,
+    shared: Shared,
+    stats: Arc<LinkStats>,
+) {
+    let mut buf = BytesMut::new();
+    while let Some(msg) = rx.recv().await {
+        msg.encode_frame(&mut buf);
+        // Batch whatever else is queued into the same write.
+        while let Ok(more) = rx.try_recv() {
+            more.encode_frame(&mut buf);
+        }
+        let frame = buf.split().freeze();
+        shared.stats.sent(Some(&stats), Kind::Control, frame.len());
+        if send.write_chunk(frame).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn read_chunks(from: NodeId, conn: quinn::Connection, shared: Shared, stats: Arc<LinkStats>) {
+    let mut readers = JoinSet::new();
+    while let Ok(mut recv) = conn.accept_uni().await {
+        while readers.try_join_next().is_some() {}
+        let (shared, stats) = (shared.clone(), stats.clone());
+        readers.spawn(async move {
+            let event = match recv.read_to_end(MAX_CHUNK_WIRE).await {
+                Ok(bytes) => {
+                    shared.stats.received(Some(&stats), Kind::Data, bytes.len());
+                    verify(from, Bytes::from(bytes), &shared.stream_key)
+                }
+                Err(quinn::ReadToEndError::TooLong) => Some(Event::Rejected {
+                    from,
+                    reason: Reject::Oversized,
+                }),
+                // Reset by the sender (deadline passed) or connection gone: nothing to judge.
+                Err(_) => None,
+            };
+            if let Some(event) = event {
+                to_core(&shared, event).await;
+            }
+        });
+    }
+}
+
+/// Decodes and verifies one chunk stream's bytes: only a verified chunk reaches the core.
+fn verify(from: NodeId, mut bytes: Bytes, stream_key: &VerifyingKey) -> Option<Event> {
+    let reason = match Chunk::decode(&mut bytes) {
+        Ok(chunk) if bytes.is_empty() => match chunk.verify(stream_key) {
+            Ok(()) => return Some(Event::Chunk { from, chunk }),
+            Err(_) => Reject::BadSignature,
+        },
+        Ok(_) => Reject::Malformed,
+        Err(DecodeError::TooLong { .. }) => Reject::Oversized,
+        Err(_) => Reject::Malformed,
+    };
+    Some(Event::Rejected { from, reason })
+}
+
+/// A queued chunk, ordered newest first.
+struct Queued(Chunk, Instant);
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.header.seq == other.0.header.seq
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.0.header.timestamp_us, self.0.header.seq)
+            .cmp(&(other.0.header.timestamp_us, other.0.header.seq))
+    }
+}
+
+async fn write_chunks(
+    conn: quinn::Connection,
+    mut rx: mpsc::Receiver<(Chunk, Instant)>,
+    shared: Shared,
+    stats: Arc<LinkStats>,
+) {
+    let slots = Arc::new(Semaphore::new(STREAMS_IN_FLIGHT));
+    let mut queue = BinaryHeap::new();
+    let mut writers = JoinSet::new();
+    loop {
+        if queue.is_empty() {
+            match rx.recv().await {
+                Some((chunk, deadline)) => queue.push(Queued(chunk, deadline)),
+                None => return,
+            }
+        }
+        while let Ok((chunk, deadline)) = rx.try_recv() {
+            queue.push(Queued(chunk, deadline));
+        }
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        // Newest first: whatever arrived while we waited for a slot is considered too.
+        while let Ok((chunk, deadline)) = rx.try_recv() {
+            queue.push(Queued(chunk, deadline));
+        }
+        let Some(Queued(chunk, deadline)) = queue.pop() else {
+            continue;
+        };
+        if Instant::now() >= deadline {
+            continue;
+        }
+        while writers.try_join_next().is_some() {}
+        let (conn, shared, stats) = (conn.clone(), shared.clone(), stats.clone());
+        writers.spawn(async move {
+            let _slot = slot;
+            let len = chunk.encoded_len();
+            if let Some(pacer) = &shared.pacer {
+                pacer.take(len).await;
+            }
+            let write = async {
+                let mut send = conn.open_uni().await.ok()?;
+                // Newer chunks get higher priority; i32 wraps only after years of chunks.
+                let _ = send.set_priority((chunk.header.seq & 0x7fff_ffff) as i32);
+                let header = Bytes::copy_from_slice(&chunk.header.to_bytes()[..HEADER_LEN]);
+                let sig = Bytes::copy_from_slice(&chunk.signature);
+                let mut parts = [header, chunk.payload.clone(), sig];
+                let result =
+                    tokio::time::timeout_at(deadline, send.write_all_chunks(&mut parts)).await;
+                match result {
+                    Ok(Ok(())) => {
+                        let _ = send.finish();
+                        Some(())
+                    }
+                    Ok(Err(_)) => None,
+                    Err(_) => {
+                        let _ = send.reset(close::EXPIRED.into());
+                        None
+                    }
+                }
+            };
+            if write.await.is_some() {
+                shared.stats.sent(Some(&stats), Kind::Data, len);
+            }
+        });
+    }
+}

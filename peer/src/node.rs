@@ -1,0 +1,426 @@
+//! A running swarm node: the quinn endpoint, the accept and dial loops, and the one task
+//! that owns the sans-IO `State`, feeds it events and carries out its actions.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use shoal_proto::{Chunk, Message, NodeId};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::link::{self, Identity, LinkHandle, Shared, close};
+use crate::pacer::Pacer;
+use crate::state::{self, Action, Event, State};
+use crate::stats::{Stats, spawn_writer};
+
+/// Events queued towards the core from all links together.
+const INPUT_QUEUE: usize = 4096;
+/// Verified chunks queued towards the local consumer (the gateway).
+const DELIVERY_QUEUE: usize = 1024;
+/// Connections being set up or running that were dialled *to* us.
+pub const MAX_INCOMING_CONNECTIONS: usize = 64;
+/// How often the core gets a `Tick`.
+const TICK: Duration = Duration::from_millis(50);
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_DIAL_BACKOFF: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub stream_key: VerifyingKey,
+    pub listen: SocketAddr,
+    /// Addresses dialled at start and re-dialled whenever they are not connected.
+    pub dial: Vec<SocketAddr>,
+    /// The most this node uploads, in kbit/s (all chunk streams together).
+    pub upload_kbps: Option<u64>,
+    pub core: state::Config,
+    pub stats_json: Option<PathBuf>,
+}
+
+/// What reaches the node loop.
+pub enum Input {
+    Event(Event),
+    Linked(LinkHandle),
+    Unlinked { node_id: NodeId, conn_id: usize },
+    Publish(Chunk),
+}
+
+pub struct Node {
+    node_id: NodeId,
+    local_addr: SocketAddr,
+    endpoint: quinn::Endpoint,
+    inputs: mpsc::Sender<Input>,
+    stats: Arc<Stats>,
+    deliveries: Option<mpsc::Receiver<Chunk>>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Node {
+    pub async fn spawn(config: NodeConfig) -> anyhow::Result<Node> {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed)
+            .map_err(|e| anyhow::anyhow!("no system randomness for the node key: {e}"))?;
+        let node_id = NodeId(SigningKey::from_bytes(&seed).verifying_key().to_bytes());
+        let endpoint = crate::transport::endpoint(config.listen)?;
+        let local_addr = endpoint.local_addr()?;
+        let stats = Stats::new(node_id);
+        let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let (inputs, input_rx) = mpsc::channel(INPUT_QUEUE);
+        let (delivery_tx, delivery_rx) = mpsc::channel(DELIVERY_QUEUE);
+
+        let listen = if local_addr.ip().is_unspecified() {
+            Vec::new()
+        } else {
+            vec![local_addr]
+        };
+        let identity = Identity {
+            node_id,
+            stream_key: config.stream_key,
+            listen,
+        };
+        let shared = Shared {
+            stream_key: config.stream_key,
+            events: inputs.clone(),
+            stats: stats.clone(),
+            pacer: config.upload_kbps.map(|k| Arc::new(Pacer::new(k))),
+        };
+        let deliver = config.core.deliver;
+        let core = State::new(node_id, config.core, Instant::now().into_std());
+        tasks.spawn(run_core(
+            core,
+            input_rx,
+            deliver.then_some(delivery_tx),
+            stats.clone(),
+            cancel.clone(),
+        ));
+        tasks.spawn(accept(
+            endpoint.clone(),
+            identity.clone(),
+            shared.clone(),
+            cancel.clone(),
+        ));
+        for addr in config.dial {
+            tasks.spawn(keep_dialling(
+                endpoint.clone(),
+                addr,
+                identity.clone(),
+                shared.clone(),
+                cancel.clone(),
+            ));
+        }
+        if let Some(path) = config.stats_json {
+            let stats = stats.clone();
+            tasks.spawn(spawn_writer(path, move || stats.snapshot(), cancel.clone()));
+        }
+        tracing::info!(node = %node_id.short(), %local_addr, "node up");
+        Ok(Node {
+            node_id,
+            local_addr,
+            endpoint,
+            inputs,
+            stats,
+            deliveries: Some(delivery_rx),
+            cancel,
+            tasks,
+        })
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    /// Verified chunks, as they become held (only with `core.deliver`).
+    pub fn take_deliveries(&mut self) -> Option<mpsc::Receiver<Chunk>> {
+        self.deliveries.take()
+    }
+
+    /// A handle the broadcaster uses to put its own chunks into the swarm.
+    pub fn publisher(&self) -> Publisher {
+        Publisher(self.inputs.clone())
+    }
+
+    pub fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.cancel.cancelled()
+    }
+
+    /// Says goodbye to every neighbour, closes the endpoint and waits for the tasks.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.tasks.wait()).await;
+        self.endpoint.close(close::GOODBYE.into(), b"goodbye");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
+#[derive(Clone)]
+pub struct Publisher(mpsc::Sender<Input>);
+
+impl Publisher {
+    /// Hands a signed chunk to the swarm; waits if the node is behind.
+    pub async fn publish(&self, chunk: Chunk) -> anyhow::Result<()> {
+        self.0
+            .send(Input::Publish(chunk))
+            .await
+            .map_err(|_| anyhow::anyhow!("the swarm node has stopped"))
+    }
+}
+
+async fn run_core(
+    mut core: State,
+    mut inputs: mpsc::Receiver<Input>,
+    deliveries: Option<mpsc::Sender<Chunk>>,
+    stats: Arc<Stats>,
+    cancel: CancellationToken,
+) {
+    let mut links: HashMap<NodeId, LinkHandle> = HashMap::new();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut slow_warned = false;
+    loop {
+        let input = tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => Input::Event(Event::Tick),
+            input = inputs.recv() => match input { Some(i) => i, None => break },
+        };
+        let now = Instant::now().into_std();
+        let event = match input {
+            Input::Event(event) => event,
+            Input::Publish(chunk) => Event::Publish(chunk),
+            Input::Linked(link) => {
+                if links.contains_key(&link.node_id) {
+                    link.conn
+                        .close(close::DUPLICATE.into(), b"already connected");
+                    continue;
+                }
+                let event = Event::NeighbourUp {
+                    id: link.node_id,
+                    addr: link.conn.remote_address(),
+                };
+                tracing::info!(neighbour = %link.node_id.short(), addr = %link.conn.remote_address(), "neighbour up");
+                links.insert(link.node_id, link);
+                event
+            }
+            Input::Unlinked { node_id, conn_id } => {
+                if links
+                    .get(&node_id)
+                    .is_none_or(|l| l.conn.stable_id() != conn_id)
+                {
+                    continue;
+                }
+                if let Some(link) = links.remove(&node_id) {
+                    stats.closed(&link.stats);
+                }
+                tracing::info!(neighbour = %node_id.short(), "neighbour down");
+                Event::NeighbourDown { id: node_id }
+            }
+        };
+        let verified_before = core.counters().verified;
+        let is_tick = matches!(event, Event::Tick);
+        let timestamp = match &event {
+            Event::Chunk { chunk, .. } => Some(chunk.header.timestamp_us),
+            _ => None,
+        };
+        let actions: Vec<Action> = core.handle(event, now).collect();
+        if let Some(ts) = timestamp
+            && core.counters().verified > verified_before
+        {
+            stats.chunk_latency(ts);
+        }
+        for action in actions {
+            match action {
+                Action::Send { to, msg } => {
+                    if let Some(link) = links.get(&to)
+                        && link.control.try_send(msg).is_err()
+                    {
+                        tracing::warn!(neighbour = %to.short(), "control queue full: dropping a slow neighbour");
+                        link.conn.close(close::SLOW.into(), b"too slow");
+                    }
+                }
+                Action::Push {
+                    to,
+                    chunk,
+                    deadline,
+                } => {
+                    if let Some(link) = links.get(&to)
+                        && link
+                            .chunks
+                            .try_send((chunk, Instant::from_std(deadline)))
+                            .is_err()
+                        && !slow_warned
+                    {
+                        slow_warned = true;
+                        tracing::warn!(neighbour = %to.short(), "chunk queue full: skipping chunks for a slow neighbour");
+                    }
+                }
+                Action::Deliver(chunk) => {
+                    if let Some(tx) = &deliveries
+                        && tx.try_send(chunk).is_err()
+                    {
+                        tracing::warn!(
+                            "the local player is not keeping up: a chunk was not delivered"
+                        );
+                    }
+                }
+                Action::Disconnect { id, reason } => {
+                    if let Some(link) = links.remove(&id) {
+                        tracing::info!(neighbour = %id.short(), reason, "disconnecting");
+                        let code = if reason == "goodbye" {
+                            close::GOODBYE
+                        } else {
+                            close::BANNED
+                        };
+                        link.conn.close(code.into(), reason.as_bytes());
+                        stats.closed(&link.stats);
+                        let _ = core.handle(Event::NeighbourDown { id }, now).count();
+                    }
+                }
+            }
+        }
+        if is_tick {
+            stats.set_core(core.counters(), core.startup());
+        }
+    }
+    // Shutting down: tell every neighbour we are leaving.
+    stats.set_core(core.counters(), core.startup());
+    for link in links.values() {
+        let _ = link.control.try_send(Message::Goodbye {
+            reason: close::GOODBYE as u8,
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for link in links.values() {
+        link.conn.close(close::GOODBYE.into(), b"goodbye");
+    }
+}
+
+async fn accept(
+    endpoint: quinn::Endpoint,
+    identity: Identity,
+    shared: Shared,
+    cancel: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_INCOMING_CONNECTIONS));
+    let mut connections = JoinSet::new();
+    loop {
+        let incoming = tokio::select! {
+            _ = cancel.cancelled() => return,
+            incoming = endpoint.accept() => match incoming { Some(i) => i, None => return },
+        };
+        while connections.try_join_next().is_some() {}
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            incoming.refuse();
+            continue;
+        };
+        let (identity, shared, cancel) = (identity.clone(), shared.clone(), cancel.clone());
+        connections.spawn(async move {
+            let _slot = slot;
+            match incoming.await {
+                Ok(conn) => run_link(conn, &identity, false, &shared, &cancel).await,
+                Err(e) => tracing::debug!("incoming connection failed: {e}"),
+            }
+        });
+    }
+}
+
+/// Dials `addr` until it answers, and again whenever the connection ends.
+async fn keep_dialling(
+    endpoint: quinn::Endpoint,
+    addr: SocketAddr,
+    identity: Identity,
+    shared: Shared,
+    cancel: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(250);
+    let mut failures = 0u32;
+    while !cancel.is_cancelled() {
+        let started = Instant::now();
+        match dial(&endpoint, addr).await {
+            Ok(conn) => {
+                failures = 0;
+                run_link(conn, &identity, true, &shared, &cancel).await;
+            }
+            Err(e) => {
+                failures += 1;
+                if failures == 1 {
+                    tracing::warn!(%addr, "cannot reach {addr}: {e:#} (retrying)");
+                }
+            }
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            backoff = Duration::from_millis(250);
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_DIAL_BACKOFF);
+    }
+}
+
+async fn dial(endpoint: &quinn::Endpoint, addr: SocketAddr) -> anyhow::Result<quinn::Connection> {
+    let connecting = endpoint.connect(addr, crate::transport::SERVER_NAME)?;
+    Ok(tokio::time::timeout(DIAL_TIMEOUT, connecting)
+        .await
+        .context("timed out")??)
+}
+
+/// Handshakes, registers the link with the core, and runs it until the connection ends.
+async fn run_link(
+    conn: quinn::Connection,
+    identity: &Identity,
+    outbound: bool,
+    shared: &Shared,
+    cancel: &CancellationToken,
+) {
+    let remote = conn.remote_address();
+    let (peer, send, recv, buf) = match link::handshake(&conn, identity, outbound).await {
+        Ok(parts) => parts,
+        Err(e) => {
+            tracing::warn!(%remote, "handshake failed: {e:#}");
+            conn.close(close::PROTOCOL.into(), b"handshake");
+            return;
+        }
+    };
+    if peer.node_id == identity.node_id {
+        conn.close(close::DUPLICATE.into(), b"self");
+        return;
+    }
+    let (handle, mut tasks) = link::start(conn.clone(), &peer, send, recv, buf, shared);
+    let node_id = handle.node_id;
+    if shared.events.send(Input::Linked(handle)).await.is_err() {
+        return;
+    }
+    tokio::select! {
+        _ = conn.closed() => {}
+        _ = cancel.cancelled() => {
+            // Let the core's goodbye go out before the tasks stop.
+            let _ = tokio::time::timeout(Duration::from_millis(500), conn.closed()).await;
+        }
+    }
+    tasks.abort_all();
+    let _ = shared
+        .events
+        .send(Input::Unlinked {
+            node_id,
+            conn_id: conn.stable_id(),
+        })
+        .await;
+}

@@ -1,0 +1,242 @@
+//! A node's counters, shared between its tasks: bytes by kind and by neighbour, chunk
+//! verdicts, latency samples; rendered as the `--stats-json` / `/stats.json` object.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use shoal_proto::NodeId;
+use tokio_util::sync::CancellationToken;
+
+use crate::state::Counters;
+
+/// Latency samples kept for percentiles: the most recent ones (≈ 2 min at 30 chunks/s).
+const LATENCY_SAMPLES: usize = 4096;
+/// Closed neighbours remembered in the stats (the newest ones), beside the connected ones.
+const CLOSED_LINKS_KEPT: usize = 64;
+
+/// Bytes exchanged with one neighbour.
+#[derive(Debug)]
+pub struct Link {
+    pub node_id: NodeId,
+    pub addr: SocketAddr,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    connected: AtomicBool,
+}
+
+#[derive(Default)]
+struct Totals {
+    data: AtomicU64,
+    control: AtomicU64,
+}
+
+impl Totals {
+    fn json(&self) -> Value {
+        json!({"data": self.data.load(Relaxed), "control": self.control.load(Relaxed)})
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Kind {
+    Data,
+    Control,
+}
+
+pub struct Stats {
+    node_id: NodeId,
+    bytes_in: Totals,
+    bytes_out: Totals,
+    links: Mutex<Vec<Arc<Link>>>,
+    core: Mutex<(Counters, Option<Duration>)>,
+    latency_ms: Mutex<VecDeque<f64>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicking holder cannot leave counters inconsistent in a way that matters.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Stats {
+    pub fn new(node_id: NodeId) -> Arc<Self> {
+        Arc::new(Stats {
+            node_id,
+            bytes_in: Totals::default(),
+            bytes_out: Totals::default(),
+            links: Mutex::new(Vec::new()),
+            core: Mutex::default(),
+            latency_ms: Mutex::new(VecDeque::with_capacity(LATENCY_SAMPLES)),
+        })
+    }
+
+    pub fn link(&self, node_id: NodeId, addr: SocketAddr) -> Arc<Link> {
+        let link = Arc::new(Link {
+            node_id,
+            addr,
+            bytes_in: 0.into(),
+            bytes_out: 0.into(),
+            connected: true.into(),
+        });
+        let mut links = lock(&self.links);
+        links.push(link.clone());
+        let closed = links.iter().filter(|l| !l.connected.load(Relaxed)).count();
+        if closed > CLOSED_LINKS_KEPT
+            && let Some(i) = links.iter().position(|l| !l.connected.load(Relaxed))
+        {
+            links.remove(i);
+        }
+        link
+    }
+
+    pub fn closed(&self, link: &Link) {
+        link.connected.store(false, Relaxed);
+    }
+
+    pub fn received(&self, link: Option<&Link>, kind: Kind, n: usize) {
+        let n = n as u64;
+        match kind {
+            Kind::Data => self.bytes_in.data.fetch_add(n, Relaxed),
+            Kind::Control => self.bytes_in.control.fetch_add(n, Relaxed),
+        };
+        if let Some(link) = link {
+            link.bytes_in.fetch_add(n, Relaxed);
+        }
+    }
+
+    pub fn sent(&self, link: Option<&Link>, kind: Kind, n: usize) {
+        let n = n as u64;
+        match kind {
+            Kind::Data => self.bytes_out.data.fetch_add(n, Relaxed),
+            Kind::Control => self.bytes_out.control.fetch_add(n, Relaxed),
+        };
+        if let Some(link) = link {
+            link.bytes_out.fetch_add(n, Relaxed);
+        }
+    }
+
+    /// Records that a chunk stamped `timestamp_us` (broadcaster clock) is now held verified.
+    pub fn chunk_latency(&self, timestamp_us: u64) {
+        let ms = now_us().saturating_sub(timestamp_us) as f64 / 1000.0;
+        let mut samples = lock(&self.latency_ms);
+        if samples.len() == LATENCY_SAMPLES {
+            samples.pop_front();
+        }
+        samples.push_back(ms);
+    }
+
+    pub fn set_core(&self, counters: &Counters, startup: Option<Duration>) {
+        *lock(&self.core) = (counters.clone(), startup);
+    }
+
+    pub fn data_bytes_in(&self) -> u64 {
+        self.bytes_in.data.load(Relaxed)
+    }
+
+    pub fn data_bytes_out(&self) -> u64 {
+        self.bytes_out.data.load(Relaxed)
+    }
+
+    pub fn snapshot(&self) -> Value {
+        let (counters, startup) = lock(&self.core).clone();
+        let neighbours: Vec<Value> = lock(&self.links)
+            .iter()
+            .map(|l| {
+                json!({
+                    "node_id": l.node_id.to_hex(),
+                    "addr": l.addr.to_string(),
+                    "connected": l.connected.load(Relaxed),
+                    "bytes_in": l.bytes_in.load(Relaxed),
+                    "bytes_out": l.bytes_out.load(Relaxed),
+                })
+            })
+            .collect();
+        let samples: Vec<f64> = lock(&self.latency_ms).iter().copied().collect();
+        json!({
+            "node_id": self.node_id.to_hex(),
+            "neighbours": neighbours,
+            "bytes_in": self.bytes_in.json(),
+            "bytes_out": self.bytes_out.json(),
+            "chunks": {
+                "verified": counters.verified,
+                "rejected": counters.rejected,
+                "duplicate": counters.duplicate,
+                "late": counters.late,
+            },
+            "requests": {"sent": counters.requests_sent, "served": counters.requests_served},
+            "banned": counters.banned,
+            "latency_ms": percentiles(samples),
+            "startup_ms": startup.map(|d| d.as_millis() as u64),
+        })
+    }
+}
+
+/// p50/p95/p99 of `samples` in ms (null when there are none).
+pub fn percentiles(mut samples: Vec<f64>) -> Value {
+    if samples.is_empty() {
+        return json!({"p50": null, "p95": null, "p99": null});
+    }
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        let i = ((samples.len() - 1) as f64 * q).round() as usize;
+        (samples[i] * 10.0).round() / 10.0
+    };
+    json!({"p50": at(0.50), "p95": at(0.95), "p99": at(0.99)})
+}
+
+/// Wall clock in µs since the Unix epoch (the clock chunk timestamps use).
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Writes `value` to `path` atomically: a reader never sees a half-written file.
+pub fn write_atomically(path: &Path, value: &Value) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, serde_json::to_vec_pretty(value).unwrap_or_default())?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Rewrites `path` about once a second with `snapshot()` until `cancel` fires, then once more.
+pub fn spawn_writer(
+    path: PathBuf,
+    snapshot: impl Fn() -> Value + Send + 'static,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut warned = false;
+        loop {
+            let stop = tokio::select! {
+                _ = tick.tick() => false,
+                _ = cancel.cancelled() => true,
+            };
+            if let Err(e) = write_atomically(&path, &snapshot())
+                && !warned
+            {
+                tracing::warn!("cannot write stats to {}: {e}", path.display());
+                warned = true;
+            }
+            if stop {
+                break;
+            }
+        }
+    })
+}
+
+/// Per-neighbour byte totals keyed by node, for tests and status lines.
+pub fn data_in_by_neighbour(snapshot: &Value) -> HashMap<String, u64> {
+    let mut out = HashMap::new();
+    for n in snapshot["neighbours"].as_array().into_iter().flatten() {
+        if let (Some(id), Some(bytes)) = (n["node_id"].as_str(), n["bytes_in"].as_u64()) {
+            *out.entry(id.to_string()).or_default() += bytes;
+        }
+    }
+    out
+}

@@ -1,0 +1,123 @@
+//! The QUIC endpoint every shoal node uses: one UDP socket that both accepts and dials, a
+//! throwaway self-signed certificate, and a client that accepts any certificate — peers
+//! trust chunks by the broadcaster's signature, never by TLS names.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+/// Name the certificate is issued for and clients ask for; it carries no trust.
+pub const SERVER_NAME: &str = "shoal";
+/// Chunk streams a neighbour may have open towards us at once.
+pub const MAX_INCOMING_CHUNK_STREAMS: u32 = 128;
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn transport_config() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_uni_streams(MAX_INCOMING_CHUNK_STREAMS.into());
+    t.max_concurrent_bidi_streams(2u32.into());
+    t.keep_alive_interval(Some(Duration::from_secs(2)));
+    t.max_idle_timeout(Some(
+        Duration::from_secs(10)
+            .try_into()
+            .expect("10 s fits a QUIC idle timeout"),
+    ));
+    Arc::new(t)
+}
+
+/// Binds `listen` and returns an endpoint that serves and dials shoal connections.
+pub fn endpoint(listen: SocketAddr) -> anyhow::Result<quinn::Endpoint> {
+    let cert = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string()])
+        .context("generating a TLS certificate")?;
+    let key = PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der());
+
+    let mut server_tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key.into())?;
+    server_tls.alpn_protocols = vec![shoal_proto::ALPN.to_vec()];
+    let mut server =
+        quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(server_tls)?));
+    server.transport_config(transport_config());
+
+    let mut client_tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider())))
+        .with_no_client_auth();
+    client_tls.alpn_protocols = vec![shoal_proto::ALPN.to_vec()];
+    let mut client = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(client_tls)?));
+    client.transport_config(transport_config());
+
+    let socket =
+        std::net::UdpSocket::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
+    let mut endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .with_context(|| format!("cannot start QUIC on {listen}"))?;
+    endpoint.set_default_client_config(client);
+    Ok(endpoint)
+}
+
+/// Accepts any server certificate but still checks the handshake signature, so the
+/// connection is encrypted to whoever holds the presented key.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
