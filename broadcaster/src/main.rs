@@ -1,1 +1,196 @@
-fn main() {}
+//! `shoal-broadcaster`: encodes a live source, cuts it into signed chunks and seeds the swarm.
+
+mod chunker;
+mod key;
+mod pipeline;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use ed25519_dalek::SigningKey;
+use shoal_peer::cli::{self, SwarmArgs};
+use shoal_peer::node::Publisher;
+use shoal_peer::stats::{now_us, write_atomically_text};
+use shoal_peer::{Node, NodeConfig};
+use shoal_proto::{Chunk, Ticket};
+use tokio::sync::mpsc;
+
+use crate::chunker::Chunker;
+use crate::pipeline::{Encoding, Output, Resolution, Source};
+
+/// Stream a live source to a shoal swarm: encode, cut into signed chunks, seed the peers.
+#[derive(Parser, Debug)]
+#[command(version, args_override_self = true)]
+struct Args {
+    /// What to stream: "test" (test picture and tone) or "file:PATH" (any media file, looped).
+    #[arg(long, default_value = "test")]
+    source: Source,
+    /// The stream key (created, mode 0600, if missing). Keep it: it is the stream's identity.
+    #[arg(long, value_name = "PATH")]
+    key: Option<PathBuf>,
+    /// The stream's name, shown to viewers.
+    #[arg(long, default_value = "shoal live")]
+    name: String,
+    /// Write the stream's ticket here (it is printed on stdout too).
+    #[arg(long, value_name = "PATH")]
+    ticket_file: Option<PathBuf>,
+    /// Total stream bitrate (video + 128 kbit/s audio).
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(200..=50_000))]
+    bitrate_kbps: u32,
+    /// Segment length; a keyframe starts every segment.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(200..=10_000))]
+    segment_ms: u64,
+    /// Picture size, WIDTHxHEIGHT.
+    #[arg(long, default_value = "1280x720")]
+    resolution: Resolution,
+    /// Frames per second.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=120))]
+    fps: u32,
+    #[command(flatten)]
+    swarm: SwarmArgs,
+    /// TOML file with any of these flags as keys (flags on the command line win).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// Signed chunks waiting for the swarm node.
+const PUBLISH_QUEUE: usize = 256;
+
+fn main() {
+    let args: Args = cli::parse();
+    cli::run(|| broadcast(args));
+}
+
+async fn broadcast(args: Args) -> anyhow::Result<()> {
+    pipeline::check_plugins(&args.source)?;
+    let key_path = args.key.clone().unwrap_or_else(key::default_path);
+    let key = key::load_or_create(&key_path)?;
+    let bootstrap = args.swarm.bootstrap_addrs().await?;
+    let node = Node::spawn(NodeConfig {
+        stream_key: key.verifying_key(),
+        listen: args.swarm.listen,
+        dial: bootstrap.clone(),
+        upload_kbps: args.swarm.upload_kbps,
+        core: args.swarm.core_config(),
+        stats_json: args.swarm.stats_json.clone(),
+    })
+    .await?;
+
+    let mut addrs = bootstrap;
+    addrs.extend(cli::advertised_addrs(node.local_addr()));
+    let ticket = Ticket::new(key.verifying_key(), &args.name, addrs);
+    if let Some(path) = &args.ticket_file {
+        write_atomically_text(path, &format!("{ticket}\n"))
+            .with_context(|| format!("cannot write ticket file {}", path.display()))?;
+    }
+    println!("{ticket}");
+    tracing::info!(name = %args.name, listen = %node.local_addr(), "broadcasting; share the ticket above");
+
+    let encoding = Encoding {
+        resolution: args.resolution,
+        fps: args.fps,
+        bitrate_kbps: args.bitrate_kbps,
+        segment_ms: args.segment_ms,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel(PUBLISH_QUEUE);
+    let encoder = {
+        let (source, stop) = (args.source.clone(), stop.clone());
+        let segment_ms = args.segment_ms;
+        tokio::task::spawn_blocking(move || encode(&source, &encoding, segment_ms, &key, &stop, tx))
+    };
+    let publisher = tokio::spawn(publish(rx, node.publisher(), node.stats()));
+
+    let result = tokio::select! {
+        _ = cli::shutdown_signal() => {
+            tracing::info!("stopping: ending the broadcast");
+            stop.store(true, Ordering::Relaxed);
+            Ok(())
+        }
+        ended = async { encoder.await } => {
+            stop.store(true, Ordering::Relaxed);
+            ended.context("encoder thread failed")?
+        }
+    };
+    // Let the end-of-stream chunk reach the neighbours before saying goodbye.
+    let _ = tokio::time::timeout(Duration::from_secs(3), publisher).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    node.shutdown().await;
+    result
+}
+
+/// Pulls the encoder's output, cuts and signs chunks; runs on a blocking thread.
+fn encode(
+    source: &Source,
+    enc: &Encoding,
+    segment_ms: u64,
+    key: &SigningKey,
+    stop: &AtomicBool,
+    tx: mpsc::Sender<Chunk>,
+) -> anyhow::Result<()> {
+    let mut epoch_bytes = [0u8; 8];
+    getrandom::fill(&mut epoch_bytes)
+        .map_err(|e| anyhow::anyhow!("no system randomness for the stream epoch: {e}"))?;
+    let mut chunker = Chunker::new(u64::from_le_bytes(epoch_bytes), segment_ms);
+    let send = |header, payload| -> bool {
+        match Chunk::sign(header, payload, key) {
+            Ok(chunk) => tx.blocking_send(chunk).is_ok(),
+            Err(e) => {
+                tracing::error!("cannot sign a chunk: {e}");
+                true
+            }
+        }
+    };
+    let mut open = true;
+    let result = pipeline::run(source, enc, stop, |out| match out {
+        Output::Data(bytes) => {
+            for (header, payload) in chunker.push(bytes, now_us()) {
+                open &= send(header, payload);
+            }
+            if !open {
+                stop.store(true, Ordering::Relaxed);
+            }
+        }
+        Output::Restarted => chunker.mark_discontinuity(),
+    });
+    let (header, payload) = chunker.finish(now_us());
+    send(header, payload);
+    result
+}
+
+/// Hands chunks to the swarm and logs what the source uploads now and then.
+async fn publish(
+    mut rx: mpsc::Receiver<Chunk>,
+    publisher: Publisher,
+    stats: Arc<shoal_peer::stats::Stats>,
+) {
+    let mut produced: u64 = 0;
+    let mut chunks: u64 = 0;
+    let mut report = tokio::time::interval(Duration::from_secs(10));
+    report.tick().await;
+    loop {
+        tokio::select! {
+            chunk = rx.recv() => {
+                let Some(chunk) = chunk else { break };
+                produced += chunk.encoded_len() as u64;
+                chunks += 1;
+                if publisher.publish(chunk).await.is_err() {
+                    break;
+                }
+            }
+            _ = report.tick() => {
+                let sent = stats.data_bytes_out();
+                tracing::info!(
+                    chunks,
+                    stream_kbps = produced * 8 / 1000 / 10,
+                    upload_ratio = format!("{:.2}", sent as f64 / produced.max(1) as f64),
+                    "streaming"
+                );
+            }
+        }
+    }
+}

@@ -99,6 +99,23 @@ pub fn dial_list(
     dial
 }
 
+/// Addresses to put in a ticket for a node bound to `local`: itself if specific; otherwise
+/// this machine's primary address (the one its default route uses) and loopback.
+pub fn advertised_addrs(local: SocketAddr) -> Vec<SocketAddr> {
+    if !local.ip().is_unspecified() {
+        return vec![local];
+    }
+    let mut out = Vec::new();
+    // Connecting a UDP socket sends nothing; it only asks the kernel which source it would use.
+    let primary = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect("192.0.2.1:9").and_then(|_| s.local_addr()));
+    if let Ok(addr) = primary {
+        out.push(SocketAddr::new(addr.ip(), local.port()));
+    }
+    out.push(SocketAddr::from(([127, 0, 0, 1], local.port())));
+    out
+}
+
 /// Parses the command line, with `--config FILE` (TOML) supplying defaults: each key is a flag
 /// name, flags given on the command line win. Exits with one line on a bad config file.
 pub fn parse<T: Parser>() -> T {

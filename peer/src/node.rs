@@ -194,6 +194,7 @@ async fn run_core(
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut slow_warned = false;
+    let started_us = crate::stats::now_us();
     loop {
         let input = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -239,7 +240,9 @@ async fn run_core(
             _ => None,
         };
         let actions: Vec<Action> = core.handle(event, now).collect();
+        // Latency counts chunks emitted since this node started (not the back-fill on joining).
         if let Some(ts) = timestamp
+            && ts >= started_us
             && core.counters().verified > verified_before
         {
             stats.chunk_latency(ts);

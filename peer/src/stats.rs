@@ -196,10 +196,18 @@ pub fn now_us() -> u64 {
 
 /// Writes `value` to `path` atomically: a reader never sees a half-written file.
 pub fn write_atomically(path: &Path, value: &Value) -> std::io::Result<()> {
+    write_atomically_text(
+        path,
+        &serde_json::to_string_pretty(value).unwrap_or_default(),
+    )
+}
+
+/// Writes `text` to a temporary file beside `path`, then renames it into place.
+pub fn write_atomically_text(path: &Path, text: &str) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, serde_json::to_vec_pretty(value).unwrap_or_default())?;
+    std::fs::write(&tmp, text)?;
     std::fs::rename(&tmp, path)
 }
 

@@ -1,1 +1,104 @@
-fn main() {}
+//! `shoal-gateway`: joins a stream's swarm as a peer and re-serves it as HLS on localhost,
+//! so VLC, a browser, a kiosk or ffmpeg can play it.
+
+mod assembler;
+mod http;
+mod playlist;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use shoal_peer::cli::{self, SwarmArgs, TicketArgs};
+use shoal_peer::stats::{now_us, spawn_writer};
+use shoal_peer::{Node, NodeConfig};
+use tokio_util::sync::CancellationToken;
+
+use crate::http::Gateway;
+
+/// Watch a shoal stream: join its swarm and serve it as HLS to any player on this machine.
+#[derive(Parser, Debug)]
+#[command(version, args_override_self = true)]
+struct Args {
+    #[command(flatten)]
+    ticket: TicketArgs,
+    /// Where to serve the player page and /live.m3u8.
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR:PORT")]
+    http: SocketAddr,
+    #[command(flatten)]
+    swarm: SwarmArgs,
+    /// TOML file with any of these flags as keys (flags on the command line win).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+fn main() {
+    let args: Args = cli::parse();
+    cli::run(|| serve(args));
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
+    let ticket = args.ticket.load()?;
+    let listener = tokio::net::TcpListener::bind(args.http)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot serve HTTP on {} (is another gateway running? pick another --http)",
+                args.http
+            )
+        })?;
+    let http_addr = listener.local_addr()?;
+    let dial = cli::dial_list(
+        &ticket,
+        args.swarm.bootstrap_addrs().await?,
+        args.swarm.no_discovery,
+    );
+    let mut core = args.swarm.core_config();
+    core.deliver = true;
+    let mut node = Node::spawn(NodeConfig {
+        stream_key: ticket.stream_key,
+        listen: args.swarm.listen,
+        dial,
+        upload_kbps: args.swarm.upload_kbps,
+        core,
+        stats_json: None,
+    })
+    .await?;
+    let gateway = Gateway::new(ticket.name.clone(), node.stats());
+    let cancel = CancellationToken::new();
+    let mut deliveries = node.take_deliveries().context("node gives no deliveries")?;
+    let feeder = {
+        let gateway = gateway.clone();
+        tokio::spawn(async move {
+            while let Some(chunk) = deliveries.recv().await {
+                gateway.push(chunk, now_us());
+            }
+        })
+    };
+    let writer = args.swarm.stats_json.clone().map(|path| {
+        let gateway = gateway.clone();
+        spawn_writer(path, move || gateway.snapshot(), cancel.clone())
+    });
+
+    println!(
+        "watching \"{}\": open http://{http_addr}/ — or play http://{http_addr}/live.m3u8 in VLC",
+        ticket.name
+    );
+    let server = axum::serve(listener, http::router(gateway)).with_graceful_shutdown({
+        let cancel = cancel.clone();
+        async move { cancel.cancelled().await }
+    });
+    let server = tokio::spawn(async move { server.await });
+    cli::shutdown_signal().await;
+    tracing::info!("shutting down");
+    cancel.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    if let Some(writer) = writer {
+        let _ = writer.await;
+    }
+    feeder.abort();
+    node.shutdown().await;
+    Ok(())
+}
