@@ -1,0 +1,129 @@
+//! End to end on loopback: real broadcaster, relays and gateway processes, real QUIC, real
+//! HLS decoded by ffmpeg.
+
+use std::time::Duration;
+
+use shoal_peer::link::close;
+use shoal_tests::player::ffmpeg;
+use shoal_tests::process::test_dir;
+use shoal_tests::swarm::{self, http_get};
+
+/// broadcaster → peer 1 → peer 2 → gateway, each hop given only the previous one: ffmpeg
+/// decodes the gateway's HLS, and everything the gateway got came from peer 2.
+#[test]
+fn a_relay_chain_plays_in_ffmpeg() {
+    let dir = test_dir("chain");
+    let b = swarm::broadcaster(&dir, &[]).unwrap();
+    let p1 = swarm::relay(&dir, "peer1", &b.ticket_file, &b.node.addr).unwrap();
+    let p2 = swarm::relay(&dir, "peer2", &b.ticket_file, &p1.addr).unwrap();
+    let gw = swarm::gateway(&dir, &b.ticket_file, &p2.addr).unwrap();
+
+    let (status, playlist) = http_get(&gw.url("/live.m3u8")).unwrap();
+    let playlist = String::from_utf8_lossy(&playlist).to_string();
+    assert_eq!(status, 200, "{playlist}");
+    assert!(playlist.contains("#EXT-X-PROGRAM-DATE-TIME:"), "{playlist}");
+
+    let play = ffmpeg(&gw.url("/live.m3u8"), 10).unwrap();
+    assert!(play.success, "ffmpeg failed: {:?}", play.errors);
+    assert!(play.seconds >= 8.0, "decoded only {:.1} s", play.seconds);
+    assert!(play.frames >= 8 * 30, "decoded only {} frames", play.frames);
+    assert!(
+        play.errors.is_empty(),
+        "ffmpeg reported errors: {:?}",
+        play.errors
+    );
+
+    // The playlist rolled on while ffmpeg played and holds at least three segments.
+    let (_, later) = http_get(&gw.url("/live.m3u8")).unwrap();
+    let later = String::from_utf8_lossy(&later).to_string();
+    assert!(later.matches("#EXTINF:").count() >= 3, "{later}");
+    assert_ne!(playlist, later);
+
+    let stats = gw.stats();
+    let p2_id = p2.node_id();
+    let sources: Vec<&str> = stats["neighbours"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["bytes_in"].as_u64().unwrap_or(0) > 0)
+        .map(|n| n["node_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        sources,
+        vec![p2_id.as_str()],
+        "gateway's data came from {sources:?}"
+    );
+    assert!(
+        stats["chunks"]["verified"].as_u64().unwrap() > 300,
+        "{stats}"
+    );
+    assert_eq!(stats["chunks"]["rejected"], serde_json::json!({}));
+    // Each relay got the stream once, from upstream.
+    let p1_stats = p1.stats();
+    assert!(
+        p1_stats["bytes_in"]["data"].as_u64().unwrap() > 500_000,
+        "{p1_stats}"
+    );
+    eprintln!(
+        "gateway chunk latency {} ms, segment latency {} ms, startup {} ms",
+        stats["latency_ms"], stats["segment_latency_ms"], stats["startup_ms"]
+    );
+}
+
+/// A neighbour that sends chunks with forged signatures is counted, banned and never
+/// relayed, and the viewer downstream keeps playing.
+#[test]
+fn forged_chunks_are_rejected_and_never_reach_the_player() {
+    let dir = test_dir("forged");
+    let b = swarm::broadcaster(&dir, &[]).unwrap();
+    let relay = swarm::relay(&dir, "relay", &b.ticket_file, &b.node.addr).unwrap();
+    let gw = swarm::gateway(&dir, &b.ticket_file, &relay.addr).unwrap();
+    let ticket: shoal_proto::Ticket = std::fs::read_to_string(&b.ticket_file)
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    let url = gw.url("/live.m3u8");
+    let player = std::thread::spawn(move || ffmpeg(&url, 10).unwrap());
+    std::thread::sleep(Duration::from_secs(2));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let outcome = runtime
+        .block_on(shoal_tests::forger::forge(
+            &ticket,
+            relay.addr.parse().unwrap(),
+            5,
+            Duration::from_secs(5),
+        ))
+        .unwrap();
+    assert!(outcome.sent >= 1);
+    assert_eq!(
+        outcome.closed_with,
+        Some(u64::from(close::BANNED)),
+        "the relay did not ban the forger"
+    );
+
+    let play = player.join().unwrap();
+    assert!(
+        play.success && play.errors.is_empty(),
+        "playback broke: {:?}",
+        play.errors
+    );
+    assert!(play.seconds >= 8.0, "decoded only {:.1} s", play.seconds);
+
+    let relay_stats = relay.stats();
+    assert!(
+        relay_stats["chunks"]["rejected"]["bad_signature"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1,
+        "{relay_stats}"
+    );
+    assert!(relay_stats["banned"].as_u64().unwrap() >= 1);
+    // Had the relay passed a forgery on, the gateway would have rejected it.
+    let gw_stats = gw.stats();
+    assert_eq!(
+        gw_stats["chunks"]["rejected"],
+        serde_json::json!({}),
+        "{gw_stats}"
+    );
+}
