@@ -58,7 +58,7 @@ impl Assembler {
     pub fn push(&mut self, chunk: Chunk, now_us: u64) -> usize {
         let h = chunk.header;
         if self.epoch != Some(h.epoch) {
-            if h.timestamp_us <= self.newest_us {
+            if self.epoch.is_some() && h.timestamp_us <= self.newest_us {
                 return 0; // a straggler from an epoch that is over
             }
             // A (re)started broadcast: follow it, marking the break for players.
