@@ -111,7 +111,7 @@ async fn broadcast(args: Args) -> anyhow::Result<()> {
             stop.store(true, Ordering::Relaxed);
             Ok(())
         }
-        ended = async { encoder.await } => {
+        ended = encoder => {
             stop.store(true, Ordering::Relaxed);
             ended.context("encoder thread failed")?
         }
