@@ -126,20 +126,12 @@ impl Chunker {
             && now_us.saturating_sub(self.pending_since_us) >= AUDIO_CHUNK_US;
         if starts_frame || audio_cut {
             self.flush(now_us, out);
-            let keyframe = if video.is_some() {
-                packet.random_access()
-            } else {
-                true
-            };
+            let keyframe = if video.is_some() { packet.random_access() } else { true };
             let segment_due = keyframe
                 && (self.segment.is_none()
                     || video.is_some()
                     || now_us.saturating_sub(self.segment_started_us) >= self.segment_us);
-            let mut flags = if video.is_some() {
-                ChunkFlags::FRAME_START
-            } else {
-                0
-            };
+            let mut flags = if video.is_some() { ChunkFlags::FRAME_START } else { 0 };
             if keyframe && video.is_some() {
                 flags |= ChunkFlags::KEYFRAME;
             }
@@ -194,11 +186,7 @@ mod tests {
     const AUDIO: u16 = 0x42;
 
     fn packet(pid: u16, unit_start: bool, random_access: bool, fill: u8) -> Vec<u8> {
-        let mut p = vec![
-            0x47,
-            (pid >> 8) as u8 | if unit_start { 0x40 } else { 0 },
-            pid as u8,
-        ];
+        let mut p = vec![0x47, (pid >> 8) as u8 | if unit_start { 0x40 } else { 0 }, pid as u8];
         if random_access {
             p.extend_from_slice(&[0x30, 1, 0x40]);
         } else {
@@ -211,13 +199,12 @@ mod tests {
     fn psi() -> Vec<u8> {
         let mut out = Vec::new();
         let mut pat = vec![
-            0x47, 0x40, 0x00, 0x10, 0, 0x00, 0xb0, 13, 0, 1, 0xc1, 0, 0, 0, 1, 0xf0, 0x00, 1, 2, 3,
-            4,
+            0x47, 0x40, 0x00, 0x10, 0, 0x00, 0xb0, 13, 0, 1, 0xc1, 0, 0, 0, 1, 0xf0, 0x00, 1, 2, 3, 4,
         ];
         pat.resize(PACKET_LEN, 0xff);
         let mut pmt = vec![
-            0x47, 0x50, 0x00, 0x10, 0, 0x02, 0xb0, 23, 0, 1, 0xc1, 0, 0, 0xe0, 0x41, 0xf0, 0, 0x1b,
-            0xe0, 0x41, 0xf0, 0, 0x0f, 0xe0, 0x42, 0xf0, 0, 1, 2, 3, 4,
+            0x47, 0x50, 0x00, 0x10, 0, 0x02, 0xb0, 23, 0, 1, 0xc1, 0, 0, 0xe0, 0x41, 0xf0, 0, 0x1b, 0xe0, 0x41, 0xf0,
+            0, 0x0f, 0xe0, 0x42, 0xf0, 0, 1, 2, 3, 4,
         ];
         pmt.resize(PACKET_LEN, 0xff);
         out.extend(pat);
@@ -256,10 +243,7 @@ mod tests {
         assert_eq!(sizes, vec![2 + 3 + 1, 2, 2 + 2]);
         let segments: Vec<u64> = cuts.iter().map(|(h, _)| h.segment).collect();
         assert_eq!(segments, vec![0, 0, 1]);
-        assert_eq!(
-            cuts.iter().map(|(h, _)| h.seq).collect::<Vec<_>>(),
-            vec![0, 1, 2]
-        );
+        assert_eq!(cuts.iter().map(|(h, _)| h.seq).collect::<Vec<_>>(), vec![0, 1, 2]);
         // PSI copies lead each segment with continuity counters that run on.
         let second = &cuts[2].1;
         assert_eq!(Packet::new(&second[..188]).unwrap().pid(), 0);
@@ -281,12 +265,7 @@ mod tests {
             cuts.iter()
                 .all(|(_, p)| p.len() <= MAX_CHUNK_PAYLOAD && p.len() % PACKET_LEN == 0)
         );
-        assert_eq!(
-            cuts.iter()
-                .map(|(_, p)| p.len() / PACKET_LEN)
-                .sum::<usize>(),
-            202
-        );
+        assert_eq!(cuts.iter().map(|(_, p)| p.len() / PACKET_LEN).sum::<usize>(), 202);
         assert!(cuts[0].0.flags.has(ChunkFlags::SEGMENT_START));
         assert!(!cuts[1].0.flags.has(ChunkFlags::FRAME_START));
     }

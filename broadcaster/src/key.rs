@@ -29,14 +29,9 @@ pub fn load_or_create(path: &Path) -> anyhow::Result<SigningKey> {
                     path.display()
                 );
             }
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read key file {}", path.display()))?;
-            parse(&text).with_context(|| {
-                format!(
-                    "key file {} does not hold a shoal stream key",
-                    path.display()
-                )
-            })
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("cannot read key file {}", path.display()))?;
+            parse(&text).with_context(|| format!("key file {} does not hold a shoal stream key", path.display()))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(path),
         Err(e) => Err(e).with_context(|| format!("cannot open key file {}", path.display())),
@@ -60,8 +55,7 @@ fn create(path: &Path) -> anyhow::Result<SigningKey> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed)
-        .map_err(|e| anyhow::anyhow!("no system randomness for a stream key: {e}"))?;
+    getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no system randomness for a stream key: {e}"))?;
     let text: String = seed.iter().map(|b| format!("{b:02x}")).collect::<String>() + "\n";
     // Write a private temporary file, then link it into place: the link fails if a key
     // appeared meanwhile, so an existing key is never replaced.
@@ -106,10 +100,7 @@ mod tests {
         let path = dir().join("sub/stream.key");
         let _ = std::fs::remove_file(&path);
         let key = load_or_create(&path).unwrap();
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(load_or_create(&path).unwrap().to_bytes(), key.to_bytes());
     }
 
@@ -118,12 +109,7 @@ mod tests {
         let path = dir().join("open.key");
         std::fs::write(&path, "00".repeat(32)).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(
-            load_or_create(&path)
-                .unwrap_err()
-                .to_string()
-                .contains("chmod 600")
-        );
+        assert!(load_or_create(&path).unwrap_err().to_string().contains("chmod 600"));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::fs::write(&path, "not a key").unwrap();
         assert!(load_or_create(&path).is_err());

@@ -75,7 +75,10 @@ async fn broadcast(args: Args) -> anyhow::Result<()> {
         listen: args.swarm.listen,
         dial: bootstrap.clone(),
         upload_kbps: args.swarm.upload_kbps,
-        core: args.swarm.core_config(),
+        core: shoal_peer::state::Config {
+            source: true,
+            ..args.swarm.core_config()
+        },
         stats_json: args.swarm.stats_json.clone(),
     })
     .await?;
@@ -133,8 +136,7 @@ fn encode(
     tx: mpsc::Sender<Chunk>,
 ) -> anyhow::Result<()> {
     let mut epoch_bytes = [0u8; 8];
-    getrandom::fill(&mut epoch_bytes)
-        .map_err(|e| anyhow::anyhow!("no system randomness for the stream epoch: {e}"))?;
+    getrandom::fill(&mut epoch_bytes).map_err(|e| anyhow::anyhow!("no system randomness for the stream epoch: {e}"))?;
     let mut chunker = Chunker::new(u64::from_le_bytes(epoch_bytes), segment_ms);
     let send = |header, payload| -> bool {
         match Chunk::sign(header, payload, key) {
@@ -163,11 +165,7 @@ fn encode(
 }
 
 /// Hands chunks to the swarm and logs what the source uploads now and then.
-async fn publish(
-    mut rx: mpsc::Receiver<Chunk>,
-    publisher: Publisher,
-    stats: Arc<shoal_peer::stats::Stats>,
-) {
+async fn publish(mut rx: mpsc::Receiver<Chunk>, publisher: Publisher, stats: Arc<shoal_peer::stats::Stats>) {
     let mut produced: u64 = 0;
     let mut chunks: u64 = 0;
     let mut report = tokio::time::interval(Duration::from_secs(10));

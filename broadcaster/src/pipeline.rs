@@ -47,11 +47,7 @@ impl FromStr for Resolution {
             .split_once('x')
             .ok_or_else(|| anyhow!("resolution {s:?} is not WIDTHxHEIGHT"))?;
         let (width, height): (u32, u32) = (w.parse()?, h.parse()?);
-        if !(16..=7680).contains(&width)
-            || !(16..=4320).contains(&height)
-            || width % 2 == 1
-            || height % 2 == 1
-        {
+        if !(16..=7680).contains(&width) || !(16..=4320).contains(&height) || width % 2 == 1 || height % 2 == 1 {
             bail!("resolution {s:?} out of range (even sizes from 16x16 to 7680x4320)");
         }
         Ok(Resolution { width, height })
@@ -120,8 +116,7 @@ pub fn check_plugins(source: &Source) -> anyhow::Result<()> {
         }
     }
     if let Source::File(path) = source {
-        std::fs::File::open(path)
-            .with_context(|| format!("cannot open source file {}", path.display()))?;
+        std::fs::File::open(path).with_context(|| format!("cannot open source file {}", path.display()))?;
     }
     Ok(())
 }
@@ -191,10 +186,7 @@ fn link_decoded_pads(pipeline: &gst::Pipeline, enc: &Encoding) -> anyhow::Result
             return;
         };
         let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
-        let kind = caps
-            .structure(0)
-            .map(|s| s.name().to_string())
-            .unwrap_or_default();
+        let kind = caps.structure(0).map(|s| s.name().to_string()).unwrap_or_default();
         let mut done = done.lock().unwrap_or_else(|e| e.into_inner());
         let branch = if kind.starts_with("video/") && !done.0 {
             done.0 = true;
@@ -214,10 +206,7 @@ fn link_decoded_pads(pipeline: &gst::Pipeline, enc: &Encoding) -> anyhow::Result
             bin.static_pad("src")
                 .ok_or_else(|| anyhow!("branch has no src"))?
                 .link(&mux_pad)?;
-            pad.link(
-                &bin.static_pad("sink")
-                    .ok_or_else(|| anyhow!("branch has no sink"))?,
-            )?;
+            pad.link(&bin.static_pad("sink").ok_or_else(|| anyhow!("branch has no sink"))?)?;
             bin.sync_state_with_parent()?;
             Ok(())
         })();
@@ -238,17 +227,9 @@ pub enum Output<'a> {
 
 /// Runs the pipeline until `stop` is set or the source ends, handing muxed bytes to `out`.
 /// A file source loops forever.
-pub fn run(
-    source: &Source,
-    enc: &Encoding,
-    stop: &AtomicBool,
-    mut out: impl FnMut(Output<'_>),
-) -> anyhow::Result<()> {
+pub fn run(source: &Source, enc: &Encoding, stop: &AtomicBool, mut out: impl FnMut(Output<'_>)) -> anyhow::Result<()> {
     let mut running = start(source, enc)?;
-    let bus = running
-        .pipeline
-        .bus()
-        .ok_or_else(|| anyhow!("pipeline has no bus"))?;
+    let bus = running.pipeline.bus().ok_or_else(|| anyhow!("pipeline has no bus"))?;
     let mut bus = bus;
     while !stop.load(Ordering::Relaxed) {
         while let Some(msg) = bus.pop() {
@@ -261,19 +242,14 @@ pub fn run(
                     tracing::info!("{} ended: starting it over", describe(source));
                     drop(running);
                     running = start(source, enc)?;
-                    bus = running
-                        .pipeline
-                        .bus()
-                        .ok_or_else(|| anyhow!("pipeline has no bus"))?;
+                    bus = running.pipeline.bus().ok_or_else(|| anyhow!("pipeline has no bus"))?;
                     out(Output::Restarted);
                     break;
                 }
                 _ => {}
             }
         }
-        if let Some(sample) = running
-            .sink
-            .try_pull_sample(gst::ClockTime::from_mseconds(100))
+        if let Some(sample) = running.sink.try_pull_sample(gst::ClockTime::from_mseconds(100))
             && let Some(buffer) = sample.buffer()
             && let Ok(map) = buffer.map_readable()
         {
@@ -288,9 +264,7 @@ fn start(source: &Source, enc: &Encoding) -> anyhow::Result<Running> {
     if running.pipeline.set_state(gst::State::Playing).is_err() {
         let bus = running.pipeline.bus();
         let detail = bus
-            .and_then(|b| {
-                b.timed_pop_filtered(gst::ClockTime::from_seconds(1), &[gst::MessageType::Error])
-            })
+            .and_then(|b| b.timed_pop_filtered(gst::ClockTime::from_seconds(1), &[gst::MessageType::Error]))
             .and_then(|m| match m.view() {
                 gst::MessageView::Error(e) => Some(e.error().to_string()),
                 _ => None,

@@ -42,9 +42,7 @@ impl SwarmArgs {
         for peer in &self.bootstrap {
             let mut addrs = tokio::net::lookup_host(peer.as_str())
                 .await
-                .with_context(|| {
-                    format!("bootstrap peer {peer:?} is not a HOST:PORT that resolves")
-                })?;
+                .with_context(|| format!("bootstrap peer {peer:?} is not a HOST:PORT that resolves"))?;
             out.extend(addrs.next());
         }
         Ok(out)
@@ -53,6 +51,7 @@ impl SwarmArgs {
     pub fn core_config(&self) -> state::Config {
         state::Config {
             window: Duration::from_secs(self.window_s),
+            discovery: !self.no_discovery,
             ..state::Config::default()
         }
     }
@@ -76,9 +75,8 @@ impl TicketArgs {
             (None, Some(path)) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read ticket file {}", path.display()))?;
-                text.parse().with_context(|| {
-                    format!("ticket file {} holds no valid shoal ticket", path.display())
-                })
+                text.parse()
+                    .with_context(|| format!("ticket file {} holds no valid shoal ticket", path.display()))
             }
             (None, None) => bail!("no ticket: pass --ticket TICKET or --ticket-file PATH"),
         }
@@ -86,11 +84,7 @@ impl TicketArgs {
 }
 
 /// Which addresses to dial: the bootstrap peers, plus the ticket's unless discovery is off.
-pub fn dial_list(
-    ticket: &Ticket,
-    bootstrap: Vec<SocketAddr>,
-    no_discovery: bool,
-) -> Vec<SocketAddr> {
+pub fn dial_list(ticket: &Ticket, bootstrap: Vec<SocketAddr>, no_discovery: bool) -> Vec<SocketAddr> {
     let mut dial = bootstrap;
     if !no_discovery {
         dial.extend(ticket.addrs.iter().copied());
@@ -107,8 +101,8 @@ pub fn advertised_addrs(local: SocketAddr) -> Vec<SocketAddr> {
     }
     let mut out = Vec::new();
     // Connecting a UDP socket sends nothing; it only asks the kernel which source it would use.
-    let primary = std::net::UdpSocket::bind("0.0.0.0:0")
-        .and_then(|s| s.connect("192.0.2.1:9").and_then(|_| s.local_addr()));
+    let primary =
+        std::net::UdpSocket::bind("0.0.0.0:0").and_then(|s| s.connect("192.0.2.1:9").and_then(|_| s.local_addr()));
     if let Ok(addr) = primary {
         out.push(SocketAddr::new(addr.ip(), local.port()));
     }
@@ -148,8 +142,7 @@ fn config_path(args: &[OsString]) -> Option<PathBuf> {
 
 /// Turns a TOML table into flags: `key = v` → `--key=v`, `true` → `--key`, arrays repeat.
 pub fn config_args(path: &Path) -> anyhow::Result<Vec<OsString>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
     let table: toml::Table = text
         .parse()
         .with_context(|| format!("config file {} is not valid TOML", path.display()))?;
@@ -170,10 +163,7 @@ pub fn config_args(path: &Path) -> anyhow::Result<Vec<OsString>> {
                 toml::Value::String(s) => out.push(format!("{flag}={s}").into()),
                 toml::Value::Integer(i) => out.push(format!("{flag}={i}").into()),
                 toml::Value::Float(f) => out.push(format!("{flag}={f}").into()),
-                other => bail!(
-                    "config file {}: {key} = {other} is not a flag value",
-                    path.display()
-                ),
+                other => bail!("config file {}: {key} = {other} is not a flag value", path.display()),
             }
         }
     }
@@ -183,8 +173,8 @@ pub fn config_args(path: &Path) -> anyhow::Result<Vec<OsString>> {
 /// Logs to stderr; RUST_LOG picks the level (default info).
 pub fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,quinn=warn,quinn_proto=warn"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,quinn=warn,quinn_proto=warn"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -198,11 +188,10 @@ pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return std::future::pending().await,
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -239,7 +228,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("shoal-cli-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("kiosk.toml");
-        std::fs::write(&path, "listen = \"127.0.0.1:0\"\nbootstrap = [\"a:1\", \"b:2\"]\nno_discovery = true\nupload-kbps = 500\n").unwrap();
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:0\"\nbootstrap = [\"a:1\", \"b:2\"]\nno_discovery = true\nupload-kbps = 500\n",
+        )
+        .unwrap();
         let args: Vec<String> = config_args(&path)
             .unwrap()
             .into_iter()

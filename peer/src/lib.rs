@@ -5,6 +5,8 @@ pub mod cli;
 pub mod link;
 pub mod node;
 pub mod pacer;
+pub mod seqset;
+pub mod sim;
 pub mod state;
 pub mod stats;
 pub mod transport;

@@ -117,10 +117,7 @@ pub async fn handshake(
 }
 
 /// Reads one control frame and its length; `Ok(None)` at a clean end of stream.
-async fn read_message(
-    recv: &mut quinn::RecvStream,
-    buf: &mut BytesMut,
-) -> anyhow::Result<Option<(Message, usize)>> {
+async fn read_message(recv: &mut quinn::RecvStream, buf: &mut BytesMut) -> anyhow::Result<Option<(Message, usize)>> {
     loop {
         if let Some(len) = Message::frame_len(buf)? {
             let frame = buf.split_to(len);
@@ -136,6 +133,8 @@ async fn read_message(
 /// The node loop's handle on a running link.
 pub struct LinkHandle {
     pub node_id: NodeId,
+    pub listen: Vec<SocketAddr>,
+    pub outbound: bool,
     pub conn: quinn::Connection,
     pub control: mpsc::Sender<Message>,
     pub chunks: mpsc::Sender<(Chunk, Instant)>,
@@ -156,6 +155,7 @@ pub struct Shared {
 pub fn start(
     conn: quinn::Connection,
     peer: &Peer,
+    outbound: bool,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
     buf: BytesMut,
@@ -165,33 +165,14 @@ pub fn start(
     let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
     let (chunk_tx, chunk_rx) = mpsc::channel(CHUNK_QUEUE);
     let mut tasks = JoinSet::new();
-    tasks.spawn(read_control(
-        peer.node_id,
-        recv,
-        buf,
-        shared.clone(),
-        stats.clone(),
-    ));
-    tasks.spawn(write_control(
-        send,
-        control_rx,
-        shared.clone(),
-        stats.clone(),
-    ));
-    tasks.spawn(read_chunks(
-        peer.node_id,
-        conn.clone(),
-        shared.clone(),
-        stats.clone(),
-    ));
-    tasks.spawn(write_chunks(
-        conn.clone(),
-        chunk_rx,
-        shared.clone(),
-        stats.clone(),
-    ));
+    tasks.spawn(read_control(peer.node_id, recv, buf, shared.clone(), stats.clone()));
+    tasks.spawn(write_control(send, control_rx, shared.clone(), stats.clone()));
+    tasks.spawn(read_chunks(peer.node_id, conn.clone(), shared.clone(), stats.clone()));
+    tasks.spawn(write_chunks(conn.clone(), chunk_rx, shared.clone(), stats.clone()));
     let handle = LinkHandle {
         node_id: peer.node_id,
+        listen: peer.listen.clone(),
+        outbound,
         conn,
         control: control_tx,
         chunks: chunk_tx,
@@ -319,8 +300,7 @@ impl PartialOrd for Queued {
 }
 impl Ord for Queued {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.0.header.timestamp_us, self.0.header.seq)
-            .cmp(&(other.0.header.timestamp_us, other.0.header.seq))
+        (self.0.header.timestamp_us, self.0.header.seq).cmp(&(other.0.header.timestamp_us, other.0.header.seq))
     }
 }
 
@@ -371,8 +351,7 @@ async fn write_chunks(
                 let header = Bytes::copy_from_slice(&chunk.header.to_bytes()[..HEADER_LEN]);
                 let sig = Bytes::copy_from_slice(&chunk.signature);
                 let mut parts = [header, chunk.payload.clone(), sig];
-                let result =
-                    tokio::time::timeout_at(deadline, send.write_all_chunks(&mut parts)).await;
+                let result = tokio::time::timeout_at(deadline, send.write_all_chunks(&mut parts)).await;
                 match result {
                     Ok(Ok(())) => {
                         let _ = send.finish();

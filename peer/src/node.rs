@@ -66,8 +66,7 @@ pub struct Node {
 impl Node {
     pub async fn spawn(config: NodeConfig) -> anyhow::Result<Node> {
         let mut seed = [0u8; 32];
-        getrandom::fill(&mut seed)
-            .map_err(|e| anyhow::anyhow!("no system randomness for the node key: {e}"))?;
+        getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no system randomness for the node key: {e}"))?;
         let node_id = NodeId(SigningKey::from_bytes(&seed).verifying_key().to_bytes());
         let endpoint = crate::transport::endpoint(config.listen)?;
         let local_addr = endpoint.local_addr()?;
@@ -77,15 +76,11 @@ impl Node {
         let (inputs, input_rx) = mpsc::channel(INPUT_QUEUE);
         let (delivery_tx, delivery_rx) = mpsc::channel(DELIVERY_QUEUE);
 
-        let listen = if local_addr.ip().is_unspecified() {
-            Vec::new()
-        } else {
-            vec![local_addr]
-        };
+        let listen = crate::cli::advertised_addrs(local_addr);
         let identity = Identity {
             node_id,
             stream_key: config.stream_key,
-            listen,
+            listen: listen.clone(),
         };
         let shared = Shared {
             stream_key: config.stream_key,
@@ -93,14 +88,27 @@ impl Node {
             stats: stats.clone(),
             pacer: config.upload_kbps.map(|k| Arc::new(Pacer::new(k))),
         };
-        let deliver = config.core.deliver;
-        let core = State::new(node_id, config.core, Instant::now().into_std());
+        let mut core_config = config.core;
+        core_config.listen = listen;
+        if let Some(kbps) = config.upload_kbps {
+            core_config.upload_bps = Some(kbps * 1000);
+        }
+        let deliver = core_config.deliver;
+        let core_seed = u64::from_le_bytes(seed[..8].try_into().expect("8 bytes"));
+        let core = State::new(node_id, core_config, core_seed, Instant::now().into_std());
+        let dialer = Dialer {
+            endpoint: endpoint.clone(),
+            identity: identity.clone(),
+            shared: shared.clone(),
+            cancel: cancel.clone(),
+            tasks: tasks.clone(),
+        };
         tasks.spawn(run_core(
             core,
             input_rx,
             deliver.then_some(delivery_tx),
             stats.clone(),
-            cancel.clone(),
+            dialer,
         ));
         tasks.spawn(accept(
             endpoint.clone(),
@@ -183,13 +191,43 @@ impl Publisher {
     }
 }
 
+/// What the core loop needs to dial the peers the core asks for.
+struct Dialer {
+    endpoint: quinn::Endpoint,
+    identity: Identity,
+    shared: Shared,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Dialer {
+    fn dial(&self, addr: SocketAddr) {
+        let (endpoint, identity, shared, cancel) = (
+            self.endpoint.clone(),
+            self.identity.clone(),
+            self.shared.clone(),
+            self.cancel.clone(),
+        );
+        self.tasks.spawn(async move {
+            match dial(&endpoint, addr).await {
+                Ok(conn) => run_link(conn, &identity, true, &shared, &cancel).await,
+                Err(e) => {
+                    tracing::debug!(%addr, "dial failed: {e:#}");
+                    let _ = shared.events.send(Input::Event(Event::DialFailed { addr })).await;
+                }
+            }
+        });
+    }
+}
+
 async fn run_core(
     mut core: State,
     mut inputs: mpsc::Receiver<Input>,
     deliveries: Option<mpsc::Sender<Chunk>>,
     stats: Arc<Stats>,
-    cancel: CancellationToken,
+    dialer: Dialer,
 ) {
+    let cancel = dialer.cancel.clone();
     let mut links: HashMap<NodeId, LinkHandle> = HashMap::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -207,23 +245,21 @@ async fn run_core(
             Input::Publish(chunk) => Event::Publish(chunk),
             Input::Linked(link) => {
                 if links.contains_key(&link.node_id) {
-                    link.conn
-                        .close(close::DUPLICATE.into(), b"already connected");
+                    link.conn.close(close::DUPLICATE.into(), b"already connected");
                     continue;
                 }
                 let event = Event::NeighbourUp {
                     id: link.node_id,
                     addr: link.conn.remote_address(),
+                    listen: link.listen.clone(),
+                    outbound: link.outbound,
                 };
                 tracing::info!(neighbour = %link.node_id.short(), addr = %link.conn.remote_address(), "neighbour up");
                 links.insert(link.node_id, link);
                 event
             }
             Input::Unlinked { node_id, conn_id } => {
-                if links
-                    .get(&node_id)
-                    .is_none_or(|l| l.conn.stable_id() != conn_id)
-                {
+                if links.get(&node_id).is_none_or(|l| l.conn.stable_id() != conn_id) {
                     continue;
                 }
                 if let Some(link) = links.remove(&node_id) {
@@ -257,16 +293,9 @@ async fn run_core(
                         link.conn.close(close::SLOW.into(), b"too slow");
                     }
                 }
-                Action::Push {
-                    to,
-                    chunk,
-                    deadline,
-                } => {
+                Action::Push { to, chunk, deadline } => {
                     if let Some(link) = links.get(&to)
-                        && link
-                            .chunks
-                            .try_send((chunk, Instant::from_std(deadline)))
-                            .is_err()
+                        && link.chunks.try_send((chunk, Instant::from_std(deadline))).is_err()
                         && !slow_warned
                     {
                         slow_warned = true;
@@ -277,22 +306,29 @@ async fn run_core(
                     if let Some(tx) = &deliveries
                         && tx.try_send(chunk).is_err()
                     {
-                        tracing::warn!(
-                            "the local player is not keeping up: a chunk was not delivered"
-                        );
+                        tracing::warn!("the local player is not keeping up: a chunk was not delivered");
                     }
                 }
+                Action::Dial(addr) => dialer.dial(addr),
                 Action::Disconnect { id, reason } => {
                     if let Some(link) = links.remove(&id) {
                         tracing::info!(neighbour = %id.short(), reason, "disconnecting");
-                        let code = if reason == "goodbye" {
-                            close::GOODBYE
-                        } else {
-                            close::BANNED
-                        };
-                        link.conn.close(code.into(), reason.as_bytes());
                         stats.closed(&link.stats);
                         let _ = core.handle(Event::NeighbourDown { id }, now).count();
+                        let code = match reason {
+                            "goodbye" => close::GOODBYE,
+                            "full" | "duplicate" => close::DUPLICATE,
+                            _ => close::BANNED,
+                        };
+                        if code == close::BANNED {
+                            link.conn.close(code.into(), reason.as_bytes());
+                        } else {
+                            // Let what was queued for it (addresses to try instead) go out first.
+                            tokio::spawn(async move {
+                                tokio::time::sleep(Duration::from_millis(300)).await;
+                                link.conn.close(code.into(), reason.as_bytes());
+                            });
+                        }
                     }
                 }
             }
@@ -314,12 +350,7 @@ async fn run_core(
     }
 }
 
-async fn accept(
-    endpoint: quinn::Endpoint,
-    identity: Identity,
-    shared: Shared,
-    cancel: CancellationToken,
-) {
+async fn accept(endpoint: quinn::Endpoint, identity: Identity, shared: Shared, cancel: CancellationToken) {
     let slots = Arc::new(Semaphore::new(MAX_INCOMING_CONNECTIONS));
     let mut connections = JoinSet::new();
     loop {
@@ -406,7 +437,7 @@ async fn run_link(
         conn.close(close::DUPLICATE.into(), b"self");
         return;
     }
-    let (handle, mut tasks) = link::start(conn.clone(), &peer, send, recv, buf, shared);
+    let (handle, mut tasks) = link::start(conn.clone(), &peer, outbound, send, recv, buf, shared);
     let node_id = handle.node_id;
     if shared.events.send(Input::Linked(handle)).await.is_err() {
         return;

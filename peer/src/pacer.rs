@@ -27,8 +27,7 @@ impl Pacer {
         let mut guard = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
         let (tokens, last) = &mut *guard;
         let now = Instant::now();
-        *tokens =
-            (*tokens + now.duration_since(*last).as_secs_f64() * self.bytes_per_s).min(self.burst);
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.bytes_per_s).min(self.burst);
         *last = now;
         *tokens -= bytes as f64;
         if *tokens >= 0.0 {

@@ -196,10 +196,7 @@ pub fn now_us() -> u64 {
 
 /// Writes `value` to `path` atomically: a reader never sees a half-written file.
 pub fn write_atomically(path: &Path, value: &Value) -> std::io::Result<()> {
-    write_atomically_text(
-        path,
-        &serde_json::to_string_pretty(value).unwrap_or_default(),
-    )
+    write_atomically_text(path, &serde_json::to_string_pretty(value).unwrap_or_default())
 }
 
 /// Writes `text` to a temporary file beside `path`, then renames it into place.

@@ -37,8 +37,8 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
 
 /// Binds `listen` and returns an endpoint that serves and dials shoal connections.
 pub fn endpoint(listen: SocketAddr) -> anyhow::Result<quinn::Endpoint> {
-    let cert = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string()])
-        .context("generating a TLS certificate")?;
+    let cert =
+        rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string()]).context("generating a TLS certificate")?;
     let key = PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der());
 
     let mut server_tls = rustls::ServerConfig::builder_with_provider(provider())
@@ -46,8 +46,7 @@ pub fn endpoint(listen: SocketAddr) -> anyhow::Result<quinn::Endpoint> {
         .with_no_client_auth()
         .with_single_cert(vec![cert.cert.der().clone()], key.into())?;
     server_tls.alpn_protocols = vec![shoal_proto::ALPN.to_vec()];
-    let mut server =
-        quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(server_tls)?));
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(server_tls)?));
     server.transport_config(transport_config());
 
     let mut client_tls = rustls::ClientConfig::builder_with_provider(provider())
@@ -59,8 +58,7 @@ pub fn endpoint(listen: SocketAddr) -> anyhow::Result<quinn::Endpoint> {
     let mut client = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(client_tls)?));
     client.transport_config(transport_config());
 
-    let socket =
-        std::net::UdpSocket::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
+    let socket = std::net::UdpSocket::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let mut endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         Some(server),
@@ -95,12 +93,7 @@ impl ServerCertVerifier for AnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -109,12 +102,7 @@ impl ServerCertVerifier for AnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

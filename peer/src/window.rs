@@ -47,7 +47,7 @@ impl Window {
         }
         epoch.insert(h.seq, chunk.clone());
         self.bytes += chunk.payload.len();
-        if h.timestamp_us > self.newest_us {
+        if h.timestamp_us > self.newest_us || self.live_epoch.is_none() {
             self.newest_us = h.timestamp_us;
             self.live_epoch = Some(h.epoch);
             self.evict();
@@ -88,10 +88,7 @@ impl Window {
 
     /// Sequence numbers held in `epoch`, oldest first.
     pub fn seqs(&self, epoch: u64) -> impl Iterator<Item = u64> + '_ {
-        self.chunks
-            .get(&epoch)
-            .into_iter()
-            .flat_map(|c| c.keys().copied())
+        self.chunks.get(&epoch).into_iter().flat_map(|c| c.keys().copied())
     }
 
     pub fn newest_seq(&self, epoch: u64) -> Option<u64> {

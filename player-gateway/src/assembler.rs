@@ -148,9 +148,7 @@ impl Assembler {
     fn add_segment(&mut self, parts: Vec<Chunk>, next_pts: Option<u64>, now_us: u64) {
         let len = parts.iter().map(|c| c.payload.len()).sum();
         let mut data = BytesMut::with_capacity(len);
-        parts
-            .iter()
-            .for_each(|c| data.extend_from_slice(&c.payload));
+        parts.iter().for_each(|c| data.extend_from_slice(&c.payload));
         let start_us = parts.first().map_or(0, |c| c.header.timestamp_us);
         let end_us = parts.last().map_or(0, |c| c.header.timestamp_us);
         let discontinuity = std::mem::take(&mut self.discontinuity)
@@ -265,11 +263,7 @@ mod tests {
         a.push(chunk(2, 0, 5_000_000, S), 0);
         a.push(chunk(1, 2, 2_500_000, S), 0);
         a.push(chunk(2, 1, 6_000_000, S), 0);
-        let segs: Vec<(u64, bool)> = a
-            .segments()
-            .iter()
-            .map(|s| (s.start_us, s.discontinuity))
-            .collect();
+        let segs: Vec<(u64, bool)> = a.segments().iter().map(|s| (s.start_us, s.discontinuity)).collect();
         assert_eq!(segs, vec![(1_000_000, false), (5_000_000, true)]);
     }
 

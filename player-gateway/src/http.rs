@@ -91,8 +91,7 @@ impl Gateway {
                 "swarm_latency_ms": s.complete_us.saturating_sub(s.end_us) / 1000,
             })).collect::<Vec<_>>(),
         });
-        stats["segment_latency_ms"] =
-            percentiles(lock(&self.segment_latency_ms).iter().copied().collect());
+        stats["segment_latency_ms"] = percentiles(lock(&self.segment_latency_ms).iter().copied().collect());
         stats
     }
 }
@@ -112,10 +111,7 @@ async fn live_playlist(State(g): State<Arc<Gateway>>) -> Response {
     let ready = |g: &Gateway| !lock(&g.assembler).segments().is_empty();
     if !ready(&g) {
         let wait = updates.wait_for(|_| ready(&g));
-        if tokio::time::timeout(FIRST_SEGMENT_WAIT, wait)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(FIRST_SEGMENT_WAIT, wait).await.is_err() {
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
                 [(header::RETRY_AFTER, "1")],
@@ -149,29 +145,19 @@ async fn segment(State(g): State<Arc<Gateway>>, Path(name): Path<String>) -> Res
             data,
         )
             .into_response(),
-        None => (
-            StatusCode::NOT_FOUND,
-            "segment is not (or no longer) available\n",
-        )
-            .into_response(),
+        None => (StatusCode::NOT_FOUND, "segment is not (or no longer) available\n").into_response(),
     }
 }
 
 async fn stats_json(State(g): State<Arc<Gateway>>) -> Response {
-    (
-        [(header::CACHE_CONTROL, "no-cache")],
-        axum::Json(g.snapshot()),
-    )
-        .into_response()
+    ([(header::CACHE_CONTROL, "no-cache")], axum::Json(g.snapshot())).into_response()
 }
 
 async fn metrics(State(g): State<Arc<Gateway>>) -> Response {
     let s = g.snapshot();
     let mut out = String::new();
     let mut metric = |name: &str, help: &str, kind: &str, samples: Vec<(String, Value)>| {
-        out.push_str(&format!(
-            "# HELP shoal_{name} {help}\n# TYPE shoal_{name} {kind}\n"
-        ));
+        out.push_str(&format!("# HELP shoal_{name} {help}\n# TYPE shoal_{name} {kind}\n"));
         for (labels, value) in samples {
             if let Some(v) = value.as_f64() {
                 out.push_str(&format!("shoal_{name}{labels} {v}\n"));

@@ -41,20 +41,14 @@ fn main() {
 
 async fn serve(args: Args) -> anyhow::Result<()> {
     let ticket = args.ticket.load()?;
-    let listener = tokio::net::TcpListener::bind(args.http)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot serve HTTP on {} (is another gateway running? pick another --http)",
-                args.http
-            )
-        })?;
+    let listener = tokio::net::TcpListener::bind(args.http).await.with_context(|| {
+        format!(
+            "cannot serve HTTP on {} (is another gateway running? pick another --http)",
+            args.http
+        )
+    })?;
     let http_addr = listener.local_addr()?;
-    let dial = cli::dial_list(
-        &ticket,
-        args.swarm.bootstrap_addrs().await?,
-        args.swarm.no_discovery,
-    );
+    let dial = cli::dial_list(&ticket, args.swarm.bootstrap_addrs().await?, args.swarm.no_discovery);
     let mut core = args.swarm.core_config();
     core.deliver = true;
     let mut node = Node::spawn(NodeConfig {

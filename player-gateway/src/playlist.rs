@@ -13,11 +13,7 @@ pub fn render(a: &Assembler) -> String {
     let skip = segments.len().saturating_sub(SEGMENTS_LISTED);
     let listed: Vec<_> = segments.iter().skip(skip).collect();
     // Discontinuities in segments kept but no longer listed still count as scrolled out.
-    let hidden_discontinuities = segments
-        .iter()
-        .take(skip)
-        .filter(|s| s.discontinuity)
-        .count() as u64;
+    let hidden_discontinuities = segments.iter().take(skip).filter(|s| s.discontinuity).count() as u64;
     let target = listed
         .iter()
         .map(|s| s.duration_s.round().max(1.0) as u64)
@@ -27,11 +23,7 @@ pub fn render(a: &Assembler) -> String {
     let _ = writeln!(out, "#EXTM3U");
     let _ = writeln!(out, "#EXT-X-VERSION:3");
     let _ = writeln!(out, "#EXT-X-TARGETDURATION:{target}");
-    let _ = writeln!(
-        out,
-        "#EXT-X-MEDIA-SEQUENCE:{}",
-        listed.first().map_or(0, |s| s.msn)
-    );
+    let _ = writeln!(out, "#EXT-X-MEDIA-SEQUENCE:{}", listed.first().map_or(0, |s| s.msn));
     let _ = writeln!(
         out,
         "#EXT-X-DISCONTINUITY-SEQUENCE:{}",
@@ -114,15 +106,11 @@ mod tests {
         }
         let text = render(&a);
         assert!(
-            text.starts_with(
-                "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:3\n"
-            ),
+            text.starts_with("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:3\n"),
             "{text}"
         );
         assert_eq!(text.matches("#EXTINF:1.000,").count(), SEGMENTS_LISTED);
-        assert!(text.contains(
-            "#EXT-X-PROGRAM-DATE-TIME:1970-01-01T00:00:08.000Z\n#EXTINF:1.000,\nseg/8.ts\n"
-        ));
+        assert!(text.contains("#EXT-X-PROGRAM-DATE-TIME:1970-01-01T00:00:08.000Z\n#EXTINF:1.000,\nseg/8.ts\n"));
         assert!(!text.contains("ENDLIST"));
     }
 }

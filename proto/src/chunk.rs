@@ -113,11 +113,7 @@ pub struct VerifyError;
 
 impl Chunk {
     /// Signs `payload` under `header` (whose `payload_len` is set here).
-    pub fn sign(
-        mut header: ChunkHeader,
-        payload: Bytes,
-        key: &SigningKey,
-    ) -> Result<Chunk, DecodeError> {
+    pub fn sign(mut header: ChunkHeader, payload: Bytes, key: &SigningKey) -> Result<Chunk, DecodeError> {
         if payload.len() > MAX_CHUNK_PAYLOAD {
             return Err(DecodeError::TooLong {
                 what: "chunk payload",

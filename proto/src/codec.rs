@@ -13,11 +13,7 @@ pub enum DecodeError {
     #[error("unsupported version {0}")]
     Version(u8),
     #[error("{what} is {len}, over the limit of {max}")]
-    TooLong {
-        what: &'static str,
-        len: usize,
-        max: usize,
-    },
+    TooLong { what: &'static str, len: usize, max: usize },
     #[error("invalid {0}")]
     Invalid(&'static str),
     #[error("unknown message type {0}")]
@@ -60,11 +56,7 @@ pub(crate) fn get_array<const N: usize>(buf: &mut impl Buf) -> Result<[u8; N], D
 }
 
 /// Reads a count and checks it against `max` before anything is allocated for it.
-pub(crate) fn get_count(
-    buf: &mut impl Buf,
-    what: &'static str,
-    max: usize,
-) -> Result<usize, DecodeError> {
+pub(crate) fn get_count(buf: &mut impl Buf, what: &'static str, max: usize) -> Result<usize, DecodeError> {
     let len = usize::from(get_u8(buf)?);
     if len > max {
         return Err(DecodeError::TooLong { what, len, max });

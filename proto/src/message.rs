@@ -7,8 +7,8 @@ use bytes::{Buf, BufMut, BytesMut};
 
 use crate::NodeId;
 use crate::codec::{
-    DecodeError, get_addr, get_addrs, get_array, get_count, get_u8, get_u16, get_u32, get_u64,
-    need, put_addr, put_addrs,
+    DecodeError, get_addr, get_addrs, get_array, get_count, get_u8, get_u16, get_u32, get_u64, need, put_addr,
+    put_addrs,
 };
 
 /// Largest control frame body; a frame announcing more is refused unread.
@@ -69,7 +69,25 @@ pub enum Message {
     Pex { peers: Vec<PeerInfo> },
     /// The sender is leaving; `reason` is a close code.
     Goodbye { reason: u8 },
+    /// "Push me every chunk of this stripe as soon as you have it" (become my parent).
+    Graft { stripe: u8 },
+    /// "Stop pushing me this stripe", or, in answer to GRAFT, "I cannot be your parent".
+    Prune { stripe: u8 },
+    /// What a neighbour needs to pick parents: the sender's hop count from the source per
+    /// stripe (255 = not receiving it), how many more children it can take, and where the
+    /// newest segment it holds starts (so a joining node can start at a keyframe).
+    Status {
+        depths: Vec<u8>,
+        free_slots: u16,
+        epoch: u64,
+        segment_start: Option<u64>,
+    },
 }
+
+/// Depth value meaning "not receiving this stripe".
+pub const NO_DEPTH: u8 = u8::MAX;
+/// Most stripes a stream may be split into.
+pub const MAX_STRIPES: usize = 16;
 
 const HELLO: u8 = 1;
 const HAVE: u8 = 2;
@@ -77,6 +95,9 @@ const REQUEST: u8 = 3;
 const CANCEL: u8 = 4;
 const PEX: u8 = 5;
 const GOODBYE: u8 = 6;
+const GRAFT: u8 = 7;
+const PRUNE: u8 = 8;
+const STATUS: u8 = 9;
 
 impl Message {
     pub fn kind(&self) -> &'static str {
@@ -87,6 +108,9 @@ impl Message {
             Message::Cancel { .. } => "cancel",
             Message::Pex { .. } => "pex",
             Message::Goodbye { .. } => "goodbye",
+            Message::Graft { .. } => "graft",
+            Message::Prune { .. } => "prune",
+            Message::Status { .. } => "status",
         }
     }
 
@@ -153,6 +177,34 @@ impl Message {
             Message::Goodbye { reason } => {
                 buf.put_u8(*reason);
                 GOODBYE
+            }
+            Message::Graft { stripe } => {
+                buf.put_u8(*stripe);
+                GRAFT
+            }
+            Message::Prune { stripe } => {
+                buf.put_u8(*stripe);
+                PRUNE
+            }
+            Message::Status {
+                depths,
+                free_slots,
+                epoch,
+                segment_start,
+            } => {
+                let depths = &depths[..depths.len().min(MAX_STRIPES)];
+                buf.put_u8(depths.len() as u8);
+                buf.put_slice(depths);
+                buf.put_u16(*free_slots);
+                buf.put_u64(*epoch);
+                match segment_start {
+                    Some(seq) => {
+                        buf.put_u8(1);
+                        buf.put_u64(*seq);
+                    }
+                    None => buf.put_u8(0),
+                }
+                STATUS
             }
         }
     }
@@ -227,6 +279,28 @@ impl Message {
             GOODBYE => Message::Goodbye {
                 reason: get_u8(&mut body)?,
             },
+            GRAFT => Message::Graft {
+                stripe: get_u8(&mut body)?,
+            },
+            PRUNE => Message::Prune {
+                stripe: get_u8(&mut body)?,
+            },
+            STATUS => {
+                let n = get_count(&mut body, "stripe depths", MAX_STRIPES)?;
+                need(&body, n)?;
+                let depths = body[..n].to_vec();
+                body = &body[n..];
+                Message::Status {
+                    depths,
+                    free_slots: get_u16(&mut body)?,
+                    epoch: get_u64(&mut body)?,
+                    segment_start: match get_u8(&mut body)? {
+                        0 => None,
+                        1 => Some(get_u64(&mut body)?),
+                        _ => return Err(DecodeError::Invalid("status segment flag")),
+                    },
+                }
+            }
             other => return Err(DecodeError::UnknownMessage(other)),
         };
         if body.has_remaining() {
@@ -320,25 +394,34 @@ mod tests {
                         observed,
                     }
                 }),
-            (any::<u64>(), arb_ranges())
-                .prop_map(|(epoch, ranges)| Message::Have { epoch, ranges }),
-            (any::<u64>(), arb_ranges())
-                .prop_map(|(epoch, ranges)| Message::Request { epoch, ranges }),
-            (any::<u64>(), arb_ranges())
-                .prop_map(|(epoch, ranges)| Message::Cancel { epoch, ranges }),
+            (any::<u64>(), arb_ranges()).prop_map(|(epoch, ranges)| Message::Have { epoch, ranges }),
+            (any::<u64>(), arb_ranges()).prop_map(|(epoch, ranges)| Message::Request { epoch, ranges }),
+            (any::<u64>(), arb_ranges()).prop_map(|(epoch, ranges)| Message::Cancel { epoch, ranges }),
             proptest::collection::vec(
-                (
-                    any::<[u8; 32]>(),
-                    proptest::collection::vec(arb_addr(), 0..MAX_ADDRS)
-                )
-                    .prop_map(|(id, addrs)| PeerInfo {
+                (any::<[u8; 32]>(), proptest::collection::vec(arb_addr(), 0..MAX_ADDRS)).prop_map(|(id, addrs)| {
+                    PeerInfo {
                         node_id: NodeId(id),
-                        addrs
-                    }),
+                        addrs,
+                    }
+                }),
                 0..MAX_PEX_PEERS
             )
             .prop_map(|peers| Message::Pex { peers }),
             any::<u8>().prop_map(|reason| Message::Goodbye { reason }),
+            any::<u8>().prop_map(|stripe| Message::Graft { stripe }),
+            any::<u8>().prop_map(|stripe| Message::Prune { stripe }),
+            (
+                proptest::collection::vec(any::<u8>(), 0..MAX_STRIPES),
+                any::<u16>(),
+                any::<u64>(),
+                proptest::option::of(any::<u64>())
+            )
+                .prop_map(|(depths, free_slots, epoch, segment_start)| Message::Status {
+                    depths,
+                    free_slots,
+                    epoch,
+                    segment_start
+                }),
         ]
     }
 
@@ -369,10 +452,7 @@ mod tests {
     #[test]
     fn oversized_frame_is_refused_from_its_header() {
         let header = [HAVE, 0xff, 0xff, 0xff, 0xff];
-        assert!(matches!(
-            Message::frame_len(&header),
-            Err(DecodeError::TooLong { .. })
-        ));
+        assert!(matches!(Message::frame_len(&header), Err(DecodeError::TooLong { .. })));
     }
 
     #[test]

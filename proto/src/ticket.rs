@@ -119,11 +119,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn ticket(name: &str, addrs: Vec<SocketAddr>) -> Ticket {
-        Ticket::new(
-            SigningKey::from_bytes(&[3; 32]).verifying_key(),
-            name,
-            addrs,
-        )
+        Ticket::new(SigningKey::from_bytes(&[3; 32]).verifying_key(), name, addrs)
     }
 
     proptest! {

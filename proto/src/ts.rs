@@ -143,10 +143,7 @@ impl ProgramMap {
 fn psi_section(payload: &[u8]) -> Option<&[u8]> {
     let pointer = usize::from(*payload.first()?);
     let section = payload.get(1 + pointer..)?;
-    let len = usize::from(u16::from_be_bytes([
-        *section.get(1)? & 0x0f,
-        *section.get(2)?,
-    ]));
+    let len = usize::from(u16::from_be_bytes([*section.get(1)? & 0x0f, *section.get(2)?]));
     // section_length counts from after its own field and includes the 4-byte CRC.
     section.get(..3 + len.checked_sub(4)?)
 }
@@ -188,17 +185,15 @@ mod tests {
         let pat = packet(
             0,
             true,
-            &[
-                0, 0x00, 0xb0, 13, 0, 1, 0xc1, 0, 0, 0, 1, 0xf0, 0x00, 1, 2, 3, 4,
-            ],
+            &[0, 0x00, 0xb0, 13, 0, 1, 0xc1, 0, 0, 0, 1, 0xf0, 0x00, 1, 2, 3, 4],
         );
         // PMT: H.264 on 0x41, AAC on 0x42.
         let pmt = packet(
             0x1000,
             true,
             &[
-                0, 0x02, 0xb0, 23, 0, 1, 0xc1, 0, 0, 0xe0, 0x41, 0xf0, 0, 0x1b, 0xe0, 0x41, 0xf0,
-                0, 0x0f, 0xe0, 0x42, 0xf0, 0, 1, 2, 3, 4,
+                0, 0x02, 0xb0, 23, 0, 1, 0xc1, 0, 0, 0xe0, 0x41, 0xf0, 0, 0x1b, 0xe0, 0x41, 0xf0, 0, 0x0f, 0xe0, 0x42,
+                0xf0, 0, 1, 2, 3, 4,
             ],
         );
         let mut map = ProgramMap::default();

@@ -19,12 +19,7 @@ pub struct Outcome {
 
 /// Connects to `target`, waits for one real chunk, sends `count` forgeries of it, and waits
 /// up to `linger` for the peer to hang up.
-pub async fn forge(
-    ticket: &Ticket,
-    target: SocketAddr,
-    count: usize,
-    linger: Duration,
-) -> anyhow::Result<Outcome> {
+pub async fn forge(ticket: &Ticket, target: SocketAddr, count: usize, linger: Duration) -> anyhow::Result<Outcome> {
     let endpoint = shoal_peer::transport::endpoint("127.0.0.1:0".parse()?)?;
     let conn = endpoint
         .connect(target, shoal_peer::transport::SERVER_NAME)?
@@ -35,7 +30,12 @@ pub async fn forge(
         stream_key: ticket.stream_key,
         listen: vec![],
     };
-    let (_peer, _send, _recv, _buf) = link::handshake(&conn, &me, true).await?;
+    let (_peer, mut send, _recv, _buf) = link::handshake(&conn, &me, true).await?;
+    // Ask to be fed every stripe, like a viewer joining the trees.
+    for stripe in 0..shoal_peer::state::Config::default().stripes {
+        send.write_all(&shoal_proto::Message::Graft { stripe }.to_frame())
+            .await?;
+    }
 
     // Honest peers push us the stream: take one real chunk as a template.
     let real = tokio::time::timeout(Duration::from_secs(10), async {

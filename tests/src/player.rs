@@ -43,10 +43,7 @@ pub fn ffmpeg(url: &str, seconds: u32) -> anyhow::Result<Playback> {
             .map(str::to_string)
     };
     let frames = last("frame=").and_then(|f| f.parse().ok()).unwrap_or(0);
-    let seconds = last("out_time_us=")
-        .and_then(|t| t.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1e6;
+    let seconds = last("out_time_us=").and_then(|t| t.parse::<f64>().ok()).unwrap_or(0.0) / 1e6;
     let errors = String::from_utf8_lossy(&output.stderr)
         .lines()
         .map(str::to_string)

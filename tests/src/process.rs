@@ -29,9 +29,7 @@ pub fn binary(name: &str) -> PathBuf {
 
 /// A fresh, empty directory for one test's files.
 pub fn test_dir(name: &str) -> PathBuf {
-    let dir = bin_dir()
-        .join("e2e")
-        .join(format!("{name}-{}", std::process::id()));
+    let dir = bin_dir().join("e2e").join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("creating the test directory");
     dir

@@ -26,10 +26,7 @@ impl Node {
     }
 
     pub fn node_id(&self) -> String {
-        self.stats()["node_id"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
+        self.stats()["node_id"].as_str().unwrap_or_default().to_string()
     }
 }
 
@@ -78,15 +75,8 @@ pub fn broadcaster(dir: &Path, extra: &[&str]) -> anyhow::Result<Broadcaster> {
     args.extend(extra.iter().map(|s| s.to_string()));
     let mut proc = Proc::start(dir, "broadcaster", &binary("shoal-broadcaster"), &args)?;
     let ticket = proc.wait_for_line("shoal1", START_TIMEOUT)?;
-    let parsed: shoal_proto::Ticket = ticket
-        .trim()
-        .parse()
-        .context("broadcaster printed a bad ticket")?;
-    let addr = parsed
-        .addrs
-        .first()
-        .context("ticket lists no address")?
-        .to_string();
+    let parsed: shoal_proto::Ticket = ticket.trim().parse().context("broadcaster printed a bad ticket")?;
+    let addr = parsed.addrs.first().context("ticket lists no address")?.to_string();
     Ok(Broadcaster {
         node: Node { proc, addr, stats },
         ticket_file,

@@ -27,11 +27,7 @@ fn a_relay_chain_plays_in_ffmpeg() {
     assert!(play.success, "ffmpeg failed: {:?}", play.errors);
     assert!(play.seconds >= 8.0, "decoded only {:.1} s", play.seconds);
     assert!(play.frames >= 8 * 30, "decoded only {} frames", play.frames);
-    assert!(
-        play.errors.is_empty(),
-        "ffmpeg reported errors: {:?}",
-        play.errors
-    );
+    assert!(play.errors.is_empty(), "ffmpeg reported errors: {:?}", play.errors);
 
     // The playlist rolled on while ffmpeg played and holds at least three segments.
     let (_, later) = http_get(&gw.url("/live.m3u8")).unwrap();
@@ -48,22 +44,12 @@ fn a_relay_chain_plays_in_ffmpeg() {
         .filter(|n| n["bytes_in"].as_u64().unwrap_or(0) > 0)
         .map(|n| n["node_id"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        sources,
-        vec![p2_id.as_str()],
-        "gateway's data came from {sources:?}"
-    );
-    assert!(
-        stats["chunks"]["verified"].as_u64().unwrap() > 300,
-        "{stats}"
-    );
+    assert_eq!(sources, vec![p2_id.as_str()], "gateway's data came from {sources:?}");
+    assert!(stats["chunks"]["verified"].as_u64().unwrap() > 300, "{stats}");
     assert_eq!(stats["chunks"]["rejected"], serde_json::json!({}));
     // Each relay got the stream once, from upstream.
     let p1_stats = p1.stats();
-    assert!(
-        p1_stats["bytes_in"]["data"].as_u64().unwrap() > 500_000,
-        "{p1_stats}"
-    );
+    assert!(p1_stats["bytes_in"]["data"].as_u64().unwrap() > 500_000, "{p1_stats}");
     eprintln!(
         "gateway chunk latency {} ms, segment latency {} ms, startup {} ms",
         stats["latency_ms"], stats["segment_latency_ms"], stats["startup_ms"]
@@ -78,10 +64,7 @@ fn forged_chunks_are_rejected_and_never_reach_the_player() {
     let b = swarm::broadcaster(&dir, &[]).unwrap();
     let relay = swarm::relay(&dir, "relay", &b.ticket_file, &b.node.addr).unwrap();
     let gw = swarm::gateway(&dir, &b.ticket_file, &relay.addr).unwrap();
-    let ticket: shoal_proto::Ticket = std::fs::read_to_string(&b.ticket_file)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let ticket: shoal_proto::Ticket = std::fs::read_to_string(&b.ticket_file).unwrap().parse().unwrap();
 
     let url = gw.url("/live.m3u8");
     let player = std::thread::spawn(move || ffmpeg(&url, 10).unwrap());
@@ -112,18 +95,11 @@ fn forged_chunks_are_rejected_and_never_reach_the_player() {
 
     let relay_stats = relay.stats();
     assert!(
-        relay_stats["chunks"]["rejected"]["bad_signature"]
-            .as_u64()
-            .unwrap_or(0)
-            >= 1,
+        relay_stats["chunks"]["rejected"]["bad_signature"].as_u64().unwrap_or(0) >= 1,
         "{relay_stats}"
     );
     assert!(relay_stats["banned"].as_u64().unwrap() >= 1);
     // Had the relay passed a forgery on, the gateway would have rejected it.
     let gw_stats = gw.stats();
-    assert_eq!(
-        gw_stats["chunks"]["rejected"],
-        serde_json::json!({}),
-        "{gw_stats}"
-    );
+    assert_eq!(gw_stats["chunks"]["rejected"], serde_json::json!({}), "{gw_stats}");
 }

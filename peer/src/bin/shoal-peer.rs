@@ -25,11 +25,7 @@ fn main() {
 
 async fn relay(args: Args) -> anyhow::Result<()> {
     let ticket = args.ticket.load()?;
-    let dial = cli::dial_list(
-        &ticket,
-        args.swarm.bootstrap_addrs().await?,
-        args.swarm.no_discovery,
-    );
+    let dial = cli::dial_list(&ticket, args.swarm.bootstrap_addrs().await?, args.swarm.no_discovery);
     let node = Node::spawn(NodeConfig {
         stream_key: ticket.stream_key,
         listen: args.swarm.listen,

@@ -1,37 +1,65 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use shoal_proto::message::SeqRange;
-use shoal_proto::{ChunkFlags, Message};
+use shoal_proto::message::{NO_DEPTH, SeqRange};
+use shoal_proto::{ChunkFlags, Message, NodeId};
 
 use super::*;
 use crate::testing::{chunk, node};
 
-fn addr() -> SocketAddr {
-    "127.0.0.1:9".parse().unwrap()
+fn addr(n: u8) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, n], 9000))
+}
+
+fn config() -> Config {
+    Config {
+        deliver: true,
+        stripes: 2,
+        ..Config::default()
+    }
 }
 
 fn state_with(neighbours: &[u8], now: Instant) -> State {
-    let mut s = State::new(
-        node(0),
-        Config {
-            deliver: true,
-            ..Config::default()
-        },
-        now,
-    );
+    let mut s = State::new(node(0), config(), 1, now);
     for n in neighbours {
-        let _ = s
-            .handle(
-                Event::NeighbourUp {
-                    id: node(*n),
-                    addr: addr(),
-                },
-                now,
-            )
-            .count();
+        up(&mut s, *n, now);
     }
     s
+}
+
+fn up(s: &mut State, n: u8, now: Instant) -> Vec<Action> {
+    s.handle(
+        Event::NeighbourUp {
+            id: node(n),
+            addr: addr(n),
+            listen: vec![addr(n)],
+            outbound: true,
+        },
+        now,
+    )
+    .collect()
+}
+
+fn status(depths: Vec<u8>, free_slots: u16) -> Message {
+    Message::Status {
+        depths,
+        free_slots,
+        epoch: 1,
+        segment_start: None,
+    }
+}
+
+fn sends(actions: &[Action]) -> Vec<(NodeId, Message)> {
+    actions
+        .iter()
+        .filter_map(|a| {
+            if let Action::Send { to, msg } = a {
+                Some((*to, msg.clone()))
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 fn pushes(actions: &[Action]) -> Vec<(NodeId, u64)> {
@@ -48,77 +76,38 @@ fn pushes(actions: &[Action]) -> Vec<(NodeId, u64)> {
 }
 
 fn requests(actions: &[Action]) -> Vec<(NodeId, Vec<SeqRange>)> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Send {
-                to,
-                msg: Message::Request { ranges, .. },
-            } => Some((*to, ranges.clone())),
-            _ => None,
+    sends(actions)
+        .into_iter()
+        .filter_map(|(to, m)| {
+            if let Message::Request { ranges, .. } = m {
+                Some((to, ranges))
+            } else {
+                None
+            }
         })
         .collect()
 }
 
+fn feed(s: &mut State, from: u8, seq: u64, ts: u64, flags: u8, now: Instant) -> Vec<Action> {
+    s.handle(
+        Event::Chunk {
+            from: node(from),
+            chunk: chunk(1, seq, ts, flags),
+        },
+        now,
+    )
+    .collect()
+}
+
 #[test]
-fn new_chunk_goes_to_every_neighbour_but_its_sender_and_the_consumer() {
+fn grafts_onto_the_neighbour_nearest_the_source_with_room() {
     let now = Instant::now();
     let mut s = state_with(&[1, 2, 3], now);
-    let actions: Vec<_> = s
-        .handle(
-            Event::Chunk {
-                from: node(1),
-                chunk: chunk(1, 0, 1_000, ChunkFlags::SEGMENT_START),
-            },
-            now,
-        )
-        .collect();
-    let mut to: Vec<_> = pushes(&actions).into_iter().map(|(n, _)| n).collect();
-    to.sort();
-    assert_eq!(to, vec![node(2), node(3)]);
-    assert!(
-        actions
-            .iter()
-            .any(|a| matches!(a, Action::Deliver(c) if c.seq() == 0))
-    );
-    assert_eq!(s.counters().verified, 1);
-}
-
-#[test]
-fn duplicates_are_counted_and_never_forwarded() {
-    let now = Instant::now();
-    let mut s = state_with(&[1, 2], now);
     let _ = s
         .handle(
-            Event::Chunk {
+            Event::Control {
                 from: node(1),
-                chunk: chunk(1, 0, 1_000, 0),
-            },
-            now,
-        )
-        .count();
-    let again: Vec<_> = s
-        .handle(
-            Event::Chunk {
-                from: node(2),
-                chunk: chunk(1, 0, 1_000, 0),
-            },
-            now,
-        )
-        .collect();
-    assert!(again.is_empty());
-    assert_eq!(s.counters().duplicate, 1);
-}
-
-#[test]
-fn a_neighbour_that_announced_a_chunk_is_not_pushed_it() {
-    let now = Instant::now();
-    let mut s = state_with(&[1, 2], now);
-    let _ = s
-        .handle(
-            Event::Chunk {
-                from: node(1),
-                chunk: chunk(1, 0, 1_000, 0),
+                msg: status(vec![3, 3], 4),
             },
             now,
         )
@@ -127,124 +116,219 @@ fn a_neighbour_that_announced_a_chunk_is_not_pushed_it() {
         .handle(
             Event::Control {
                 from: node(2),
-                msg: Message::Have {
-                    epoch: 1,
-                    ranges: vec![SeqRange { start: 1, len: 1 }],
-                },
+                msg: status(vec![1, NO_DEPTH], 4),
             },
             now,
         )
         .count();
-    let actions: Vec<_> = s
+    let _ = s
         .handle(
-            Event::Chunk {
-                from: node(1),
-                chunk: chunk(1, 1, 2_000, 0),
+            Event::Control {
+                from: node(3),
+                msg: status(vec![0, 0], 0),
             },
             now,
         )
+        .count();
+    let actions: Vec<_> = s.handle(Event::Tick, now).collect();
+    let grafts: Vec<_> = sends(&actions)
+        .into_iter()
+        .filter(|(_, m)| matches!(m, Message::Graft { .. }))
         .collect();
-    assert!(pushes(&actions).is_empty());
+    assert_eq!(
+        grafts,
+        vec![
+            (node(2), Message::Graft { stripe: 0 }),
+            (node(1), Message::Graft { stripe: 1 })
+        ]
+    );
+    assert_eq!(s.parents(), vec![Some(node(2)), Some(node(1))]);
 }
 
 #[test]
-fn stale_chunks_are_refused_and_old_pushes_dropped() {
+fn children_get_their_stripe_pushed_and_nobody_else() {
     let now = Instant::now();
-    let mut s = state_with(&[1, 2], now);
+    let mut s = state_with(&[1, 2, 3], now);
     let _ = s
         .handle(
-            Event::Chunk {
+            Event::Control {
                 from: node(1),
-                chunk: chunk(1, 100, 40_000_000, 0),
+                msg: status(vec![0, 0], 8),
             },
             now,
         )
         .count();
-    let late: Vec<_> = s
+    let _ = s.handle(Event::Tick, now).count(); // grafts onto node 1: depth 1 in both stripes
+    let _ = s
         .handle(
-            Event::Chunk {
-                from: node(1),
-                chunk: chunk(1, 1, 5_000_000, 0),
+            Event::Control {
+                from: node(2),
+                msg: Message::Graft { stripe: 0 },
             },
             now,
         )
-        .collect();
-    assert!(late.is_empty());
-    assert_eq!(s.counters().late, 1);
-    // Inside the window but 5 s behind the newest: stored, yet not pushed (past the deadline).
-    let old: Vec<_> = s
+        .count();
+    let _ = s
         .handle(
-            Event::Chunk {
-                from: node(1),
-                chunk: chunk(1, 50, 35_000_000, 0),
+            Event::Control {
+                from: node(3),
+                msg: Message::Graft { stripe: 1 },
             },
             now,
         )
-        .collect();
-    assert!(pushes(&old).is_empty());
-    assert!(s.window().contains(1, 50));
+        .count();
+    assert_eq!(pushes(&feed(&mut s, 1, 10, 1_000, 0, now)), vec![(node(2), 10)]);
+    assert_eq!(pushes(&feed(&mut s, 1, 11, 2_000, 0, now)), vec![(node(3), 11)]);
+    // A duplicate is counted and goes nowhere.
+    assert!(pushes(&feed(&mut s, 2, 10, 1_000, 0, now)).is_empty());
+    assert_eq!(s.counters().duplicate, 1);
 }
 
 #[test]
-fn pushes_carry_a_deadline_shortened_by_the_chunks_age() {
+fn a_full_node_refuses_grafts_with_prune() {
     let now = Instant::now();
-    let mut s = state_with(&[1, 2], now);
-    let _ = s
-        .handle(
-            Event::Chunk {
-                from: node(1),
-                chunk: chunk(1, 10, 10_000_000, 0),
-            },
-            now,
-        )
-        .count();
+    let mut s = State::new(
+        node(0),
+        Config {
+            upload_bps: Some(0),
+            ..config()
+        },
+        1,
+        now,
+    );
+    up(&mut s, 1, now);
     let actions: Vec<_> = s
         .handle(
-            Event::Chunk {
+            Event::Control {
                 from: node(1),
-                chunk: chunk(1, 9, 9_000_000, 0),
+                msg: Message::Graft { stripe: 0 },
             },
             now,
         )
         .collect();
-    let deadline = actions
-        .iter()
-        .find_map(|a| {
-            if let Action::Push { deadline, .. } = a {
-                Some(*deadline)
-            } else {
-                None
-            }
-        })
-        .unwrap();
-    assert_eq!(deadline, now + Duration::from_secs(2));
+    assert_eq!(sends(&actions), vec![(node(1), Message::Prune { stripe: 0 })]);
+}
+
+#[test]
+fn slots_follow_upload_capacity_and_the_measured_stream_rate() {
+    let now = Instant::now();
+    // 2 Mbit/s upload, 20 % kept back, stream of 1 Mbit/s in 2 stripes: 3 children.
+    let mut s = State::new(
+        node(0),
+        Config {
+            upload_bps: Some(2_000_000),
+            ..config()
+        },
+        1,
+        now,
+    );
+    up(&mut s, 1, now);
+    for seq in 0..=40 {
+        feed(&mut s, 1, seq, seq * 50_000, 0, now); // 6250 bytes per 50 ms would be 1 Mbit/s…
+    }
+    let rate = s.stream_bps().unwrap();
+    // …but test chunks hold 188 bytes: 41 of them in the last 2 s.
+    assert!((rate - 41.0 * 188.0 * 8.0 / 2.0).abs() < 1.0, "{rate}");
+    assert_eq!(s.slots(), ((2_000_000.0 * 0.8) / (rate / 2.0)) as usize);
+}
+
+#[test]
+fn the_source_feeds_one_child_per_stripe() {
+    let now = Instant::now();
+    let mut s = State::new(
+        node(0),
+        Config {
+            source: true,
+            ..config()
+        },
+        1,
+        now,
+    );
+    for n in 1..=3 {
+        up(&mut s, n, now);
+    }
+    let _ = s
+        .handle(
+            Event::Control {
+                from: node(1),
+                msg: Message::Graft { stripe: 0 },
+            },
+            now,
+        )
+        .count();
+    let refused: Vec<_> = s
+        .handle(
+            Event::Control {
+                from: node(2),
+                msg: Message::Graft { stripe: 0 },
+            },
+            now,
+        )
+        .collect();
+    assert_eq!(sends(&refused), vec![(node(2), Message::Prune { stripe: 0 })]);
+    let _ = s
+        .handle(
+            Event::Control {
+                from: node(3),
+                msg: Message::Graft { stripe: 1 },
+            },
+            now,
+        )
+        .count();
+    let a: Vec<_> = s.handle(Event::Publish(chunk(1, 4, 1_000, 0)), now).collect();
+    let b: Vec<_> = s.handle(Event::Publish(chunk(1, 5, 2_000, 0)), now).collect();
+    assert_eq!((pushes(&a), pushes(&b)), (vec![(node(1), 4)], vec![(node(3), 5)]));
+}
+
+#[test]
+fn a_quiet_parent_is_replaced_while_the_stream_flows_elsewhere() {
+    let t0 = Instant::now();
+    let mut s = state_with(&[1, 2], t0);
+    let _ = s
+        .handle(
+            Event::Control {
+                from: node(1),
+                msg: status(vec![0, 0], 8),
+            },
+            t0,
+        )
+        .count();
+    let _ = s.handle(Event::Tick, t0).count();
+    assert_eq!(s.parents(), vec![Some(node(1)), Some(node(1))]);
+    let _ = s
+        .handle(
+            Event::Control {
+                from: node(2),
+                msg: status(vec![1, 1], 8),
+            },
+            t0,
+        )
+        .count();
+    // Node 1 goes silent; chunks keep coming from node 2 (via repair).
+    let mut replaced = false;
+    for i in 1..40u64 {
+        let t = t0 + Duration::from_millis(100 * i);
+        feed(&mut s, 2, i, i * 100_000, 0, t);
+        let actions: Vec<_> = s.handle(Event::Tick, t).collect();
+        if sends(&actions).contains(&(node(1), Message::Prune { stripe: 0 })) {
+            replaced = true;
+            break;
+        }
+    }
+    assert!(replaced, "the silent parent was kept");
+    let _ = s.handle(Event::Tick, t0 + Duration::from_secs(5)).count();
+    assert_eq!(s.parents()[0], Some(node(2)));
 }
 
 #[test]
 fn gaps_are_pulled_from_a_holder_after_a_grace_time_then_from_another() {
     let t0 = Instant::now();
     let mut s = state_with(&[1, 2], t0);
-    let _ = s
-        .handle(
-            Event::Chunk {
-                from: node(1),
-                chunk: chunk(1, 0, 1_000, 0),
-            },
-            t0,
-        )
-        .count();
-    let _ = s
-        .handle(
-            Event::Chunk {
-                from: node(1),
-                chunk: chunk(1, 2, 3_000, 0),
-            },
-            t0,
-        )
-        .count();
+    feed(&mut s, 1, 0, 1_000, 0, t0);
+    feed(&mut s, 1, 4, 5_000, 0, t0);
     let have = Message::Have {
         epoch: 1,
-        ranges: vec![SeqRange { start: 0, len: 3 }],
+        ranges: vec![SeqRange { start: 0, len: 5 }],
     };
     let _ = s
         .handle(
@@ -271,16 +355,14 @@ fn gaps_are_pulled_from_a_holder_after_a_grace_time_then_from_another() {
         )
         .is_empty()
     );
-
     let first = requests(
-        &s.handle(Event::Tick, t0 + Duration::from_millis(300))
+        &s.handle(Event::Tick, t0 + Duration::from_millis(450))
             .collect::<Vec<_>>(),
     );
     assert_eq!(first.len(), 1);
-    assert_eq!(first[0].1, vec![SeqRange { start: 1, len: 1 }]);
-    // Unanswered: after the timeout the other holder is asked.
+    assert_eq!(first[0].1, vec![SeqRange { start: 2, len: 1 }]);
     let second = requests(
-        &s.handle(Event::Tick, t0 + Duration::from_millis(1000))
+        &s.handle(Event::Tick, t0 + Duration::from_millis(1300))
             .collect::<Vec<_>>(),
     );
     assert_eq!(second.len(), 1);
@@ -292,22 +374,11 @@ fn requests_are_served_from_the_window_and_bounded() {
     let now = Instant::now();
     let mut s = state_with(&[1, 2], now);
     for seq in 0..10 {
-        let _ = s
-            .handle(
-                Event::Chunk {
-                    from: node(1),
-                    chunk: chunk(1, seq, seq * 1000, 0),
-                },
-                now,
-            )
-            .count();
+        feed(&mut s, 1, seq, seq * 1000, 0, now);
     }
     let ask = Message::Request {
         epoch: 1,
-        ranges: vec![SeqRange {
-            start: 5,
-            len: 1000,
-        }],
+        ranges: vec![SeqRange { start: 5, len: 60_000 }],
     };
     let actions: Vec<_> = s
         .handle(
@@ -327,6 +398,27 @@ fn requests_are_served_from_the_window_and_bounded() {
 }
 
 #[test]
+fn stale_chunks_are_refused_and_old_pushes_dropped() {
+    let now = Instant::now();
+    let mut s = state_with(&[1, 2], now);
+    let _ = s
+        .handle(
+            Event::Control {
+                from: node(2),
+                msg: Message::Graft { stripe: 0 },
+            },
+            now,
+        )
+        .count();
+    feed(&mut s, 1, 100, 40_000_000, 0, now);
+    assert!(feed(&mut s, 1, 2, 5_000_000, 0, now).is_empty());
+    assert_eq!(s.counters().late, 1);
+    // Inside the window but 5 s behind the newest: stored, not pushed (past the deadline).
+    assert!(pushes(&feed(&mut s, 1, 50, 35_000_000, 0, now)).is_empty());
+    assert!(s.window().contains(1, 50));
+}
+
+#[test]
 fn a_forger_is_disconnected_banned_and_refused_on_return() {
     let now = Instant::now();
     let mut s = state_with(&[1], now);
@@ -341,46 +433,96 @@ fn a_forger_is_disconnected_banned_and_refused_on_return() {
         .collect();
     assert!(matches!(actions[..], [Action::Disconnect { id, .. }] if id == node(1)));
     assert_eq!(s.counters().rejected.get("bad_signature"), Some(&1));
-    let back: Vec<_> = s
-        .handle(
-            Event::NeighbourUp {
-                id: node(1),
-                addr: addr(),
-            },
-            now + Duration::from_secs(1),
-        )
-        .collect();
+    let back = up(&mut s, 1, now + Duration::from_secs(1));
     assert!(matches!(back[..], [Action::Disconnect { .. }]));
     assert_eq!(s.neighbours().count(), 0);
 }
 
 #[test]
-fn a_joining_node_backfills_the_last_seconds() {
+fn a_joining_node_starts_at_the_newest_segment() {
     let now = Instant::now();
     let mut s = state_with(&[1], now);
-    let have = Message::Have {
+    let msg = Message::Status {
+        depths: vec![0, 0],
+        free_slots: 1,
         epoch: 1,
-        ranges: vec![SeqRange { start: 0, len: 200 }],
+        segment_start: Some(120),
     };
+    let actions: Vec<_> = s.handle(Event::Control { from: node(1), msg }, now).collect();
+    assert_eq!(
+        requests(&actions),
+        vec![(node(1), vec![SeqRange { start: 120, len: 256 }])]
+    );
+}
+
+#[test]
+fn a_full_node_hands_newcomers_other_peers_and_hangs_up() {
+    let now = Instant::now();
+    let mut s = State::new(
+        node(0),
+        Config {
+            active_max: 2,
+            ..config()
+        },
+        1,
+        now,
+    );
+    up(&mut s, 1, now);
+    up(&mut s, 2, now);
     let actions: Vec<_> = s
         .handle(
-            Event::Control {
-                from: node(1),
-                msg: have,
+            Event::NeighbourUp {
+                id: node(3),
+                addr: addr(3),
+                listen: vec![addr(3)],
+                outbound: false,
             },
             now,
         )
         .collect();
-    assert_eq!(
-        requests(&actions),
-        vec![(
-            node(1),
-            vec![SeqRange {
-                start: 110,
-                len: 90
-            }]
-        )]
-    );
+    let pex = sends(&actions)
+        .into_iter()
+        .find_map(|(to, m)| {
+            if let Message::Pex { peers } = m {
+                Some((to, peers))
+            } else {
+                None
+            }
+        })
+        .unwrap();
+    assert_eq!(pex.0, node(3));
+    assert_eq!(pex.1.len(), 2);
+    assert!(matches!(
+        actions.last(),
+        Some(Action::Disconnect { reason: "full", .. })
+    ));
+}
+
+#[test]
+fn dials_known_peers_until_the_active_set_is_filled() {
+    let now = Instant::now();
+    let mut s = State::new(node(0), config(), 1, now);
+    up(&mut s, 1, now);
+    let peers = (10..20)
+        .map(|n| shoal_proto::PeerInfo {
+            node_id: node(n),
+            addrs: vec![addr(n)],
+        })
+        .collect();
+    let _ = s
+        .handle(
+            Event::Control {
+                from: node(1),
+                msg: Message::Pex { peers },
+            },
+            now,
+        )
+        .count();
+    let dials: Vec<_> = s
+        .handle(Event::Tick, now)
+        .filter(|a| matches!(a, Action::Dial(_)))
+        .collect();
+    assert_eq!(dials.len(), 3);
 }
 
 #[test]
@@ -388,33 +530,9 @@ fn startup_is_measured_to_the_first_whole_segment() {
     let t0 = Instant::now();
     let mut s = state_with(&[1], t0);
     let t1 = t0 + Duration::from_millis(700);
-    let _ = s
-        .handle(
-            Event::Chunk {
-                from: node(1),
-                chunk: chunk(1, 0, 1_000, ChunkFlags::SEGMENT_START),
-            },
-            t1,
-        )
-        .count();
-    let _ = s
-        .handle(
-            Event::Chunk {
-                from: node(1),
-                chunk: chunk(1, 1, 2_000, 0),
-            },
-            t1,
-        )
-        .count();
+    feed(&mut s, 1, 0, 1_000, ChunkFlags::SEGMENT_START, t1);
+    feed(&mut s, 1, 1, 2_000, 0, t1);
     assert_eq!(s.startup(), None);
-    let _ = s
-        .handle(
-            Event::Chunk {
-                from: node(1),
-                chunk: chunk(1, 2, 3_000, ChunkFlags::SEGMENT_START),
-            },
-            t1,
-        )
-        .count();
+    feed(&mut s, 1, 2, 3_000, ChunkFlags::SEGMENT_START, t1);
     assert_eq!(s.startup(), Some(Duration::from_millis(700)));
 }

@@ -1,0 +1,81 @@
+//! `shoal-sim`: runs the swarm core on virtual time and prints one JSON object of what the
+//! audience experienced (delivery, latency, startup, upload ratios).
+
+use clap::Parser;
+use shoal_peer::sim::{Sim, SimConfig, parse_upload_mix};
+
+/// Simulate a shoal swarm: the real swarm core, a modelled network, one JSON line of results.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Viewers (the source comes on top).
+    #[arg(long, default_value_t = 100)]
+    peers: usize,
+    #[arg(long, default_value_t = 120)]
+    duration_s: u64,
+    #[arg(long, default_value_t = 2000)]
+    bitrate_kbps: u64,
+    /// Round-trip time of every link.
+    #[arg(long, default_value_t = 50)]
+    rtt_ms: u64,
+    /// Extra one-way delay, uniform in 0..=jitter.
+    #[arg(long, default_value_t = 10)]
+    jitter_ms: u64,
+    /// Probability that a 1200-byte packet is lost (and sent again).
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// Share of the peers that leave (without goodbye) per minute, replaced by fresh ones.
+    #[arg(long, default_value_t = 0.0)]
+    churn_per_min: f64,
+    /// Share of the peers that forge, black-hole, lie in HAVE and ignore REQUESTs.
+    #[arg(long, default_value_t = 0.0)]
+    malicious: f64,
+    /// share:multiple,… — that share of peers uploads that multiple of the bitrate.
+    #[arg(long, default_value = "0.3:0.5,0.5:2,0.2:5")]
+    upload_mix: String,
+    /// The source uploads at most this multiple of the bitrate.
+    #[arg(long, default_value_t = 5.0)]
+    source_upload_x: f64,
+    /// A chunk held later than this after it was emitted counts as not delivered.
+    #[arg(long, default_value_t = 3000)]
+    deadline_ms: u64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, default_value_t = 30)]
+    fps: u64,
+    #[arg(long, default_value_t = 1000)]
+    segment_ms: u64,
+}
+
+fn main() {
+    let a = Args::parse();
+    let upload_mix = match parse_upload_mix(&a.upload_mix) {
+        Ok(mix) => mix,
+        Err(e) => {
+            eprintln!("error: --upload-mix: {e}");
+            std::process::exit(2);
+        }
+    };
+    if !(0.0..1.0).contains(&a.loss) || !(0.0..1.0).contains(&a.malicious) || a.churn_per_min < 0.0 || a.peers == 0 {
+        eprintln!("error: --loss and --malicious must be in [0, 1), --churn-per-min ≥ 0, --peers ≥ 1");
+        std::process::exit(2);
+    }
+    let cfg = SimConfig {
+        peers: a.peers,
+        duration_s: a.duration_s,
+        bitrate_kbps: a.bitrate_kbps,
+        rtt_ms: a.rtt_ms,
+        jitter_ms: a.jitter_ms,
+        loss: a.loss,
+        churn_per_min: a.churn_per_min,
+        malicious: a.malicious,
+        upload_mix,
+        source_upload_x: a.source_upload_x,
+        deadline_ms: a.deadline_ms,
+        seed: a.seed,
+        fps: a.fps,
+        segment_ms: a.segment_ms,
+        ..SimConfig::default()
+    };
+    println!("{}", Sim::new(cfg).run());
+}

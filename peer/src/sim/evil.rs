@@ -1,0 +1,100 @@
+//! A hostile peer in the simulator: it announces chunks it lacks (false HAVE), claims to sit
+//! next to the source with room for children, swallows every push it is given (black hole),
+//! ignores REQUESTs, and sends forged chunks to everyone it meets.
+
+use rustc_hash::FxHashSet as HashSet;
+use std::net::SocketAddr;
+
+use shoal_proto::message::SeqRange;
+use shoal_proto::{Chunk, Message, PeerInfo};
+
+use super::uplink::Payload;
+
+pub struct Evil {
+    stripes: u8,
+    neighbours: HashSet<usize>,
+    /// A real chunk seen, to forge copies of.
+    template: Option<Chunk>,
+    dials: Vec<SocketAddr>,
+    ticks: u64,
+}
+
+impl Evil {
+    pub fn new(stripes: u8) -> Self {
+        Evil {
+            stripes,
+            neighbours: HashSet::default(),
+            template: None,
+            dials: Vec::new(),
+            ticks: 0,
+        }
+    }
+
+    fn lies(&self) -> Vec<Message> {
+        let mut out = vec![Message::Status {
+            depths: vec![1; usize::from(self.stripes)],
+            free_slots: 64,
+            epoch: 1,
+            segment_start: None,
+        }];
+        if let Some(c) = &self.template {
+            out.push(Message::Have {
+                epoch: c.header.epoch,
+                ranges: vec![SeqRange {
+                    start: c.header.seq,
+                    len: 400,
+                }],
+            });
+        }
+        out
+    }
+
+    pub fn up(&mut self, peer: usize) -> Vec<(usize, Payload)> {
+        self.neighbours.insert(peer);
+        self.lies().into_iter().map(|m| (peer, Payload::Control(m))).collect()
+    }
+
+    pub fn down(&mut self, peer: usize) {
+        self.neighbours.remove(&peer);
+    }
+
+    pub fn receive(&mut self, _from: usize, payload: &Payload) -> Vec<(usize, Payload)> {
+        match payload {
+            Payload::Chunk(chunk, _) if self.template.as_ref().is_none_or(|t| t.header.seq < chunk.header.seq) => {
+                self.template = Some(chunk.clone());
+            }
+            Payload::Control(Message::Pex { peers }) => {
+                // Spread to whoever it hears of.
+                self.dials
+                    .extend(peers.iter().filter_map(|p: &PeerInfo| p.addrs.first().copied()).take(4));
+            }
+            _ => {}
+        }
+        Vec::new()
+    }
+
+    /// Every tick: lie again; every second: a forged chunk to each neighbour.
+    pub fn tick(&mut self) -> Vec<(usize, Payload)> {
+        self.ticks += 1;
+        let mut out = Vec::new();
+        if self.ticks.is_multiple_of(20) {
+            for m in self.lies() {
+                out.extend(self.neighbours.iter().map(|n| (*n, Payload::Control(m.clone()))));
+            }
+            if let Some(t) = &self.template {
+                let mut forged = t.clone();
+                forged.header.seq += 30;
+                out.extend(
+                    self.neighbours
+                        .iter()
+                        .map(|n| (*n, Payload::Chunk(forged.clone(), true))),
+                );
+            }
+        }
+        out
+    }
+
+    pub fn take_dials(&mut self) -> Vec<SocketAddr> {
+        std::mem::take(&mut self.dials)
+    }
+}

@@ -1,0 +1,106 @@
+//! A node's upload link in the simulator: one transmission at a time at the node's upload
+//! rate, control messages first, then the newest chunk; a chunk past its deadline is
+//! dropped instead of sent. Loss and retransmission are per 1200-byte packet, as in QUIC.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+use shoal_proto::{Chunk, Message};
+
+pub const PACKET_BYTES: usize = 1200;
+
+#[derive(Debug, Clone)]
+pub enum Payload {
+    Control(Message),
+    /// A chunk, and whether its signature is forged.
+    Chunk(Chunk, bool),
+}
+
+pub struct Queued {
+    pub to: usize,
+    pub payload: Payload,
+    pub bytes: usize,
+    /// Virtual µs after which the chunk is not worth sending.
+    pub deadline: u64,
+    order: u64,
+}
+
+impl Queued {
+    fn key(&self) -> (u8, u64, std::cmp::Reverse<u64>) {
+        match &self.payload {
+            // Control first, in the order queued.
+            Payload::Control(_) => (1, u64::MAX, std::cmp::Reverse(self.order)),
+            // Then chunks, newest first.
+            Payload::Chunk(c, _) => (0, c.header.timestamp_us, std::cmp::Reverse(self.order)),
+        }
+    }
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
+#[derive(Default)]
+pub struct Uplink {
+    pub bytes_per_us: f64,
+    pub busy: bool,
+    queue: BinaryHeap<Queued>,
+    order: u64,
+    /// Chunks dropped because their deadline passed in the queue.
+    pub expired: u64,
+}
+
+impl Uplink {
+    pub fn new(bits_per_s: f64) -> Self {
+        Uplink {
+            bytes_per_us: bits_per_s / 8.0 / 1e6,
+            ..Uplink::default()
+        }
+    }
+
+    pub fn push(&mut self, to: usize, payload: Payload, bytes: usize, deadline: u64) {
+        self.order += 1;
+        self.queue.push(Queued {
+            to,
+            payload,
+            bytes,
+            deadline,
+            order: self.order,
+        });
+    }
+
+    /// The next thing worth sending at `now`; expired chunks are dropped on the way.
+    pub fn pop(&mut self, now: u64) -> Option<Queued> {
+        while let Some(q) = self.queue.pop() {
+            if matches!(q.payload, Payload::Chunk(..)) && now > q.deadline {
+                self.expired += 1;
+                continue;
+            }
+            return Some(q);
+        }
+        None
+    }
+
+    /// Drops everything queued towards `to` (the link is gone).
+    pub fn forget(&mut self, to: usize) {
+        self.queue.retain(|q| q.to != to);
+    }
+
+    /// Transmission time of `bytes` in µs.
+    pub fn tx_us(&self, bytes: usize) -> u64 {
+        (bytes as f64 / self.bytes_per_us).ceil() as u64
+    }
+}

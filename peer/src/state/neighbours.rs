@@ -1,0 +1,231 @@
+//! Who a node talks to: a bounded active set of connected neighbours, a larger passive list
+//! of addresses learnt by peer exchange (HyParView), dialling to refill the active set,
+//! and turning newcomers away (with addresses to try instead) when full.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand::seq::{IndexedRandom, SliceRandom};
+use shoal_proto::message::{MAX_ADDRS, MAX_PEX_PEERS, NO_DEPTH};
+use shoal_proto::{Message, NodeId, PeerInfo};
+
+use super::{Action, State};
+use crate::seqset::SeqSet;
+
+/// Dials started per tick at most, and dials in flight at most.
+const DIALS_IN_FLIGHT: usize = 3;
+/// Peers sent in one PEX message.
+const PEX_SAMPLE: usize = 8;
+/// How long an address that failed to answer is not dialled again.
+const DIAL_FAILURE_BACKOFF: Duration = Duration::from_secs(30);
+
+#[derive(Debug)]
+pub(super) struct Neighbour {
+    pub addr: SocketAddr,
+    pub listen: Vec<SocketAddr>,
+    /// Chunks of the live epoch it holds (sent us, announced, or was sent by us).
+    pub has: SeqSet,
+    /// Its hop count from the source per stripe, as it last told us.
+    pub depths: Vec<u8>,
+    pub free_slots: u16,
+    /// Seq of the newest segment start it told us about.
+    pub segment_start: Option<(u64, u64)>,
+    /// Requests it left unanswered: a neighbour that lies in HAVE is asked last.
+    pub unanswered: u32,
+}
+
+impl Neighbour {
+    pub fn new(addr: SocketAddr, listen: Vec<SocketAddr>, stripes: u8) -> Self {
+        Neighbour {
+            addr,
+            listen,
+            has: SeqSet::default(),
+            depths: vec![NO_DEPTH; usize::from(stripes)],
+            free_slots: 0,
+            segment_start: None,
+            unanswered: 0,
+        }
+    }
+}
+
+impl State {
+    pub(super) fn on_neighbour_up(
+        &mut self,
+        id: NodeId,
+        addr: SocketAddr,
+        listen: Vec<SocketAddr>,
+        outbound: bool,
+        now: Instant,
+    ) {
+        for a in &listen {
+            self.dialling.remove(a);
+        }
+        self.dialling.remove(&addr);
+        if id == self.me || self.is_banned(&id, now) {
+            self.actions.push(Action::Disconnect { id, reason: "banned" });
+            return;
+        }
+        if self.neighbours.contains_key(&id) {
+            self.actions.push(Action::Disconnect {
+                id,
+                reason: "duplicate",
+            });
+            return;
+        }
+        if !outbound && self.neighbours.len() >= self.config.active_max {
+            // Full: hand the newcomer other peers to try, then hang up (HyParView).
+            self.learn(&listen);
+            let peers = self.pex_sample(Some(id));
+            self.actions.push(Action::Send {
+                to: id,
+                msg: Message::Pex { peers },
+            });
+            self.actions.push(Action::Disconnect { id, reason: "full" });
+            return;
+        }
+        self.passive.retain(|p| !listen.contains(&p.1));
+        self.neighbours
+            .insert(id, Neighbour::new(addr, listen, self.config.stripes));
+        self.send_status_to(id);
+        // Tell the newcomer what we hold, so it can start from us.
+        if let Some(epoch) = self.window.live_epoch() {
+            let ranges = shoal_proto::message::ranges_of(self.window.seqs(epoch));
+            if !ranges.is_empty() {
+                self.actions.push(Action::Send {
+                    to: id,
+                    msg: Message::Have { epoch, ranges },
+                });
+            }
+        }
+        if self.config.discovery {
+            let peers = self.pex_sample(Some(id));
+            if !peers.is_empty() {
+                self.actions.push(Action::Send {
+                    to: id,
+                    msg: Message::Pex { peers },
+                });
+            }
+        }
+    }
+
+    pub(super) fn on_neighbour_down(&mut self, id: NodeId) {
+        if let Some(n) = self.neighbours.remove(&id) {
+            self.forget_in_trees(id);
+            self.requested.retain(|_, (asked, _)| *asked != id);
+            // It may come back: keep its address for later, behind fresher ones.
+            if self.config.discovery {
+                self.learn(&n.listen);
+            }
+        }
+    }
+
+    pub(super) fn on_dial_failed(&mut self, addr: SocketAddr, now: Instant) {
+        self.dialling.remove(&addr);
+        self.passive.retain(|p| p.1 != addr);
+        self.failed_dials.insert(addr, now);
+    }
+
+    /// Adds addresses to the passive list (newest first, bounded).
+    pub(super) fn learn(&mut self, addrs: &[SocketAddr]) {
+        for addr in addrs.iter().take(1) {
+            if self.config.listen.contains(addr) || self.passive.iter().any(|p| p.1 == *addr) {
+                continue;
+            }
+            if self.neighbours.values().any(|n| n.listen.contains(addr)) {
+                continue;
+            }
+            self.passive.push((None, *addr));
+        }
+        let excess = self.passive.len().saturating_sub(self.config.passive_max);
+        if excess > 0 {
+            self.passive.drain(..excess);
+        }
+    }
+
+    pub(super) fn on_pex(&mut self, peers: Vec<PeerInfo>) {
+        if !self.config.discovery {
+            return;
+        }
+        for peer in peers {
+            if peer.node_id == self.me
+                || self.neighbours.contains_key(&peer.node_id)
+                || self.banned.contains_key(&peer.node_id)
+            {
+                continue;
+            }
+            self.learn(&peer.addrs);
+            if let Some(entry) = self.passive.iter_mut().find(|p| peer.addrs.first() == Some(&p.1)) {
+                entry.0 = Some(peer.node_id);
+            }
+        }
+    }
+
+    /// Up to `PEX_SAMPLE` peers (neighbours and passive ones) with their addresses.
+    pub(super) fn pex_sample(&mut self, exclude: Option<NodeId>) -> Vec<PeerInfo> {
+        let mut peers: Vec<PeerInfo> = self
+            .neighbours
+            .iter()
+            .filter(|(id, n)| Some(**id) != exclude && !n.listen.is_empty())
+            .map(|(id, n)| PeerInfo {
+                node_id: *id,
+                addrs: n.listen.iter().copied().take(MAX_ADDRS).collect(),
+            })
+            .collect();
+        peers.extend(
+            self.passive
+                .iter()
+                .filter(|p| p.0.is_some_and(|id| Some(id) != exclude))
+                .map(|p| PeerInfo {
+                    node_id: p.0.unwrap_or(NodeId([0; 32])),
+                    addrs: vec![p.1],
+                }),
+        );
+        peers.shuffle(&mut self.rng);
+        peers.truncate(PEX_SAMPLE.min(MAX_PEX_PEERS));
+        peers
+    }
+
+    /// Keeps the active set between its bounds and spreads addresses now and then.
+    pub(super) fn maintain_neighbours(&mut self, now: Instant) {
+        self.failed_dials
+            .retain(|_, at| now.duration_since(*at) < DIAL_FAILURE_BACKOFF);
+        if !self.config.discovery {
+            return;
+        }
+        let wanted = self.config.active_min.saturating_sub(self.neighbours.len());
+        let room = DIALS_IN_FLIGHT.saturating_sub(self.dialling.len()).min(wanted);
+        for _ in 0..room {
+            let candidates: Vec<SocketAddr> = self
+                .passive
+                .iter()
+                .map(|p| p.1)
+                .filter(|a| !self.dialling.contains_key(a) && !self.failed_dials.contains_key(a))
+                .collect();
+            let Some(addr) = candidates.choose(&mut self.rng).copied() else {
+                break;
+            };
+            self.dialling.insert(addr, now);
+            self.actions.push(Action::Dial(addr));
+        }
+        // A dial that never reported back is given up on.
+        self.dialling
+            .retain(|_, at| now.duration_since(*at) < Duration::from_secs(10));
+
+        if self
+            .last_pex
+            .is_none_or(|t| now.duration_since(t) >= self.config.pex_interval)
+        {
+            self.last_pex = Some(now);
+            let ids: Vec<NodeId> = self.neighbours.keys().copied().collect();
+            if let Some(to) = ids.choose(&mut self.rng).copied() {
+                let peers = self.pex_sample(Some(to));
+                if !peers.is_empty() {
+                    self.actions.push(Action::Send {
+                        to,
+                        msg: Message::Pex { peers },
+                    });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! The push trees: the stream is split into stripes (seq modulo stripes) and each stripe
+//! flows down its own tree. A node picks, per stripe, the neighbour closest to the source
+//! that has room as its parent (GRAFT), takes children while its upload allows, and
+//! replaces a parent that goes quiet. The source takes one child per stripe, so it uploads
+//! about one copy of the stream however large the audience.
+
+use std::time::{Duration, Instant};
+
+use shoal_proto::message::NO_DEPTH;
+use shoal_proto::{Message, NodeId};
+
+use super::{Action, State};
+
+/// A stripe deeper than this is treated as cut off (ends count-to-infinity loops).
+const MAX_DEPTH: u8 = 32;
+/// How long to wait for chunks after a GRAFT before trying another parent.
+const GRAFT_TIMEOUT: Duration = Duration::from_millis(1500);
+/// A neighbour that refused or failed as parent is not asked again for this long.
+const PARENT_COOLDOWN: Duration = Duration::from_secs(10);
+/// Least time between two moves of one stripe to a closer parent.
+const CLIMB_INTERVAL: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Default)]
+pub(super) struct Stripe {
+    pub parent: Option<NodeId>,
+    /// When the parent last pushed a new chunk of this stripe (or when it was grafted).
+    pub parent_active: Option<Instant>,
+    pub children: Vec<NodeId>,
+    /// Newest seq of this stripe held.
+    pub newest: Option<u64>,
+    /// When a chunk of this stripe newer than the parent's last one arrived from elsewhere.
+    pub overtaken: Option<Instant>,
+    /// When this stripe last moved to a closer parent.
+    pub climbed: Option<Instant>,
+}
+
+impl State {
+    pub(super) fn stripe_of(&self, seq: u64) -> usize {
+        (seq % u64::from(self.config.stripes.max(1))) as usize
+    }
+
+    /// Hop count from the source in `stripe` (0 at the source).
+    pub(super) fn depth(&self, stripe: usize) -> u8 {
+        if self.config.source {
+            return 0;
+        }
+        let Some(parent) = self.stripes[stripe].parent else {
+            return NO_DEPTH;
+        };
+        match self.neighbours.get(&parent).map(|n| n.depths[stripe]) {
+            Some(d) if d < MAX_DEPTH => d + 1,
+            _ => NO_DEPTH,
+        }
+    }
+
+    /// Children this node can feed in all, in stripe units (one child of one stripe).
+    pub(super) fn slots(&self) -> usize {
+        if self.config.source {
+            return self.config.source_fanout * usize::from(self.config.stripes);
+        }
+        match (self.config.upload_bps, self.stream_bps()) {
+            (Some(cap), Some(rate)) if rate > 0.0 => {
+                let per_child = rate / f64::from(self.config.stripes);
+                ((cap as f64 * (1.0 - self.config.upload_reserve)) / per_child).floor() as usize
+            }
+            // Until the stream's rate is known, a capped node takes no children.
+            (Some(_), _) => 0,
+            (None, _) => self.config.default_slots,
+        }
+    }
+
+    fn children_total(&self) -> usize {
+        self.stripes.iter().map(|s| s.children.len()).sum()
+    }
+
+    pub(super) fn free_slots(&self) -> usize {
+        self.slots().saturating_sub(self.children_total())
+    }
+
+    pub(super) fn on_graft(&mut self, from: NodeId, stripe: u8, now: Instant) {
+        let s = usize::from(stripe);
+        let ok = s < self.stripes.len()
+            && self.depth(s) < MAX_DEPTH
+            && self.stripes[s].parent != Some(from)
+            && !self.stripes[s].children.contains(&from)
+            && self.stripes[s].children.len() < self.max_children(s)
+            && self.free_slots() > 0;
+        if !ok {
+            if s < self.stripes.len() && self.stripes[s].children.contains(&from) {
+                return;
+            }
+            self.actions.push(Action::Send {
+                to: from,
+                msg: Message::Prune { stripe },
+            });
+            return;
+        }
+        self.stripes[s].children.push(from);
+        self.status_dirty = true;
+        // Start the new child off with the freshest chunks of the stripe it lacks.
+        if let Some(epoch) = self.window.live_epoch() {
+            let deadline = now + self.config.push_deadline / 2;
+            let newest = self.stripes[s].newest.unwrap_or(0);
+            let k = u64::from(self.config.stripes);
+            let recent: Vec<u64> = (0..4).filter_map(|i| newest.checked_sub(i * k)).collect();
+            for seq in recent.into_iter().rev() {
+                if let Some(chunk) = self.window.get(epoch, seq)
+                    && let Some(n) = self.neighbours.get_mut(&from)
+                    && n.has.insert(seq)
+                {
+                    self.actions.push(Action::Push {
+                        to: from,
+                        chunk: chunk.clone(),
+                        deadline,
+                    });
+                }
+            }
+        }
+    }
+
+    fn max_children(&self, _stripe: usize) -> usize {
+        if self.config.source {
+            self.config.source_fanout
+        } else {
+            self.config.max_children_per_stripe
+        }
+    }
+
+    pub(super) fn on_prune(&mut self, from: NodeId, stripe: u8, now: Instant) {
+        let s = usize::from(stripe);
+        if s >= self.stripes.len() {
+            return;
+        }
+        if self.stripes[s].parent == Some(from) {
+            self.drop_parent(s, now);
+        }
+        let before = self.stripes[s].children.len();
+        self.stripes[s].children.retain(|c| *c != from);
+        if self.stripes[s].children.len() != before {
+            self.status_dirty = true;
+        }
+        self.cooldown.insert((from, stripe), now);
+    }
+
+    fn drop_parent(&mut self, s: usize, now: Instant) {
+        if let Some(old) = self.stripes[s].parent.take() {
+            self.cooldown.insert((old, s as u8), now);
+        }
+        self.stripes[s].parent_active = None;
+        self.stripes[s].overtaken = None;
+        self.status_dirty = true;
+    }
+
+    pub(super) fn forget_in_trees(&mut self, id: NodeId) {
+        for stripe in &mut self.stripes {
+            if stripe.parent == Some(id) {
+                stripe.parent = None;
+                stripe.parent_active = None;
+                stripe.overtaken = None;
+            }
+            stripe.children.retain(|c| *c != id);
+        }
+        self.status_dirty = true;
+    }
+
+    /// A new chunk of `stripe` arrived from `from`: keeps the parent's liveness up to date.
+    pub(super) fn note_stripe_chunk(&mut self, s: usize, from: Option<NodeId>, seq: u64, now: Instant) {
+        let stripe = &mut self.stripes[s];
+        stripe.newest = Some(stripe.newest.map_or(seq, |n| n.max(seq)));
+        if from.is_some() && from == stripe.parent {
+            stripe.parent_active = Some(now);
+            stripe.overtaken = None;
+        } else if stripe.parent.is_some() && stripe.overtaken.is_none() {
+            stripe.overtaken = Some(now);
+        }
+    }
+
+    /// Sheds children beyond what the upload allows (the newest first), replaces quiet
+    /// parents, climbs towards the source, and finds parents for orphaned stripes.
+    pub(super) fn maintain_trees(&mut self, now: Instant) {
+        let slots = self.slots();
+        while self.children_total() > slots {
+            let Some(s) = (0..self.stripes.len()).max_by_key(|s| self.stripes[*s].children.len()) else {
+                break;
+            };
+            let Some(child) = self.stripes[s].children.pop() else {
+                break;
+            };
+            self.actions.push(Action::Send {
+                to: child,
+                msg: Message::Prune { stripe: s as u8 },
+            });
+            self.status_dirty = true;
+        }
+        if self.config.source {
+            return;
+        }
+        self.cooldown.retain(|_, at| now.duration_since(*at) < PARENT_COOLDOWN);
+        for s in 0..self.stripes.len() {
+            if let Some(parent) = self.stripes[s].parent {
+                let quiet = self.stripes[s]
+                    .parent_active
+                    .is_none_or(|t| now.duration_since(t) > GRAFT_TIMEOUT);
+                let overtaken = self.stripes[s]
+                    .overtaken
+                    .is_some_and(|t| now.duration_since(t) > self.config.parent_timeout);
+                let cut_off = self.neighbours.get(&parent).is_some_and(|n| n.depths[s] >= MAX_DEPTH)
+                    && self.stripes[s]
+                        .parent_active
+                        .is_none_or(|t| now.duration_since(t) > self.config.parent_timeout);
+                if (quiet && overtaken) || cut_off || (quiet && self.stream_is_flowing(now)) {
+                    self.actions.push(Action::Send {
+                        to: parent,
+                        msg: Message::Prune { stripe: s as u8 },
+                    });
+                    self.drop_parent(s, now);
+                    self.counters.parent_changes += 1;
+                } else if let Some(better) = self.closer_parent(s, now) {
+                    // Climb towards the source: a neighbour two or more hops closer has room.
+                    self.actions.push(Action::Send {
+                        to: parent,
+                        msg: Message::Prune { stripe: s as u8 },
+                    });
+                    self.stripes[s].parent = Some(better);
+                    self.stripes[s].parent_active = Some(now);
+                    self.stripes[s].climbed = Some(now);
+                    self.status_dirty = true;
+                    self.counters.parent_changes += 1;
+                    self.actions.push(Action::Send {
+                        to: better,
+                        msg: Message::Graft { stripe: s as u8 },
+                    });
+                    continue;
+                } else {
+                    continue;
+                }
+            }
+            if let Some(candidate) = self.best_parent(s) {
+                self.stripes[s].parent = Some(candidate);
+                self.stripes[s].parent_active = Some(now);
+                self.status_dirty = true;
+                self.actions.push(Action::Send {
+                    to: candidate,
+                    msg: Message::Graft { stripe: s as u8 },
+                });
+            }
+        }
+    }
+
+    /// True once chunks arrive at all (so a silent parent is a problem, not a quiet stream).
+    fn stream_is_flowing(&self, now: Instant) -> bool {
+        self.last_new_chunk
+            .is_some_and(|t| now.duration_since(t) < Duration::from_millis(500))
+    }
+
+    /// A neighbour with room at least two hops closer to the source than our parent, if it is
+    /// time to look (climbs are spaced so trees settle).
+    fn closer_parent(&self, s: usize, now: Instant) -> Option<NodeId> {
+        if self.stripes[s]
+            .climbed
+            .is_some_and(|t| now.duration_since(t) < CLIMB_INTERVAL)
+        {
+            return None;
+        }
+        let parent_depth = self.neighbours.get(&self.stripes[s].parent?)?.depths[s];
+        let best = self.best_parent(s)?;
+        let best_depth = self.neighbours.get(&best)?.depths[s];
+        (best_depth + 1 < parent_depth).then_some(best)
+    }
+
+    /// The neighbour nearest the source in stripe `s` with room for a child.
+    fn best_parent(&self, s: usize) -> Option<NodeId> {
+        let mine: Vec<NodeId> = self.stripes[s].children.clone();
+        self.neighbours
+            .iter()
+            .filter(|(id, n)| {
+                n.depths[s] < MAX_DEPTH
+                    && n.free_slots > 0
+                    && !mine.contains(id)
+                    && !self.cooldown.contains_key(&(**id, s as u8))
+            })
+            .min_by_key(|(id, n)| (n.depths[s], u16::MAX - n.free_slots, n.unanswered, **id))
+            .map(|(id, _)| *id)
+    }
+
+    pub(super) fn status_message(&self) -> Message {
+        let epoch = self.window.live_epoch().unwrap_or(0);
+        Message::Status {
+            depths: (0..self.stripes.len()).map(|s| self.depth(s)).collect(),
+            free_slots: self.free_slots().min(u16::MAX as usize) as u16,
+            epoch,
+            // The source leaves back-filling joiners to the swarm: its upload is for new chunks.
+            segment_start: if self.config.source {
+                None
+            } else {
+                self.window.newest_segment_start()
+            },
+        }
+    }
+
+    pub(super) fn send_status_to(&mut self, to: NodeId) {
+        let msg = self.status_message();
+        self.actions.push(Action::Send { to, msg });
+    }
+
+    /// Tells every neighbour our depths and room when they changed, else now and then.
+    pub(super) fn broadcast_status(&mut self, now: Instant) {
+        let depths: Vec<u8> = (0..self.stripes.len()).map(|s| self.depth(s)).collect();
+        let free = self.free_slots();
+        let changed = self.status_dirty || depths != self.last_status.0 || free != self.last_status.1;
+        let due = self
+            .last_status_at
+            .is_none_or(|t| now.duration_since(t) >= self.config.status_interval);
+        if !(changed
+            && self
+                .last_status_at
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_millis(100))
+            || due)
+        {
+            return;
+        }
+        self.status_dirty = false;
+        self.last_status = (depths, free);
+        self.last_status_at = Some(now);
+        let msg = self.status_message();
+        let ids: Vec<NodeId> = self.neighbours.keys().copied().collect();
+        for to in ids {
+            self.actions.push(Action::Send { to, msg: msg.clone() });
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! The vocabulary of the swarm core: its configuration, the events it is fed, the actions it
+//! answers with, and the counters it keeps.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use shoal_proto::{Chunk, Message, NodeId};
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// How much stream a node keeps, judged by broadcaster timestamps.
+    pub window: Duration,
+    /// The stream is split into this many stripes (chunk seq modulo stripes), each pushed
+    /// down its own tree, so no single parent carries the whole stream or a whole keyframe.
+    pub stripes: u8,
+    /// This node's upload capacity in bit/s, all bytes included; `None` if unknown.
+    pub upload_bps: Option<u64>,
+    /// The broadcaster: depth 0 in every stripe, one child per stripe so it uploads ≈ 1×.
+    pub source: bool,
+    /// Children per stripe the source feeds (its upload ≈ this × the stream).
+    pub source_fanout: usize,
+    /// Children taken when the upload capacity is unknown (per stripe-slot units).
+    pub default_slots: usize,
+    /// Most children per stripe, whatever the capacity: bounds per-hop serialisation delay.
+    pub max_children_per_stripe: usize,
+    /// Share of the upload kept free of eager pushes, for control, repair and bursts.
+    pub upload_reserve: f64,
+    /// How often new holdings are announced to neighbours.
+    pub have_interval: Duration,
+    /// How often depths and free slots are told to neighbours (also sent on change).
+    pub status_interval: Duration,
+    /// How long a gap may stay open before it is pulled from a neighbour that has it.
+    pub repair_after: Duration,
+    /// How long to wait for a requested chunk before asking another neighbour.
+    pub request_timeout: Duration,
+    /// A parent that sent nothing of its stripe for this long, while others did, is replaced.
+    pub parent_timeout: Duration,
+    /// A pushed chunk older than this (behind the newest) is dropped instead of sent late.
+    pub push_deadline: Duration,
+    /// How long a neighbour that sent forged or malformed data stays banned.
+    pub ban_for: Duration,
+    /// Active neighbours: dial more below `active_min`, refuse newcomers above `active_max`.
+    pub active_min: usize,
+    pub active_max: usize,
+    /// Known addresses kept for later (HyParView's passive view).
+    pub passive_max: usize,
+    /// How often a sample of known peers is sent to each neighbour.
+    pub pex_interval: Duration,
+    /// Emit `Action::Deliver` for every new chunk (the gateway wants them; a relay does not).
+    pub deliver: bool,
+    /// Take part in peer exchange (off: stay with the bootstrap peers).
+    pub discovery: bool,
+    /// This node's own addresses: never dialled, and told to others in HELLO.
+    pub listen: Vec<SocketAddr>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            window: Duration::from_secs(30),
+            stripes: 4,
+            upload_bps: None,
+            source: false,
+            source_fanout: 1,
+            default_slots: 8,
+            max_children_per_stripe: 6,
+            upload_reserve: 0.2,
+            have_interval: Duration::from_millis(200),
+            status_interval: Duration::from_secs(1),
+            repair_after: Duration::from_millis(400),
+            request_timeout: Duration::from_millis(800),
+            parent_timeout: Duration::from_millis(1200),
+            push_deadline: Duration::from_secs(3),
+            ban_for: Duration::from_secs(600),
+            active_min: 5,
+            active_max: 10,
+            passive_max: 64,
+            pex_interval: Duration::from_secs(5),
+            deliver: false,
+            discovery: true,
+            listen: Vec::new(),
+        }
+    }
+}
+
+/// Why a chunk or message from a neighbour was refused before reaching the core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reject {
+    BadSignature,
+    Malformed,
+    Oversized,
+    Protocol,
+}
+
+impl Reject {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reject::BadSignature => "bad_signature",
+            Reject::Malformed => "malformed",
+            Reject::Oversized => "oversized",
+            Reject::Protocol => "protocol",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Event {
+    /// A connection is up and HELLOs were exchanged. `listen` is where the neighbour accepts
+    /// connections (from its HELLO); `outbound` if this node dialled.
+    NeighbourUp {
+        id: NodeId,
+        addr: SocketAddr,
+        listen: Vec<SocketAddr>,
+        outbound: bool,
+    },
+    NeighbourDown {
+        id: NodeId,
+    },
+    /// A `Dial` failed (nobody answered, or the handshake failed).
+    DialFailed {
+        addr: SocketAddr,
+    },
+    Control {
+        from: NodeId,
+        msg: Message,
+    },
+    /// A chunk whose signature the driver has verified.
+    Chunk {
+        from: NodeId,
+        chunk: Chunk,
+    },
+    Rejected {
+        from: NodeId,
+        reason: Reject,
+    },
+    /// A chunk this node produced (the broadcaster).
+    Publish(Chunk),
+    Tick,
+}
+
+#[derive(Debug, Clone)]
+pub enum Action {
+    Send {
+        to: NodeId,
+        msg: Message,
+    },
+    /// Send a chunk on its own stream; drop it instead if not sent by `deadline`.
+    Push {
+        to: NodeId,
+        chunk: Chunk,
+        deadline: Instant,
+    },
+    /// A new verified chunk for the local consumer.
+    Deliver(Chunk),
+    Dial(SocketAddr),
+    Disconnect {
+        id: NodeId,
+        reason: &'static str,
+    },
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub verified: u64,
+    pub duplicate: u64,
+    pub late: u64,
+    pub rejected: BTreeMap<&'static str, u64>,
+    pub requests_sent: u64,
+    pub requests_served: u64,
+    pub banned: u64,
+    pub parent_changes: u64,
+}
