@@ -74,10 +74,12 @@ pub enum Message {
     /// "Stop pushing me this stripe", or, in answer to GRAFT, "I cannot be your parent".
     Prune { stripe: u8 },
     /// What a neighbour needs to pick parents: the sender's hop count from the source per
-    /// stripe (255 = not receiving it), how many more children it can take, and where the
-    /// newest segment it holds starts (so a joining node can start at a keyframe).
+    /// stripe (255 = not receiving it), its upload capacity (kbit/s, 0 if unknown), how many
+    /// more children it can take (one child of one stripe each), and where the newest
+    /// segment it holds starts (so a joining node can start at a keyframe).
     Status {
         depths: Vec<u8>,
+        upload_kbps: u32,
         free_slots: u16,
         epoch: u64,
         segment_start: Option<u64>,
@@ -188,6 +190,7 @@ impl Message {
             }
             Message::Status {
                 depths,
+                upload_kbps,
                 free_slots,
                 epoch,
                 segment_start,
@@ -195,6 +198,7 @@ impl Message {
                 let depths = &depths[..depths.len().min(MAX_STRIPES)];
                 buf.put_u8(depths.len() as u8);
                 buf.put_slice(depths);
+                buf.put_u32(*upload_kbps);
                 buf.put_u16(*free_slots);
                 buf.put_u64(*epoch);
                 match segment_start {
@@ -292,6 +296,7 @@ impl Message {
                 body = &body[n..];
                 Message::Status {
                     depths,
+                    upload_kbps: get_u32(&mut body)?,
                     free_slots: get_u16(&mut body)?,
                     epoch: get_u64(&mut body)?,
                     segment_start: match get_u8(&mut body)? {
@@ -412,12 +417,14 @@ mod tests {
             any::<u8>().prop_map(|stripe| Message::Prune { stripe }),
             (
                 proptest::collection::vec(any::<u8>(), 0..MAX_STRIPES),
+                any::<u32>(),
                 any::<u16>(),
                 any::<u64>(),
                 proptest::option::of(any::<u64>())
             )
-                .prop_map(|(depths, free_slots, epoch, segment_start)| Message::Status {
+                .prop_map(|(depths, upload_kbps, free_slots, epoch, segment_start)| Message::Status {
                     depths,
+                    upload_kbps,
                     free_slots,
                     epoch,
                     segment_start

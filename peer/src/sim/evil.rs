@@ -33,6 +33,7 @@ impl Evil {
     fn lies(&self) -> Vec<Message> {
         let mut out = vec![Message::Status {
             depths: vec![1; usize::from(self.stripes)],
+            upload_kbps: 100_000,
             free_slots: 64,
             epoch: 1,
             segment_start: None,

@@ -187,6 +187,7 @@ impl State {
             Message::Prune { stripe } => self.on_prune(from, stripe, now),
             Message::Status {
                 depths,
+                upload_kbps,
                 free_slots,
                 epoch,
                 segment_start,
@@ -195,6 +196,7 @@ impl State {
                     for (mine, theirs) in n.depths.iter_mut().zip(depths) {
                         *mine = theirs;
                     }
+                    n.upload_kbps = upload_kbps;
                     n.free_slots = free_slots;
                     n.segment_start = segment_start.map(|s| (epoch, s));
                 }

@@ -27,6 +27,8 @@ pub(super) struct Neighbour {
     pub has: SeqSet,
     /// Its hop count from the source per stripe, as it last told us.
     pub depths: Vec<u8>,
+    /// Its upload capacity (0 if unknown) and how many more children it can take.
+    pub upload_kbps: u32,
     pub free_slots: u16,
     /// Seq of the newest segment start it told us about.
     pub segment_start: Option<(u64, u64)>,
@@ -41,6 +43,7 @@ impl Neighbour {
             listen,
             has: SeqSet::default(),
             depths: vec![NO_DEPTH; usize::from(stripes)],
+            upload_kbps: 0,
             free_slots: 0,
             segment_start: None,
             unanswered: 0,

@@ -43,6 +43,7 @@ fn up(s: &mut State, n: u8, now: Instant) -> Vec<Action> {
 fn status(depths: Vec<u8>, free_slots: u16) -> Message {
     Message::Status {
         depths,
+        upload_kbps: 1000,
         free_slots,
         epoch: 1,
         segment_start: None,
@@ -444,6 +445,7 @@ fn a_joining_node_starts_at_the_newest_segment() {
     let mut s = state_with(&[1], now);
     let msg = Message::Status {
         depths: vec![0, 0],
+        upload_kbps: 1000,
         free_slots: 1,
         epoch: 1,
         segment_start: Some(120),

@@ -89,11 +89,13 @@ impl State {
             if s < self.stripes.len() && self.stripes[s].children.contains(&from) {
                 return;
             }
-            self.actions.push(Action::Send {
-                to: from,
-                msg: Message::Prune { stripe },
-            });
-            return;
+            if !(s < self.stripes.len() && self.make_room(from, s)) {
+                self.actions.push(Action::Send {
+                    to: from,
+                    msg: Message::Prune { stripe },
+                });
+                return;
+            }
         }
         self.stripes[s].children.push(from);
         self.status_dirty = true;
@@ -116,6 +118,27 @@ impl State {
                 }
             }
         }
+    }
+
+    /// Full, but asked by a neighbour that uploads markedly more than our weakest child of
+    /// this stripe: let the stronger one in, higher up the tree, and send the weaker one to
+    /// find another parent. Strong uploaders end up near the source, trees stay shallow.
+    fn make_room(&mut self, from: NodeId, s: usize) -> bool {
+        if self.depth(s) >= MAX_DEPTH || self.stripes[s].parent == Some(from) {
+            return false;
+        }
+        let strength = |id: &NodeId| self.neighbours.get(id).map_or(0, |n| n.upload_kbps);
+        let newcomer = strength(&from);
+        let Some((i, weakest)) = self.stripes[s].children.iter().enumerate().min_by_key(|(_, c)| strength(c)) else {
+            return false;
+        };
+        // Markedly stronger only (half again), so children do not churn between equals.
+        if u64::from(newcomer) * 2 < u64::from(strength(weakest)) * 3 || newcomer == 0 {
+            return false;
+        }
+        let weakest = self.stripes[s].children.remove(i);
+        self.actions.push(Action::Send { to: weakest, msg: Message::Prune { stripe: s as u8 } });
+        true
     }
 
     fn max_children(&self, _stripe: usize) -> usize {
@@ -287,6 +310,7 @@ impl State {
         let epoch = self.window.live_epoch().unwrap_or(0);
         Message::Status {
             depths: (0..self.stripes.len()).map(|s| self.depth(s)).collect(),
+            upload_kbps: self.config.upload_bps.map_or(0, |b| (b / 1000).min(u64::from(u32::MAX)) as u32),
             free_slots: self.free_slots().min(u16::MAX as usize) as u16,
             epoch,
             // The source leaves back-filling joiners to the swarm: its upload is for new chunks.
