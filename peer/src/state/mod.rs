@@ -68,6 +68,9 @@ pub struct State {
     /// (broadcaster timestamp, bytes) of recent new chunks, for the stream rate.
     recent_bytes: VecDeque<(u64, usize)>,
     first_chunk_us: Option<u64>,
+    /// Bytes this node may still spend serving REQUESTs (`None`: no cap to respect).
+    repair_tokens: Option<f64>,
+    repair_refilled: Option<Instant>,
     rate_bps: Option<f64>,
     last_new_chunk: Option<Instant>,
     started: Instant,
@@ -102,6 +105,8 @@ impl State {
             requested: HashMap::default(),
             recent_bytes: VecDeque::new(),
             first_chunk_us: None,
+            repair_tokens: None,
+            repair_refilled: None,
             rate_bps: None,
             last_new_chunk: None,
             started: now,
@@ -200,7 +205,6 @@ impl State {
                     n.free_slots = free_slots;
                     n.segment_start = segment_start.map(|s| (epoch, s));
                 }
-                self.maybe_backfill(from, now);
             }
             Message::Pex { peers } => self.on_pex(peers),
             Message::Goodbye { .. } => {
@@ -233,11 +237,18 @@ impl State {
 
     /// First contact with the stream: pull from the start of the newest segment a neighbour
     /// holds, so playback can begin at a keyframe right away.
-    fn maybe_backfill(&mut self, from: NodeId, now: Instant) {
+    /// From the strongest uploader among the neighbours that told us a segment start.
+    fn maybe_backfill(&mut self, now: Instant) {
         if self.backfilled || self.config.source {
             return;
         }
-        let Some((epoch, start)) = self.neighbours.get(&from).and_then(|n| n.segment_start) else {
+        let Some((from, (epoch, start))) = self
+            .neighbours
+            .iter()
+            .filter_map(|(id, n)| n.segment_start.map(|s| (*id, s, n.upload_kbps)))
+            .max_by_key(|(id, _, up)| (*up, std::cmp::Reverse(*id)))
+            .map(|(id, s, _)| (id, s))
+        else {
             return;
         };
         if self.window.live_epoch().is_some_and(|l| l != epoch) {
@@ -277,8 +288,18 @@ impl State {
         }
         let deadline = now + self.config.push_deadline;
         let mut served = 0;
+        self.refill_repair_budget(now);
         for seq in ranges.iter().flat_map(SeqRange::iter).take(MAX_SERVED_PER_REQUEST) {
             if let Some(chunk) = self.window.get(epoch, seq) {
+                // Repairs come out of what the children leave of the upload; past that the
+                // requester times out and asks someone with room.
+                if let Some(tokens) = &mut self.repair_tokens {
+                    if *tokens < chunk.encoded_len() as f64 {
+                        self.counters.requests_refused += 1;
+                        break;
+                    }
+                    *tokens -= chunk.encoded_len() as f64;
+                }
                 served += 1;
                 if let Some(n) = self.neighbours.get_mut(&from) {
                     n.has.insert(seq);
@@ -291,6 +312,22 @@ impl State {
             }
         }
         self.counters.requests_served += served;
+    }
+
+    /// Tops up the bytes this node may spend on repairs: its capacity less what its children
+    /// take and a tenth for control, over time, with a second's worth of burst.
+    fn refill_repair_budget(&mut self, now: Instant) {
+        let (Some(cap), Some(rate)) = (self.config.upload_bps, self.stream_bps()) else {
+            self.repair_tokens = None; // uncapped, or not measured yet: no budget to keep
+            return;
+        };
+        let children = self.stripes.iter().map(|s| s.children.len()).sum::<usize>() as f64;
+        let spare_bps = (cap as f64 * 0.9 - children * rate / f64::from(self.config.stripes)).max(0.0);
+        let elapsed = self.repair_refilled.map_or(1.0, |t| now.duration_since(t).as_secs_f64());
+        self.repair_refilled = Some(now);
+        let burst = spare_bps / 8.0;
+        let tokens = self.repair_tokens.unwrap_or(burst);
+        self.repair_tokens = Some((tokens + elapsed * spare_bps / 8.0).min(burst));
     }
 
     fn on_chunk(&mut self, from: Option<NodeId>, chunk: Chunk, now: Instant) {
@@ -451,6 +488,7 @@ impl State {
             self.last_have = Some(now);
             self.announce();
         }
+        self.maybe_backfill(now);
         self.repair(now);
         self.maintain_trees(now);
         self.broadcast_status(now);
@@ -500,7 +538,8 @@ impl State {
                 .neighbours
                 .iter()
                 .filter(|(id, n)| n.has.contains(seq) && Some(**id) != previous)
-                .min_by_key(|(id, n)| (n.unanswered, **id))
+                // The least-failing, then strongest uploader: repairs cost upload too.
+                .min_by_key(|(id, n)| (n.unanswered, std::cmp::Reverse(n.upload_kbps), **id))
                 .map(|(id, _)| *id)
                 // Nobody else has it: ask the same neighbour again.
                 .or(previous.filter(|p| self.neighbours.get(p).is_some_and(|n| n.has.contains(seq))));

@@ -97,7 +97,11 @@ impl State {
                 return;
             }
         }
-        self.stripes[s].children.push(from);
+        // Children that upload most come first in the push order: their subtrees wait on them.
+        let strength = |id: &NodeId| self.neighbours.get(id).map_or(0, |n| n.upload_kbps);
+        let at = self.stripes[s].children.iter().position(|c| strength(c) < strength(&from));
+        let at = at.unwrap_or(self.stripes[s].children.len());
+        self.stripes[s].children.insert(at, from);
         self.status_dirty = true;
         // Start the new child off with the freshest chunks of the stripe it lacks.
         if let Some(epoch) = self.window.live_epoch() {

@@ -168,6 +168,8 @@ pub struct Counters {
     pub rejected: BTreeMap<&'static str, u64>,
     pub requests_sent: u64,
     pub requests_served: u64,
+    /// Chunks asked of us that we had but did not send: no upload left for repairs.
+    pub requests_refused: u64,
     pub banned: u64,
     pub parent_changes: u64,
 }
