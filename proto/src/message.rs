@@ -422,13 +422,15 @@ mod tests {
                 any::<u64>(),
                 proptest::option::of(any::<u64>())
             )
-                .prop_map(|(depths, upload_kbps, free_slots, epoch, segment_start)| Message::Status {
-                    depths,
-                    upload_kbps,
-                    free_slots,
-                    epoch,
-                    segment_start
-                }),
+                .prop_map(
+                    |(depths, upload_kbps, free_slots, epoch, segment_start)| Message::Status {
+                        depths,
+                        upload_kbps,
+                        free_slots,
+                        epoch,
+                        segment_start
+                    }
+                ),
         ]
     }
 

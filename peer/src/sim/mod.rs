@@ -176,6 +176,7 @@ pub struct Sim {
     delivered: u64,
     useful_data: u64,
     duplicate_data: u64,
+    dup_from_parent: u64,
     forged_delivered: u64,
     actions: Vec<Action>,
 }
@@ -216,6 +217,7 @@ impl Sim {
             delivered: 0,
             useful_data: 0,
             duplicate_data: 0,
+            dup_from_parent: 0,
             forged_delivered: 0,
             actions: Vec::new(),
             cfg,
@@ -606,6 +608,10 @@ impl Sim {
                     let held = state.window().contains(chunk.header.epoch, chunk.header.seq);
                     if held {
                         self.duplicate_data += chunk.payload.len() as u64;
+                        let s = (chunk.header.seq % u64::from(state.config().stripes)) as usize;
+                        if state.parents().get(s).copied().flatten() == Some(node_id(from)) {
+                            self.dup_from_parent += chunk.payload.len() as u64;
+                        }
                     } else {
                         self.useful_data += chunk.payload.len() as u64;
                     }
@@ -651,7 +657,7 @@ impl Sim {
                 && let Role::Honest(state) = &node.role
             {
                 eprintln!(
-                    "{} up {:.1}x expired {} joined {} startup {:?} on_time {} neighbours {} children {} parents {:?} counters {:?}",
+                    "{} up {:.1}x expired {} joined {} startup {:?} on_time {} neighbours {} children {} depths {:?} parents {:?} counters {:?}",
                     node.addr,
                     node.upload_bps / (self.cfg.bitrate_kbps as f64 * 1000.0),
                     node.uplink.expired,
@@ -660,6 +666,7 @@ impl Sim {
                     node.on_time,
                     state.neighbours().count(),
                     state.children(),
+                    state.depths(),
                     state
                         .parents()
                         .iter()
@@ -722,6 +729,7 @@ impl Sim {
             "duplicate_ratio": round(self.duplicate_data as f64 / self.useful_data.max(1) as f64, 4),
             "control_overhead_ratio": round(control_sent as f64 / data_sent.max(1) as f64, 4),
             "forged_delivered": self.forged_delivered,
+            "duplicate_from_parent_ratio": round(self.dup_from_parent as f64 / self.useful_data.max(1) as f64, 4),
             "expired_in_queue": self.nodes.iter().map(|n| n.uplink.expired).sum::<u64>(),
             "nodes_total": self.nodes.len() - 1,
             "source_upload_bps": source.upload_bps as u64,

@@ -147,6 +147,11 @@ impl State {
         self.stripes.iter().map(|s| s.parent).collect()
     }
 
+    /// Hop count from the source per stripe (255 where cut off).
+    pub fn depths(&self) -> Vec<u8> {
+        (0..self.stripes.len()).map(|s| self.depth(s)).collect()
+    }
+
     pub fn children(&self) -> usize {
         self.stripes.iter().map(|s| s.children.len()).sum()
     }
@@ -323,7 +328,9 @@ impl State {
         };
         let children = self.stripes.iter().map(|s| s.children.len()).sum::<usize>() as f64;
         let spare_bps = (cap as f64 * 0.9 - children * rate / f64::from(self.config.stripes)).max(0.0);
-        let elapsed = self.repair_refilled.map_or(1.0, |t| now.duration_since(t).as_secs_f64());
+        let elapsed = self
+            .repair_refilled
+            .map_or(1.0, |t| now.duration_since(t).as_secs_f64());
         self.repair_refilled = Some(now);
         let burst = spare_bps / 8.0;
         let tokens = self.repair_tokens.unwrap_or(burst);
@@ -518,8 +525,20 @@ impl State {
         let newest = self.window.newest_seq(epoch).unwrap_or(0);
         self.missing.retain(|s, _| *s + MAX_REPAIR_SPAN >= newest);
         let mut asks: HashMap<NodeId, Vec<u64>> = HashMap::default();
+        let k = u64::from(self.config.stripes.max(1));
         for (&seq, &since) in &self.missing {
-            if now.duration_since(since) < self.config.repair_after {
+            // While the stripe's parent is delivering, the gap is most likely a chunk it
+            // sends late (newer ones go first): give it longer before asking someone else.
+            let stripe = &self.stripes[(seq % k) as usize];
+            let parent_busy = stripe
+                .parent_active
+                .is_some_and(|t| now.duration_since(t) < self.config.repair_after);
+            let wait = if parent_busy {
+                self.config.repair_after * 5 / 2
+            } else {
+                self.config.repair_after
+            };
+            if now.duration_since(since) < wait {
                 continue;
             }
             let previous = self.requested.get(&seq).copied();

@@ -14,6 +14,8 @@ use crate::seqset::SeqSet;
 
 /// Dials started per tick at most, and dials in flight at most.
 const DIALS_IN_FLIGHT: usize = 3;
+/// Neighbours a node with room for children accepts beyond `active_max`.
+const EXTRA_FOR_CHILDREN: usize = 8;
 /// Peers sent in one PEX message.
 const PEX_SAMPLE: usize = 8;
 /// How long an address that failed to answer is not dialled again.
@@ -75,7 +77,14 @@ impl State {
             });
             return;
         }
-        if !outbound && self.neighbours.len() >= self.config.active_max {
+        // Room for children is room for neighbours: a strong node accepts beyond the usual
+        // bound, up to a hard cap, since its children must be its neighbours.
+        let limit = if self.free_slots() > 0 {
+            self.config.active_max + EXTRA_FOR_CHILDREN
+        } else {
+            self.config.active_max
+        };
+        if !outbound && self.neighbours.len() >= limit {
             // Full: hand the newcomer other peers to try, then hang up (HyParView).
             self.learn(&listen);
             let peers = self.pex_sample(Some(id));
@@ -165,16 +174,26 @@ impl State {
 
     /// Up to `PEX_SAMPLE` peers (neighbours and passive ones) with their addresses.
     pub(super) fn pex_sample(&mut self, exclude: Option<NodeId>) -> Vec<PeerInfo> {
-        let mut peers: Vec<PeerInfo> = self
+        // First the neighbours nearest the source that have room for children: that is where
+        // a newcomer should attach for a shallow tree. Then a random few, for a mixed graph.
+        let mut near: Vec<(u8, u16, NodeId)> = self
             .neighbours
             .iter()
-            .filter(|(id, n)| Some(**id) != exclude && !n.listen.is_empty())
+            .filter(|(id, n)| Some(**id) != exclude && !n.listen.is_empty() && n.free_slots > 0)
+            .map(|(id, n)| (n.depths.iter().copied().min().unwrap_or(NO_DEPTH), n.free_slots, *id))
+            .collect();
+        near.sort_by_key(|(depth, free, id)| (*depth, u16::MAX - free, *id));
+        let mut chosen: Vec<NodeId> = near.iter().take(PEX_SAMPLE / 2).map(|(_, _, id)| *id).collect();
+        let mut others: Vec<PeerInfo> = self
+            .neighbours
+            .iter()
+            .filter(|(id, n)| Some(**id) != exclude && !n.listen.is_empty() && !chosen.contains(id))
             .map(|(id, n)| PeerInfo {
                 node_id: *id,
                 addrs: n.listen.iter().copied().take(MAX_ADDRS).collect(),
             })
             .collect();
-        peers.extend(
+        others.extend(
             self.passive
                 .iter()
                 .filter(|p| p.0.is_some_and(|id| Some(id) != exclude))
@@ -183,7 +202,18 @@ impl State {
                     addrs: vec![p.1],
                 }),
         );
-        peers.shuffle(&mut self.rng);
+        others.shuffle(&mut self.rng);
+        let mut peers: Vec<PeerInfo> = chosen
+            .drain(..)
+            .filter_map(|id| {
+                let n = self.neighbours.get(&id)?;
+                Some(PeerInfo {
+                    node_id: id,
+                    addrs: n.listen.iter().copied().take(MAX_ADDRS).collect(),
+                })
+            })
+            .collect();
+        peers.extend(others);
         peers.truncate(PEX_SAMPLE.min(MAX_PEX_PEERS));
         peers
     }
@@ -195,7 +225,14 @@ impl State {
         if !self.config.discovery {
             return;
         }
-        let wanted = self.config.active_min.saturating_sub(self.neighbours.len());
+        // Below the minimum, or a stripe has no parent among the neighbours: meet more peers.
+        let orphaned = !self.config.source
+            && self.stripes.iter().any(|s| s.parent.is_none())
+            && self.window.live_epoch().is_some();
+        let mut wanted = self.config.active_min.saturating_sub(self.neighbours.len());
+        if orphaned && self.neighbours.len() < self.config.active_max {
+            wanted = wanted.max(1);
+        }
         let room = DIALS_IN_FLIGHT.saturating_sub(self.dialling.len()).min(wanted);
         for _ in 0..room {
             let candidates: Vec<SocketAddr> = self

@@ -30,8 +30,10 @@ pub(super) struct Stripe {
     pub newest: Option<u64>,
     /// When a chunk of this stripe newer than the parent's last one arrived from elsewhere.
     pub overtaken: Option<Instant>,
-    /// When this stripe last moved to a closer parent.
+    /// When this stripe last tried a closer parent.
     pub climbed: Option<Instant>,
+    /// A closer parent grafted onto, not yet delivering (make-before-break).
+    pub pending: Option<(NodeId, Instant)>,
 }
 
 impl State {
@@ -61,7 +63,14 @@ impl State {
         match (self.config.upload_bps, self.stream_bps()) {
             (Some(cap), Some(rate)) if rate > 0.0 => {
                 let per_child = rate / f64::from(self.config.stripes);
-                ((cap as f64 * (1.0 - self.config.upload_reserve)) / per_child).floor() as usize
+                let slots = ((cap as f64 * (1.0 - self.config.upload_reserve)) / per_child).floor() as usize;
+                // A node that cannot pass on one whole copy stays a leaf: a weak link inside a
+                // tree would make it deep, and its upload is better spent on repairs.
+                if slots < usize::from(self.config.stripes) {
+                    0
+                } else {
+                    slots
+                }
             }
             // Until the stream's rate is known, a capped node takes no children.
             (Some(_), _) => 0,
@@ -82,6 +91,7 @@ impl State {
         let ok = s < self.stripes.len()
             && self.depth(s) < MAX_DEPTH
             && self.stripes[s].parent != Some(from)
+            && self.stripes[s].pending.is_none_or(|(p, _)| p != from)
             && !self.stripes[s].children.contains(&from)
             && self.stripes[s].children.len() < self.max_children(s)
             && self.free_slots() > 0;
@@ -99,7 +109,10 @@ impl State {
         }
         // Children that upload most come first in the push order: their subtrees wait on them.
         let strength = |id: &NodeId| self.neighbours.get(id).map_or(0, |n| n.upload_kbps);
-        let at = self.stripes[s].children.iter().position(|c| strength(c) < strength(&from));
+        let at = self.stripes[s]
+            .children
+            .iter()
+            .position(|c| strength(c) < strength(&from));
         let at = at.unwrap_or(self.stripes[s].children.len());
         self.stripes[s].children.insert(at, from);
         self.status_dirty = true;
@@ -128,12 +141,20 @@ impl State {
     /// this stripe: let the stronger one in, higher up the tree, and send the weaker one to
     /// find another parent. Strong uploaders end up near the source, trees stay shallow.
     fn make_room(&mut self, from: NodeId, s: usize) -> bool {
-        if self.depth(s) >= MAX_DEPTH || self.stripes[s].parent == Some(from) {
+        if self.depth(s) >= MAX_DEPTH
+            || self.stripes[s].parent == Some(from)
+            || self.stripes[s].pending.is_some_and(|(p, _)| p == from)
+        {
             return false;
         }
         let strength = |id: &NodeId| self.neighbours.get(id).map_or(0, |n| n.upload_kbps);
         let newcomer = strength(&from);
-        let Some((i, weakest)) = self.stripes[s].children.iter().enumerate().min_by_key(|(_, c)| strength(c)) else {
+        let Some((i, weakest)) = self.stripes[s]
+            .children
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, c)| strength(c))
+        else {
             return false;
         };
         // Markedly stronger only (half again), so children do not churn between equals.
@@ -141,7 +162,10 @@ impl State {
             return false;
         }
         let weakest = self.stripes[s].children.remove(i);
-        self.actions.push(Action::Send { to: weakest, msg: Message::Prune { stripe: s as u8 } });
+        self.actions.push(Action::Send {
+            to: weakest,
+            msg: Message::Prune { stripe: s as u8 },
+        });
         true
     }
 
@@ -160,6 +184,9 @@ impl State {
         }
         if self.stripes[s].parent == Some(from) {
             self.drop_parent(s, now);
+        }
+        if self.stripes[s].pending.is_some_and(|(p, _)| p == from) {
+            self.stripes[s].pending = None;
         }
         let before = self.stripes[s].children.len();
         self.stripes[s].children.retain(|c| *c != from);
@@ -180,6 +207,9 @@ impl State {
 
     pub(super) fn forget_in_trees(&mut self, id: NodeId) {
         for stripe in &mut self.stripes {
+            if stripe.pending.is_some_and(|(p, _)| p == id) {
+                stripe.pending = None;
+            }
             if stripe.parent == Some(id) {
                 stripe.parent = None;
                 stripe.parent_active = None;
@@ -194,6 +224,23 @@ impl State {
     pub(super) fn note_stripe_chunk(&mut self, s: usize, from: Option<NodeId>, seq: u64, now: Instant) {
         let stripe = &mut self.stripes[s];
         stripe.newest = Some(stripe.newest.map_or(seq, |n| n.max(seq)));
+        if let Some((pending, _)) = stripe.pending
+            && from == Some(pending)
+        {
+            // The closer parent delivers: switch to it and release the old one.
+            stripe.pending = None;
+            if let Some(old) = stripe.parent.replace(pending) {
+                self.actions.push(Action::Send {
+                    to: old,
+                    msg: Message::Prune { stripe: s as u8 },
+                });
+            }
+            stripe.parent_active = Some(now);
+            stripe.overtaken = None;
+            self.status_dirty = true;
+            self.counters.parent_changes += 1;
+            return;
+        }
         if from.is_some() && from == stripe.parent {
             stripe.parent_active = Some(now);
             stripe.overtaken = None;
@@ -242,23 +289,8 @@ impl State {
                     });
                     self.drop_parent(s, now);
                     self.counters.parent_changes += 1;
-                } else if let Some(better) = self.closer_parent(s, now) {
-                    // Climb towards the source: a neighbour two or more hops closer has room.
-                    self.actions.push(Action::Send {
-                        to: parent,
-                        msg: Message::Prune { stripe: s as u8 },
-                    });
-                    self.stripes[s].parent = Some(better);
-                    self.stripes[s].parent_active = Some(now);
-                    self.stripes[s].climbed = Some(now);
-                    self.status_dirty = true;
-                    self.counters.parent_changes += 1;
-                    self.actions.push(Action::Send {
-                        to: better,
-                        msg: Message::Graft { stripe: s as u8 },
-                    });
-                    continue;
                 } else {
+                    self.maybe_climb(s, now);
                     continue;
                 }
             }
@@ -280,19 +312,53 @@ impl State {
             .is_some_and(|t| now.duration_since(t) < Duration::from_millis(500))
     }
 
-    /// A neighbour with room at least two hops closer to the source than our parent, if it is
-    /// time to look (climbs are spaced so trees settle).
-    fn closer_parent(&self, s: usize, now: Instant) -> Option<NodeId> {
+    /// Climbs towards the source, make-before-break: GRAFT onto a closer neighbour and keep
+    /// the current parent until the new one's first chunk arrives (`note_stripe_chunk`).
+    /// A strong uploader also asks closer neighbours that are full: they make room for it.
+    fn maybe_climb(&mut self, s: usize, now: Instant) {
+        if let Some((pending, since)) = self.stripes[s].pending {
+            if now.duration_since(since) > GRAFT_TIMEOUT {
+                self.stripes[s].pending = None;
+                self.cooldown.insert((pending, s as u8), now);
+                self.actions.push(Action::Send {
+                    to: pending,
+                    msg: Message::Prune { stripe: s as u8 },
+                });
+            }
+            return;
+        }
         if self.stripes[s]
             .climbed
             .is_some_and(|t| now.duration_since(t) < CLIMB_INTERVAL)
         {
-            return None;
+            return;
         }
-        let parent_depth = self.neighbours.get(&self.stripes[s].parent?)?.depths[s];
-        let best = self.best_parent(s)?;
-        let best_depth = self.neighbours.get(&best)?.depths[s];
-        (best_depth + 1 < parent_depth).then_some(best)
+        let Some(parent) = self.stripes[s].parent else { return };
+        let Some(parent_depth) = self.neighbours.get(&parent).map(|n| n.depths[s]) else {
+            return;
+        };
+        let strong = self.slots() >= 2 * usize::from(self.config.stripes);
+        let mine: Vec<NodeId> = self.stripes[s].children.clone();
+        let candidate = self
+            .neighbours
+            .iter()
+            .filter(|(id, n)| {
+                **id != parent
+                    && n.depths[s] < parent_depth
+                    && (n.free_slots > 0 || strong)
+                    && !mine.contains(id)
+                    && !self.cooldown.contains_key(&(**id, s as u8))
+            })
+            .min_by_key(|(id, n)| (n.depths[s], u16::MAX - n.free_slots, **id))
+            .map(|(id, _)| *id);
+        if let Some(better) = candidate {
+            self.stripes[s].pending = Some((better, now));
+            self.stripes[s].climbed = Some(now);
+            self.actions.push(Action::Send {
+                to: better,
+                msg: Message::Graft { stripe: s as u8 },
+            });
+        }
     }
 
     /// The neighbour nearest the source in stripe `s` with room for a child.
@@ -314,7 +380,10 @@ impl State {
         let epoch = self.window.live_epoch().unwrap_or(0);
         Message::Status {
             depths: (0..self.stripes.len()).map(|s| self.depth(s)).collect(),
-            upload_kbps: self.config.upload_bps.map_or(0, |b| (b / 1000).min(u64::from(u32::MAX)) as u32),
+            upload_kbps: self
+                .config
+                .upload_bps
+                .map_or(0, |b| (b / 1000).min(u64::from(u32::MAX)) as u32),
             free_slots: self.free_slots().min(u16::MAX as usize) as u16,
             epoch,
             // The source leaves back-filling joiners to the swarm: its upload is for new chunks.

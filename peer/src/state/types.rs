@@ -64,7 +64,7 @@ impl Default for Config {
             source: false,
             source_fanout: 1,
             default_slots: 8,
-            max_children_per_stripe: 6,
+            max_children_per_stripe: 8,
             upload_reserve: 0.2,
             have_interval: Duration::from_millis(200),
             status_interval: Duration::from_secs(1),
