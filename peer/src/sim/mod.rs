@@ -122,11 +122,27 @@ enum Ev {
     Frame,
     Tick(usize),
     TxDone(usize),
-    Arrive { to: usize, from: usize, payload: Payload },
-    Connect { from: usize, to: usize },
-    DialFailed { node: usize, addr: SocketAddr },
-    Down { node: usize, peer: usize },
-    Close { node: usize, peer: usize },
+    Arrive {
+        to: usize,
+        from: usize,
+        payload: Box<Payload>,
+    },
+    Connect {
+        from: usize,
+        to: usize,
+    },
+    DialFailed {
+        node: usize,
+        addr: SocketAddr,
+    },
+    Down {
+        node: usize,
+        peer: usize,
+    },
+    Close {
+        node: usize,
+        peer: usize,
+    },
     Churn,
     Join(usize),
 }
@@ -354,7 +370,7 @@ impl Sim {
                 self.nodes[n].uplink.busy = false;
                 self.transmit(n);
             }
-            Ev::Arrive { to, from, payload } => self.arrive(to, from, payload),
+            Ev::Arrive { to, from, payload } => self.arrive(to, from, *payload),
             Ev::Connect { from, to } => {
                 if !self.nodes[from].online {
                     return;
@@ -562,7 +578,7 @@ impl Sim {
         }
         let wire = q.bytes + resent * PACKET_BYTES.min(q.bytes);
         let tx = self.nodes[n].uplink.tx_us(wire);
-        match &q.payload {
+        match &*q.payload {
             Payload::Chunk(..) => self.nodes[n].sent_data += wire as u64,
             Payload::Control(_) => self.nodes[n].sent_control += wire as u64,
         }
@@ -682,6 +698,17 @@ impl Sim {
                     let hi = self.emitted.partition_point(|ts| ts - 1_000_000 < to);
                     expected += hi.saturating_sub(lo) as u64;
                     on_time += node.on_time.min(hi.saturating_sub(lo) as u64);
+                    if std::env::var_os("SHOAL_SIM_DEBUG").is_some() && node.on_time < (hi - lo) as u64 {
+                        eprintln!(
+                            "MISS {} up {:.1}x joined {} startup {} missed {} of {}",
+                            node.addr,
+                            node.upload_bps / (self.cfg.bitrate_kbps as f64 * 1000.0),
+                            node.joined_us / 1000,
+                            start / 1000,
+                            (hi - lo) as u64 - node.on_time,
+                            hi - lo
+                        );
+                    }
                 }
                 startups.push(start - node.joined_us);
             } else if online_until.saturating_sub(node.joined_us) > 10_000_000 {

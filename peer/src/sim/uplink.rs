@@ -18,21 +18,19 @@ pub enum Payload {
 
 pub struct Queued {
     pub to: usize,
-    pub payload: Payload,
+    /// Boxed: queue and event heap entries stay small, so reordering them is cheap.
+    pub payload: Box<Payload>,
     pub bytes: usize,
     /// Virtual µs after which the chunk is not worth sending.
     pub deadline: u64,
-    order: u64,
+    /// Sending order, computed once: control first in the order queued, then chunks newest
+    /// first.
+    key: (u8, u64, std::cmp::Reverse<u64>),
 }
 
 impl Queued {
     fn key(&self) -> (u8, u64, std::cmp::Reverse<u64>) {
-        match &self.payload {
-            // Control first, in the order queued.
-            Payload::Control(_) => (1, u64::MAX, std::cmp::Reverse(self.order)),
-            // Then chunks, newest first.
-            Payload::Chunk(c, _) => (0, c.header.timestamp_us, std::cmp::Reverse(self.order)),
-        }
+        self.key
     }
 }
 
@@ -73,19 +71,23 @@ impl Uplink {
 
     pub fn push(&mut self, to: usize, payload: Payload, bytes: usize, deadline: u64) {
         self.order += 1;
+        let key = match &payload {
+            Payload::Control(_) => (1, u64::MAX, std::cmp::Reverse(self.order)),
+            Payload::Chunk(c, _) => (0, c.header.timestamp_us, std::cmp::Reverse(self.order)),
+        };
         self.queue.push(Queued {
             to,
-            payload,
+            payload: Box::new(payload),
             bytes,
             deadline,
-            order: self.order,
+            key,
         });
     }
 
     /// The next thing worth sending at `now`; expired chunks are dropped on the way.
     pub fn pop(&mut self, now: u64) -> Option<Queued> {
         while let Some(q) = self.queue.pop() {
-            if matches!(q.payload, Payload::Chunk(..)) && now > q.deadline {
+            if matches!(*q.payload, Payload::Chunk(..)) && now > q.deadline {
                 self.expired += 1;
                 continue;
             }

@@ -55,6 +55,7 @@ pub struct State {
     last_status: (Vec<u8>, usize),
     last_status_at: Option<Instant>,
     last_pex: Option<Instant>,
+    last_rotation: Option<Instant>,
     /// Seqs stored since the last HAVE round.
     unannounced: Vec<u64>,
     last_have: Option<Instant>,
@@ -97,6 +98,7 @@ impl State {
             last_status: (Vec::new(), 0),
             last_status_at: None,
             last_pex: None,
+            last_rotation: None,
             unannounced: Vec::new(),
             last_have: None,
             floor: None,
@@ -409,7 +411,10 @@ impl State {
         self.recent_bytes.push_back((timestamp_us, bytes));
         self.first_chunk_us = Some(self.first_chunk_us.map_or(timestamp_us, |f| f.min(timestamp_us)));
         let from = newest.saturating_sub(RATE_SPAN_US);
-        self.recent_bytes.retain(|(ts, _)| *ts >= from);
+        // Mostly in timestamp order (back-fill aside): trimming the front is enough.
+        while self.recent_bytes.front().is_some_and(|(ts, _)| *ts < from) {
+            self.recent_bytes.pop_front();
+        }
         // Measured once half a second of stream is seen (over up to two seconds); kept
         // between updates.
         if let Some(first) = self.first_chunk_us {

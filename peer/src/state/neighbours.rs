@@ -16,6 +16,10 @@ use crate::seqset::SeqSet;
 const DIALS_IN_FLIGHT: usize = 3;
 /// Neighbours a node with room for children accepts beyond `active_max`.
 const EXTRA_FOR_CHILDREN: usize = 8;
+/// Extra neighbours an orphaned node may dial to find a parent with room.
+const ORPHAN_EXTRA: usize = 4;
+/// Least time between two neighbours let go to make room for better ones.
+const ROTATE_INTERVAL: Duration = Duration::from_secs(2);
 /// Peers sent in one PEX message.
 const PEX_SAMPLE: usize = 8;
 /// How long an address that failed to answer is not dialled again.
@@ -218,6 +222,21 @@ impl State {
         peers
     }
 
+    /// A neighbour that is neither parent nor child of ours, with no room and farthest from
+    /// the source.
+    fn least_useful_neighbour(&self) -> Option<NodeId> {
+        let involved = |id: &NodeId| {
+            self.stripes
+                .iter()
+                .any(|s| s.parent == Some(*id) || s.children.contains(id) || s.pending.is_some_and(|(p, _)| p == *id))
+        };
+        self.neighbours
+            .iter()
+            .filter(|(id, n)| !involved(id) && n.free_slots == 0)
+            .max_by_key(|(id, n)| (n.depths.iter().copied().min().unwrap_or(NO_DEPTH), **id))
+            .map(|(id, _)| *id)
+    }
+
     /// Keeps the active set between its bounds and spreads addresses now and then.
     pub(super) fn maintain_neighbours(&mut self, now: Instant) {
         self.failed_dials
@@ -230,8 +249,21 @@ impl State {
             && self.stripes.iter().any(|s| s.parent.is_none())
             && self.window.live_epoch().is_some();
         let mut wanted = self.config.active_min.saturating_sub(self.neighbours.len());
-        if orphaned && self.neighbours.len() < self.config.active_max {
-            wanted = wanted.max(1);
+        if orphaned {
+            if self.neighbours.len() < self.config.active_max + ORPHAN_EXTRA {
+                wanted = wanted.max(1);
+            } else if self
+                .last_rotation
+                .is_none_or(|t| now.duration_since(t) > ROTATE_INTERVAL)
+            {
+                // Full of neighbours none of which can feed us: let the least useful go.
+                self.last_rotation = Some(now);
+                if let Some(id) = self.least_useful_neighbour() {
+                    self.neighbours.remove(&id);
+                    self.forget_in_trees(id);
+                    self.actions.push(Action::Disconnect { id, reason: "full" });
+                }
+            }
         }
         let room = DIALS_IN_FLIGHT.saturating_sub(self.dialling.len()).min(wanted);
         for _ in 0..room {

@@ -16,7 +16,7 @@ const MAX_DEPTH: u8 = 32;
 /// How long to wait for chunks after a GRAFT before trying another parent.
 const GRAFT_TIMEOUT: Duration = Duration::from_millis(1500);
 /// A neighbour that refused or failed as parent is not asked again for this long.
-const PARENT_COOLDOWN: Duration = Duration::from_secs(10);
+const PARENT_COOLDOWN: Duration = Duration::from_secs(5);
 /// Least time between two moves of one stripe to a closer parent.
 const CLIMB_INTERVAL: Duration = Duration::from_secs(3);
 
