@@ -195,7 +195,7 @@ impl State {
         match msg {
             Message::Have { epoch, ranges } => self.on_have(from, epoch, &ranges),
             Message::Request { epoch, ranges } => self.on_request(from, epoch, &ranges, now),
-            Message::Graft { stripe } => self.on_graft(from, stripe, now),
+            Message::Graft { stripe } => self.on_graft(from, stripe),
             Message::Prune { stripe } => self.on_prune(from, stripe, now),
             Message::Status {
                 depths,

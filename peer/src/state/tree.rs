@@ -86,7 +86,7 @@ impl State {
         self.slots().saturating_sub(self.children_total())
     }
 
-    pub(super) fn on_graft(&mut self, from: NodeId, stripe: u8, now: Instant) {
+    pub(super) fn on_graft(&mut self, from: NodeId, stripe: u8) {
         let s = usize::from(stripe);
         let ok = s < self.stripes.len()
             && self.depth(s) < MAX_DEPTH
@@ -116,25 +116,6 @@ impl State {
         let at = at.unwrap_or(self.stripes[s].children.len());
         self.stripes[s].children.insert(at, from);
         self.status_dirty = true;
-        // Start the new child off with the freshest chunks of the stripe it lacks.
-        if let Some(epoch) = self.window.live_epoch() {
-            let deadline = now + self.config.push_deadline / 2;
-            let newest = self.stripes[s].newest.unwrap_or(0);
-            let k = u64::from(self.config.stripes);
-            let recent: Vec<u64> = (0..4).filter_map(|i| newest.checked_sub(i * k)).collect();
-            for seq in recent.into_iter().rev() {
-                if let Some(chunk) = self.window.get(epoch, seq)
-                    && let Some(n) = self.neighbours.get_mut(&from)
-                    && n.has.insert(seq)
-                {
-                    self.actions.push(Action::Push {
-                        to: from,
-                        chunk: chunk.clone(),
-                        deadline,
-                    });
-                }
-            }
-        }
     }
 
     /// Full, but asked by a neighbour that uploads markedly more than our weakest child of
