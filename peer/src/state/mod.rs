@@ -74,6 +74,8 @@ pub struct State {
     repair_refilled: Option<Instant>,
     rate_bps: Option<f64>,
     last_new_chunk: Option<Instant>,
+    /// When a neighbour last announced chunks newer than ours.
+    last_news: Option<Instant>,
     started: Instant,
     startup: Option<Duration>,
     counters: Counters,
@@ -111,6 +113,7 @@ impl State {
             repair_refilled: None,
             rate_bps: None,
             last_new_chunk: None,
+            last_news: None,
             started: now,
             startup: None,
             counters: Counters::default(),
@@ -193,7 +196,7 @@ impl State {
             return;
         }
         match msg {
-            Message::Have { epoch, ranges } => self.on_have(from, epoch, &ranges),
+            Message::Have { epoch, ranges } => self.on_have(from, epoch, &ranges, now),
             Message::Request { epoch, ranges } => self.on_request(from, epoch, &ranges, now),
             Message::Graft { stripe } => self.on_graft(from, stripe),
             Message::Prune { stripe } => self.on_prune(from, stripe, now),
@@ -227,9 +230,13 @@ impl State {
         }
     }
 
-    fn on_have(&mut self, from: NodeId, epoch: u64, ranges: &[SeqRange]) {
+    fn on_have(&mut self, from: NodeId, epoch: u64, ranges: &[SeqRange], now: Instant) {
         if self.window.live_epoch().is_some_and(|l| l != epoch) {
             return;
+        }
+        let newest_held = self.window.newest_seq(epoch);
+        if ranges.iter().any(|r| newest_held.is_none_or(|n| r.start + u64::from(r.len) > n + 1)) {
+            self.last_news = Some(now);
         }
         let Some(neighbour) = self.neighbours.get_mut(&from) else {
             return;

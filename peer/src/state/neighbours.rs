@@ -40,6 +40,8 @@ pub(super) struct Neighbour {
     pub segment_start: Option<(u64, u64)>,
     /// Requests it left unanswered: a neighbour that lies in HAVE is asked last.
     pub unanswered: u32,
+    /// Times it went quiet as our parent.
+    pub parent_failures: u32,
 }
 
 impl Neighbour {
@@ -53,6 +55,7 @@ impl Neighbour {
             free_slots: 0,
             segment_start: None,
             unanswered: 0,
+            parent_failures: 0,
         }
     }
 }

@@ -17,6 +17,8 @@ const MAX_DEPTH: u8 = 32;
 const GRAFT_TIMEOUT: Duration = Duration::from_millis(1500);
 /// A neighbour that refused or failed as parent is not asked again for this long.
 const PARENT_COOLDOWN: Duration = Duration::from_secs(5);
+/// Times a parent may go quiet on us before it is banned as a black hole.
+const BLACK_HOLE_STRIKES: u32 = 2;
 /// Least time between two moves of one stripe to a closer parent.
 const CLIMB_INTERVAL: Duration = Duration::from_secs(3);
 
@@ -270,6 +272,9 @@ impl State {
                     });
                     self.drop_parent(s, now);
                     self.counters.parent_changes += 1;
+                    if quiet && !cut_off {
+                        self.strike(parent, now);
+                    }
                 } else {
                     self.maybe_climb(s, now);
                     continue;
@@ -288,9 +293,25 @@ impl State {
     }
 
     /// True once chunks arrive at all (so a silent parent is a problem, not a quiet stream).
+    /// (We receive new chunks, or neighbours announce new ones.)
     fn stream_is_flowing(&self, now: Instant) -> bool {
-        self.last_new_chunk
-            .is_some_and(|t| now.duration_since(t) < Duration::from_millis(500))
+        self.last_new_chunk.is_some_and(|t| now.duration_since(t) < Duration::from_millis(500))
+            || self.last_news.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+    }
+
+    /// A parent took a GRAFT and then sent nothing while the stream flowed. Twice, and it is
+    /// treated as a black hole: disconnected and banned for a while.
+    fn strike(&mut self, id: NodeId, now: Instant) {
+        let Some(n) = self.neighbours.get_mut(&id) else { return };
+        n.parent_failures += 1;
+        if n.parent_failures >= BLACK_HOLE_STRIKES {
+            self.neighbours.remove(&id);
+            self.forget_in_trees(id);
+            self.banned.insert(id, now + self.config.ban_for / 5);
+            self.counters.banned += 1;
+            *self.counters.rejected.entry("black_hole").or_default() += 1;
+            self.actions.push(Action::Disconnect { id, reason: "black hole" });
+        }
     }
 
     /// Climbs towards the source, make-before-break: GRAFT onto a closer neighbour and keep
@@ -353,7 +374,7 @@ impl State {
                     && !mine.contains(id)
                     && !self.cooldown.contains_key(&(**id, s as u8))
             })
-            .min_by_key(|(id, n)| (n.depths[s], u16::MAX - n.free_slots, n.unanswered, **id))
+            .min_by_key(|(id, n)| (n.parent_failures, n.depths[s], u16::MAX - n.free_slots, n.unanswered, **id))
             .map(|(id, _)| *id)
     }
 
