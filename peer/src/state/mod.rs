@@ -32,6 +32,8 @@ use tree::Stripe;
 const MAX_SERVED_PER_REQUEST: usize = 256;
 /// Gaps further back than this behind the newest chunk are not chased.
 const MAX_REPAIR_SPAN: u64 = 512;
+/// A HAVE naming a chunk this close to our newest shows the sender is on the live stream.
+const FRESH_SPAN: u64 = 64;
 /// Chunks a joining node pulls at most to reach the start of the newest segment.
 const MAX_BACKFILL: u64 = 256;
 /// Stream rate is measured over this much broadcaster time.
@@ -235,8 +237,18 @@ impl State {
             return;
         }
         let newest_held = self.window.newest_seq(epoch);
-        if ranges.iter().any(|r| newest_held.is_none_or(|n| r.start + u64::from(r.len) > n + 1)) {
+        if ranges
+            .iter()
+            .any(|r| newest_held.is_none_or(|n| r.start + u64::from(r.len) > n + 1))
+        {
             self.last_news = Some(now);
+        }
+        // Fresh: it holds chunks near the live edge, so it is really on the stream.
+        let fresh_from = newest_held.map_or(0, |n| n.saturating_sub(FRESH_SPAN));
+        if ranges.iter().any(|r| r.start + u64::from(r.len) > fresh_from)
+            && let Some(n) = self.neighbours.get_mut(&from)
+        {
+            n.fresh = Some(now);
         }
         let Some(neighbour) = self.neighbours.get_mut(&from) else {
             return;

@@ -42,6 +42,8 @@ pub(super) struct Neighbour {
     pub unanswered: u32,
     /// Times it went quiet as our parent.
     pub parent_failures: u32,
+    /// When it last announced a chunk near the live edge (only such neighbours are parents).
+    pub fresh: Option<std::time::Instant>,
 }
 
 impl Neighbour {
@@ -56,6 +58,7 @@ impl Neighbour {
             segment_start: None,
             unanswered: 0,
             parent_failures: 0,
+            fresh: None,
         }
     }
 }
@@ -235,8 +238,16 @@ impl State {
         };
         self.neighbours
             .iter()
-            .filter(|(id, n)| !involved(id) && n.free_slots == 0)
-            .max_by_key(|(id, n)| (n.depths.iter().copied().min().unwrap_or(NO_DEPTH), **id))
+            .filter(|(id, n)| !involved(id) && (n.free_slots == 0 || !self.is_fresh(n) || n.parent_failures > 0))
+            // Those that show no fresh chunks or failed us first, then the deepest.
+            .max_by_key(|(id, n)| {
+                (
+                    !self.is_fresh(n),
+                    n.parent_failures,
+                    n.depths.iter().copied().min().unwrap_or(NO_DEPTH),
+                    **id,
+                )
+            })
             .map(|(id, _)| *id)
     }
 

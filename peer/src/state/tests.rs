@@ -159,7 +159,10 @@ fn children_get_their_stripe_pushed_and_nobody_else() {
             now,
         )
         .count();
-    let _ = s.handle(Event::Tick, now).count(); // grafts onto node 1: depth 1 in both stripes
+    let _ = s.handle(Event::Tick, now).count(); // grafts onto node 1…
+    // …and is on both trees (depth 1) once node 1 has delivered in each stripe.
+    feed(&mut s, 1, 4, 500, 0, now);
+    feed(&mut s, 1, 5, 600, 0, now);
     let _ = s
         .handle(
             Event::Control {
@@ -310,6 +313,20 @@ fn a_quiet_parent_is_replaced_while_the_stream_flows_elsewhere() {
     for i in 1..40u64 {
         let t = t0 + Duration::from_millis(100 * i);
         feed(&mut s, 2, i, i * 100_000, 0, t);
+        // Node 2 shows it is on the live stream.
+        let have = Message::Have {
+            epoch: 1,
+            ranges: vec![SeqRange { start: i, len: 1 }],
+        };
+        let _ = s
+            .handle(
+                Event::Control {
+                    from: node(2),
+                    msg: have,
+                },
+                t,
+            )
+            .count();
         let actions: Vec<_> = s.handle(Event::Tick, t).collect();
         if sends(&actions).contains(&(node(1), Message::Prune { stripe: 0 })) {
             replaced = true;
@@ -317,8 +334,11 @@ fn a_quiet_parent_is_replaced_while_the_stream_flows_elsewhere() {
         }
     }
     assert!(replaced, "the silent parent was kept");
-    let _ = s.handle(Event::Tick, t0 + Duration::from_secs(5)).count();
-    assert_eq!(s.parents()[0], Some(node(2)));
+    assert_eq!(
+        s.parents()[0],
+        Some(node(2)),
+        "grafted onto the neighbour that delivers"
+    );
 }
 
 #[test]
@@ -450,7 +470,8 @@ fn a_joining_node_starts_at_the_newest_segment() {
         epoch: 1,
         segment_start: Some(120),
     };
-    let actions: Vec<_> = s.handle(Event::Control { from: node(1), msg }, now).collect();
+    let _ = s.handle(Event::Control { from: node(1), msg }, now).count();
+    let actions: Vec<_> = s.handle(Event::Tick, now).collect();
     assert_eq!(
         requests(&actions),
         vec![(node(1), vec![SeqRange { start: 120, len: 256 }])]
@@ -464,6 +485,8 @@ fn a_full_node_hands_newcomers_other_peers_and_hangs_up() {
         node(0),
         Config {
             active_max: 2,
+            // No room for children: no extra neighbours beyond the bound either.
+            upload_bps: Some(0),
             ..config()
         },
         1,

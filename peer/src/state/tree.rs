@@ -17,8 +17,8 @@ const MAX_DEPTH: u8 = 32;
 const GRAFT_TIMEOUT: Duration = Duration::from_millis(1500);
 /// A neighbour that refused or failed as parent is not asked again for this long.
 const PARENT_COOLDOWN: Duration = Duration::from_secs(5);
-/// Times a parent may go quiet on us before it is banned as a black hole.
-const BLACK_HOLE_STRIKES: u32 = 2;
+/// A neighbour counts as on the stream if it announced a fresh chunk this recently.
+const FRESH_WITHIN: Duration = Duration::from_secs(2);
 /// Least time between two moves of one stripe to a closer parent.
 const CLIMB_INTERVAL: Duration = Duration::from_secs(3);
 
@@ -34,6 +34,8 @@ pub(super) struct Stripe {
     pub overtaken: Option<Instant>,
     /// When this stripe last tried a closer parent.
     pub climbed: Option<Instant>,
+    /// The parent has delivered a chunk of this stripe since it was chosen.
+    pub delivering: bool,
     /// A closer parent grafted onto, not yet delivering (make-before-break).
     pub pending: Option<(NodeId, Instant)>,
 }
@@ -51,6 +53,11 @@ impl State {
         let Some(parent) = self.stripes[stripe].parent else {
             return NO_DEPTH;
         };
+        // Depth is earned: until the parent has delivered, this node is not really on the tree
+        // (and a lying neighbour's claims do not spread through it).
+        if !self.stripes[stripe].delivering {
+            return NO_DEPTH;
+        }
         match self.neighbours.get(&parent).map(|n| n.depths[stripe]) {
             Some(d) if d < MAX_DEPTH => d + 1,
             _ => NO_DEPTH,
@@ -185,6 +192,7 @@ impl State {
         }
         self.stripes[s].parent_active = None;
         self.stripes[s].overtaken = None;
+        self.stripes[s].delivering = false;
         self.status_dirty = true;
     }
 
@@ -197,6 +205,7 @@ impl State {
                 stripe.parent = None;
                 stripe.parent_active = None;
                 stripe.overtaken = None;
+                stripe.delivering = false;
             }
             stripe.children.retain(|c| *c != id);
         }
@@ -220,11 +229,16 @@ impl State {
             }
             stripe.parent_active = Some(now);
             stripe.overtaken = None;
+            stripe.delivering = true;
             self.status_dirty = true;
             self.counters.parent_changes += 1;
             return;
         }
         if from.is_some() && from == stripe.parent {
+            if !stripe.delivering {
+                stripe.delivering = true;
+                self.status_dirty = true;
+            }
             stripe.parent_active = Some(now);
             stripe.overtaken = None;
         } else if stripe.parent.is_some() && stripe.overtaken.is_none() {
@@ -265,7 +279,11 @@ impl State {
                     && self.stripes[s]
                         .parent_active
                         .is_none_or(|t| now.duration_since(t) > self.config.parent_timeout);
-                if (quiet && overtaken) || cut_off || (quiet && self.stream_is_flowing(now)) {
+                // Silent far longer than a parent may be: whatever the stream does, move on.
+                let silent = self.stripes[s]
+                    .parent_active
+                    .is_none_or(|t| now.duration_since(t) > 2 * GRAFT_TIMEOUT);
+                if (quiet && overtaken) || cut_off || (quiet && self.stream_is_flowing(now)) || silent {
                     self.actions.push(Action::Send {
                         to: parent,
                         msg: Message::Prune { stripe: s as u8 },
@@ -273,7 +291,7 @@ impl State {
                     self.drop_parent(s, now);
                     self.counters.parent_changes += 1;
                     if quiet && !cut_off {
-                        self.strike(parent, now);
+                        self.strike(parent);
                     }
                 } else {
                     self.maybe_climb(s, now);
@@ -283,6 +301,7 @@ impl State {
             if let Some(candidate) = self.best_parent(s) {
                 self.stripes[s].parent = Some(candidate);
                 self.stripes[s].parent_active = Some(now);
+                self.stripes[s].delivering = false;
                 self.status_dirty = true;
                 self.actions.push(Action::Send {
                     to: candidate,
@@ -295,22 +314,19 @@ impl State {
     /// True once chunks arrive at all (so a silent parent is a problem, not a quiet stream).
     /// (We receive new chunks, or neighbours announce new ones.)
     fn stream_is_flowing(&self, now: Instant) -> bool {
-        self.last_new_chunk.is_some_and(|t| now.duration_since(t) < Duration::from_millis(500))
-            || self.last_news.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        self.last_new_chunk
+            .is_some_and(|t| now.duration_since(t) < Duration::from_millis(500))
+            || self
+                .last_news
+                .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
     }
 
-    /// A parent took a GRAFT and then sent nothing while the stream flowed. Twice, and it is
-    /// treated as a black hole: disconnected and banned for a while.
-    fn strike(&mut self, id: NodeId, now: Instant) {
-        let Some(n) = self.neighbours.get_mut(&id) else { return };
-        n.parent_failures += 1;
-        if n.parent_failures >= BLACK_HOLE_STRIKES {
-            self.neighbours.remove(&id);
-            self.forget_in_trees(id);
-            self.banned.insert(id, now + self.config.ban_for / 5);
-            self.counters.banned += 1;
-            *self.counters.rejected.entry("black_hole").or_default() += 1;
-            self.actions.push(Action::Disconnect { id, reason: "black hole" });
+    /// A parent took a GRAFT and then sent nothing while the stream flowed: it is asked again
+    /// only when no neighbour with a cleaner record has room. (Not banned: an honest parent
+    /// whose own parent failed looks the same for a moment.)
+    fn strike(&mut self, id: NodeId) {
+        if let Some(n) = self.neighbours.get_mut(&id) {
+            n.parent_failures += 1;
         }
     }
 
@@ -347,6 +363,7 @@ impl State {
             .filter(|(id, n)| {
                 **id != parent
                     && n.depths[s] < parent_depth
+                    && self.is_fresh(n)
                     && (n.free_slots > 0 || strong)
                     && !mine.contains(id)
                     && !self.cooldown.contains_key(&(**id, s as u8))
@@ -363,6 +380,16 @@ impl State {
         }
     }
 
+    /// Whether a neighbour announced chunks near the live edge lately (the source always is).
+    /// Claims of depth from a neighbour that never shows fresh chunks are not trusted.
+    pub(super) fn is_fresh(&self, n: &super::neighbours::Neighbour) -> bool {
+        match self.last_new_chunk {
+            Some(newest) => n.fresh.is_some_and(|t| t + FRESH_WITHIN >= newest),
+            // Nothing received yet: prefer whoever has shown chunks at all.
+            None => n.fresh.is_some() || !self.neighbours.values().any(|m| m.fresh.is_some()),
+        }
+    }
+
     /// The neighbour nearest the source in stripe `s` with room for a child.
     fn best_parent(&self, s: usize) -> Option<NodeId> {
         let mine: Vec<NodeId> = self.stripes[s].children.clone();
@@ -370,11 +397,20 @@ impl State {
             .iter()
             .filter(|(id, n)| {
                 n.depths[s] < MAX_DEPTH
+                    && self.is_fresh(n)
                     && n.free_slots > 0
                     && !mine.contains(id)
                     && !self.cooldown.contains_key(&(**id, s as u8))
             })
-            .min_by_key(|(id, n)| (n.parent_failures, n.depths[s], u16::MAX - n.free_slots, n.unanswered, **id))
+            .min_by_key(|(id, n)| {
+                (
+                    n.parent_failures,
+                    n.depths[s],
+                    u16::MAX - n.free_slots,
+                    n.unanswered,
+                    **id,
+                )
+            })
             .map(|(id, _)| *id)
     }
 
