@@ -83,21 +83,28 @@ pub fn broadcaster(dir: &Path, extra: &[&str]) -> anyhow::Result<Broadcaster> {
     })
 }
 
-/// A relay peer that dials only `upstream`.
-pub fn relay(dir: &Path, name: &str, ticket_file: &Path, upstream: &str) -> anyhow::Result<Node> {
-    let stats = dir.join(format!("{name}.json"));
-    let args = [
+/// Flags of a node that joins by `ticket_file`, dials only `upstream`, and writes `stats`.
+fn downstream_args(ticket_file: &Path, upstream: &str, stats: &Path) -> Vec<String> {
+    let (ticket, stats) = (ticket_file.display().to_string(), stats.display().to_string());
+    [
         "--ticket-file",
-        &ticket_file.display().to_string(),
+        &ticket,
         "--listen",
         "127.0.0.1:0",
         "--bootstrap",
         upstream,
         "--no-discovery",
         "--stats-json",
-        &stats.display().to_string(),
+        &stats,
     ]
-    .map(String::from);
+    .map(String::from)
+    .to_vec()
+}
+
+/// A relay peer that dials only `upstream`.
+pub fn relay(dir: &Path, name: &str, ticket_file: &Path, upstream: &str) -> anyhow::Result<Node> {
+    let stats = dir.join(format!("{name}.json"));
+    let args = downstream_args(ticket_file, upstream, &stats);
     let mut proc = Proc::start(dir, name, &binary("shoal-peer"), &args)?;
     let line = proc.wait_for_line("relaying", START_TIMEOUT)?;
     let addr = line
@@ -112,20 +119,8 @@ pub fn relay(dir: &Path, name: &str, ticket_file: &Path, upstream: &str) -> anyh
 /// A gateway that dials only `upstream`, serving HTTP on a free loopback port.
 pub fn gateway(dir: &Path, ticket_file: &Path, upstream: &str) -> anyhow::Result<Gateway> {
     let stats = dir.join("gateway.json");
-    let args = [
-        "--ticket-file",
-        &ticket_file.display().to_string(),
-        "--listen",
-        "127.0.0.1:0",
-        "--http",
-        "127.0.0.1:0",
-        "--bootstrap",
-        upstream,
-        "--no-discovery",
-        "--stats-json",
-        &stats.display().to_string(),
-    ]
-    .map(String::from);
+    let mut args = downstream_args(ticket_file, upstream, &stats);
+    args.extend(["--http".to_string(), "127.0.0.1:0".to_string()]);
     let mut proc = Proc::start(dir, "gateway", &binary("shoal-gateway"), &args)?;
     let line = proc.wait_for_line("open http://", START_TIMEOUT)?;
     let http = line

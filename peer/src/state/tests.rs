@@ -89,6 +89,10 @@ fn requests(actions: &[Action]) -> Vec<(NodeId, Vec<SeqRange>)> {
         .collect()
 }
 
+fn control(s: &mut State, from: u8, msg: Message, now: Instant) -> Vec<Action> {
+    s.handle(Event::Control { from: node(from), msg }, now).collect()
+}
+
 fn feed(s: &mut State, from: u8, seq: u64, ts: u64, flags: u8, now: Instant) -> Vec<Action> {
     s.handle(
         Event::Chunk {
@@ -104,33 +108,9 @@ fn feed(s: &mut State, from: u8, seq: u64, ts: u64, flags: u8, now: Instant) -> 
 fn grafts_onto_the_neighbour_nearest_the_source_with_room() {
     let now = Instant::now();
     let mut s = state_with(&[1, 2, 3], now);
-    let _ = s
-        .handle(
-            Event::Control {
-                from: node(1),
-                msg: status(vec![3, 3], 4),
-            },
-            now,
-        )
-        .count();
-    let _ = s
-        .handle(
-            Event::Control {
-                from: node(2),
-                msg: status(vec![1, NO_DEPTH], 4),
-            },
-            now,
-        )
-        .count();
-    let _ = s
-        .handle(
-            Event::Control {
-                from: node(3),
-                msg: status(vec![0, 0], 0),
-            },
-            now,
-        )
-        .count();
+    control(&mut s, 1, status(vec![3, 3], 4), now);
+    control(&mut s, 2, status(vec![1, NO_DEPTH], 4), now);
+    control(&mut s, 3, status(vec![0, 0], 0), now);
     let actions: Vec<_> = s.handle(Event::Tick, now).collect();
     let grafts: Vec<_> = sends(&actions)
         .into_iter()
@@ -150,37 +130,13 @@ fn grafts_onto_the_neighbour_nearest_the_source_with_room() {
 fn children_get_their_stripe_pushed_and_nobody_else() {
     let now = Instant::now();
     let mut s = state_with(&[1, 2, 3], now);
-    let _ = s
-        .handle(
-            Event::Control {
-                from: node(1),
-                msg: status(vec![0, 0], 8),
-            },
-            now,
-        )
-        .count();
+    control(&mut s, 1, status(vec![0, 0], 8), now);
     let _ = s.handle(Event::Tick, now).count(); // grafts onto node 1…
     // …and is on both trees (depth 1) once node 1 has delivered in each stripe.
     feed(&mut s, 1, 4, 500, 0, now);
     feed(&mut s, 1, 5, 600, 0, now);
-    let _ = s
-        .handle(
-            Event::Control {
-                from: node(2),
-                msg: Message::Graft { stripe: 0 },
-            },
-            now,
-        )
-        .count();
-    let _ = s
-        .handle(
-            Event::Control {
-                from: node(3),
-                msg: Message::Graft { stripe: 1 },
-            },
-            now,
-        )
-        .count();
+    control(&mut s, 2, Message::Graft { stripe: 0 }, now);
+    control(&mut s, 3, Message::Graft { stripe: 1 }, now);
     assert_eq!(pushes(&feed(&mut s, 1, 10, 1_000, 0, now)), vec![(node(2), 10)]);
     assert_eq!(pushes(&feed(&mut s, 1, 11, 2_000, 0, now)), vec![(node(3), 11)]);
     // A duplicate is counted and goes nowhere.
@@ -251,15 +207,7 @@ fn the_source_feeds_one_child_per_stripe() {
     for n in 1..=3 {
         up(&mut s, n, now);
     }
-    let _ = s
-        .handle(
-            Event::Control {
-                from: node(1),
-                msg: Message::Graft { stripe: 0 },
-            },
-            now,
-        )
-        .count();
+    control(&mut s, 1, Message::Graft { stripe: 0 }, now);
     let refused: Vec<_> = s
         .handle(
             Event::Control {
@@ -270,15 +218,7 @@ fn the_source_feeds_one_child_per_stripe() {
         )
         .collect();
     assert_eq!(sends(&refused), vec![(node(2), Message::Prune { stripe: 0 })]);
-    let _ = s
-        .handle(
-            Event::Control {
-                from: node(3),
-                msg: Message::Graft { stripe: 1 },
-            },
-            now,
-        )
-        .count();
+    control(&mut s, 3, Message::Graft { stripe: 1 }, now);
     let a: Vec<_> = s.handle(Event::Publish(chunk(1, 4, 1_000, 0)), now).collect();
     let b: Vec<_> = s.handle(Event::Publish(chunk(1, 5, 2_000, 0)), now).collect();
     assert_eq!((pushes(&a), pushes(&b)), (vec![(node(1), 4)], vec![(node(3), 5)]));
@@ -288,26 +228,10 @@ fn the_source_feeds_one_child_per_stripe() {
 fn a_quiet_parent_is_replaced_while_the_stream_flows_elsewhere() {
     let t0 = Instant::now();
     let mut s = state_with(&[1, 2], t0);
-    let _ = s
-        .handle(
-            Event::Control {
-                from: node(1),
-                msg: status(vec![0, 0], 8),
-            },
-            t0,
-        )
-        .count();
+    control(&mut s, 1, status(vec![0, 0], 8), t0);
     let _ = s.handle(Event::Tick, t0).count();
     assert_eq!(s.parents(), vec![Some(node(1)), Some(node(1))]);
-    let _ = s
-        .handle(
-            Event::Control {
-                from: node(2),
-                msg: status(vec![1, 1], 8),
-            },
-            t0,
-        )
-        .count();
+    control(&mut s, 2, status(vec![1, 1], 8), t0);
     // Node 1 goes silent; chunks keep coming from node 2 (via repair).
     let mut replaced = false;
     for i in 1..40u64 {
@@ -318,15 +242,7 @@ fn a_quiet_parent_is_replaced_while_the_stream_flows_elsewhere() {
             epoch: 1,
             ranges: vec![SeqRange { start: i, len: 1 }],
         };
-        let _ = s
-            .handle(
-                Event::Control {
-                    from: node(2),
-                    msg: have,
-                },
-                t,
-            )
-            .count();
+        control(&mut s, 2, have, t);
         let actions: Vec<_> = s.handle(Event::Tick, t).collect();
         if sends(&actions).contains(&(node(1), Message::Prune { stripe: 0 })) {
             replaced = true;
@@ -351,24 +267,8 @@ fn gaps_are_pulled_from_a_holder_after_a_grace_time_then_from_another() {
         epoch: 1,
         ranges: vec![SeqRange { start: 0, len: 5 }],
     };
-    let _ = s
-        .handle(
-            Event::Control {
-                from: node(2),
-                msg: have.clone(),
-            },
-            t0,
-        )
-        .count();
-    let _ = s
-        .handle(
-            Event::Control {
-                from: node(1),
-                msg: have,
-            },
-            t0,
-        )
-        .count();
+    control(&mut s, 2, have.clone(), t0);
+    control(&mut s, 1, have, t0);
     assert!(
         requests(
             &s.handle(Event::Tick, t0 + Duration::from_millis(100))
@@ -422,15 +322,7 @@ fn requests_are_served_from_the_window_and_bounded() {
 fn stale_chunks_are_refused_and_old_pushes_dropped() {
     let now = Instant::now();
     let mut s = state_with(&[1, 2], now);
-    let _ = s
-        .handle(
-            Event::Control {
-                from: node(2),
-                msg: Message::Graft { stripe: 0 },
-            },
-            now,
-        )
-        .count();
+    control(&mut s, 2, Message::Graft { stripe: 0 }, now);
     feed(&mut s, 1, 100, 40_000_000, 0, now);
     assert!(feed(&mut s, 1, 2, 5_000_000, 0, now).is_empty());
     assert_eq!(s.counters().late, 1);
@@ -534,15 +426,7 @@ fn dials_known_peers_until_the_active_set_is_filled() {
             addrs: vec![addr(n)],
         })
         .collect();
-    let _ = s
-        .handle(
-            Event::Control {
-                from: node(1),
-                msg: Message::Pex { peers },
-            },
-            now,
-        )
-        .count();
+    control(&mut s, 1, Message::Pex { peers }, now);
     let dials: Vec<_> = s
         .handle(Event::Tick, now)
         .filter(|a| matches!(a, Action::Dial(_)))
