@@ -21,6 +21,8 @@ pub struct Window {
     newest_us: u64,
     /// The epoch of the newest chunk: the one the broadcaster is live on.
     live_epoch: Option<u64>,
+    /// Newest seq held in the live epoch (asked for on every chunk and tick).
+    live_newest_seq: Option<u64>,
     chunks: HashMap<u64, BTreeMap<u64, Chunk>>,
     bytes: usize,
 }
@@ -31,6 +33,7 @@ impl Window {
             span_us: span.as_micros() as u64,
             newest_us: 0,
             live_epoch: None,
+            live_newest_seq: None,
             chunks: HashMap::new(),
             bytes: 0,
         }
@@ -51,6 +54,9 @@ impl Window {
             self.newest_us = h.timestamp_us;
             self.live_epoch = Some(h.epoch);
             self.evict();
+        }
+        if let Some(live) = self.live_epoch {
+            self.live_newest_seq = self.chunks.get(&live).and_then(|c| c.last_key_value()).map(|(s, _)| *s);
         }
         Admit::Stored
     }
@@ -92,6 +98,9 @@ impl Window {
     }
 
     pub fn newest_seq(&self, epoch: u64) -> Option<u64> {
+        if Some(epoch) == self.live_epoch {
+            return self.live_newest_seq;
+        }
         self.chunks.get(&epoch)?.last_key_value().map(|(s, _)| *s)
     }
 

@@ -58,6 +58,8 @@ pub struct State {
     last_status_at: Option<Instant>,
     last_pex: Option<Instant>,
     last_rotation: Option<Instant>,
+    /// Addresses given at start: asked again for peers when the neighbours feed us nothing.
+    bootstrap: Vec<SocketAddr>,
     /// Seqs stored since the last HAVE round.
     unannounced: Vec<u64>,
     last_have: Option<Instant>,
@@ -103,6 +105,7 @@ impl State {
             last_status_at: None,
             last_pex: None,
             last_rotation: None,
+            bootstrap: Vec::new(),
             unannounced: Vec::new(),
             last_have: None,
             floor: None,
@@ -171,6 +174,9 @@ impl State {
     pub fn add_peers(&mut self, addrs: &[SocketAddr]) {
         for addr in addrs {
             self.learn(std::slice::from_ref(addr));
+            if !self.bootstrap.contains(addr) {
+                self.bootstrap.push(*addr);
+            }
         }
     }
 

@@ -16,6 +16,8 @@ use crate::seqset::SeqSet;
 const DIALS_IN_FLIGHT: usize = 3;
 /// Neighbours a node with room for children accepts beyond `active_max`.
 const EXTRA_FOR_CHILDREN: usize = 8;
+/// A node that got nothing new for this long looks for other neighbours.
+const STARVING_AFTER: Duration = Duration::from_secs(4);
 /// Extra neighbours an orphaned node may dial to find a parent with room.
 const ORPHAN_EXTRA: usize = 4;
 /// Least time between two neighbours let go to make room for better ones.
@@ -189,7 +191,9 @@ impl State {
         let mut near: Vec<(u8, u16, NodeId)> = self
             .neighbours
             .iter()
-            .filter(|(id, n)| Some(**id) != exclude && !n.listen.is_empty() && n.free_slots > 0)
+            .filter(|(id, n)| {
+                Some(**id) != exclude && !n.listen.is_empty() && n.free_slots > 0 && n.parent_failures == 0
+            })
             .map(|(id, n)| (n.depths.iter().copied().min().unwrap_or(NO_DEPTH), n.free_slots, *id))
             .collect();
         near.sort_by_key(|(depth, free, id)| (*depth, u16::MAX - free, *id));
@@ -263,7 +267,29 @@ impl State {
             && self.stripes.iter().any(|s| s.parent.is_none())
             && self.window.live_epoch().is_some();
         let mut wanted = self.config.active_min.saturating_sub(self.neighbours.len());
-        if orphaned {
+        // Starving: nothing new for a while although we joined long ago. The neighbours we
+        // have cannot or will not feed us (a cluster of liars, say): drop the worst and ask
+        // the bootstrap peers again for others.
+        let quiet_since = self.last_new_chunk.unwrap_or(self.started);
+        let starving = !self.config.source && now.duration_since(quiet_since) > STARVING_AFTER;
+        if starving
+            && self
+                .last_rotation
+                .is_none_or(|t| now.duration_since(t) > ROTATE_INTERVAL)
+        {
+            self.last_rotation = Some(now);
+            if let Some(id) = self.least_useful_neighbour() {
+                self.neighbours.remove(&id);
+                self.forget_in_trees(id);
+                self.actions.push(Action::Disconnect { id, reason: "full" });
+            }
+            let bootstrap = self.bootstrap.clone();
+            for addr in &bootstrap {
+                self.learn(std::slice::from_ref(addr));
+            }
+            self.failed_dials.retain(|a, _| !bootstrap.contains(a));
+            wanted = wanted.max(1);
+        } else if orphaned {
             if self.neighbours.len() < self.config.active_max + ORPHAN_EXTRA {
                 wanted = wanted.max(1);
             } else if self
