@@ -271,7 +271,12 @@ impl State {
         // have cannot or will not feed us (a cluster of liars, say): drop the worst and ask
         // the bootstrap peers again for others.
         let quiet_since = self.last_new_chunk.unwrap_or(self.started);
-        let starving = !self.config.source && now.duration_since(quiet_since) > STARVING_AFTER;
+        // (Only if it never started or others announce what we lack: a paused broadcast is
+        // not a reason to drop anyone.)
+        let starving = !self.config.source
+            && now.duration_since(quiet_since) > STARVING_AFTER
+            && (self.last_new_chunk.is_none()
+                || self.last_news.is_some_and(|t| now.duration_since(t) < STARVING_AFTER));
         if starving
             && self
                 .last_rotation

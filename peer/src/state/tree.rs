@@ -313,7 +313,7 @@ impl State {
 
     /// True once chunks arrive at all (so a silent parent is a problem, not a quiet stream).
     /// (We receive new chunks, or neighbours announce new ones.)
-    fn stream_is_flowing(&self, now: Instant) -> bool {
+    pub(super) fn stream_is_flowing(&self, now: Instant) -> bool {
         self.last_new_chunk
             .is_some_and(|t| now.duration_since(t) < Duration::from_millis(500))
             || self
