@@ -267,16 +267,12 @@ impl State {
             && self.stripes.iter().any(|s| s.parent.is_none())
             && self.window.live_epoch().is_some();
         let mut wanted = self.config.active_min.saturating_sub(self.neighbours.len());
-        // Starving: nothing new for a while although we joined long ago. The neighbours we
-        // have cannot or will not feed us (a cluster of liars, say): drop the worst and ask
-        // the bootstrap peers again for others.
-        let quiet_since = self.last_new_chunk.unwrap_or(self.started);
-        // (Only if it never started or others announce what we lack: a paused broadcast is
-        // not a reason to drop anyone.)
-        let starving = !self.config.source
-            && now.duration_since(quiet_since) > STARVING_AFTER
-            && (self.last_new_chunk.is_none()
-                || self.last_news.is_some_and(|t| now.duration_since(t) < STARVING_AFTER));
+        // Starving: joined a while ago and still nothing. The neighbours we have cannot or
+        // will not feed us (a newcomer that landed among liars): drop the worst and ask the
+        // bootstrap peers again for others. (A node that had the stream and lost a parent is
+        // repaired by its trees instead: dropping neighbours then only makes churn worse.)
+        let starving =
+            !self.config.source && self.last_new_chunk.is_none() && now.duration_since(self.started) > STARVING_AFTER;
         if starving
             && self
                 .last_rotation

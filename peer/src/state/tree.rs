@@ -284,13 +284,16 @@ impl State {
                     .parent_active
                     .is_none_or(|t| now.duration_since(t) > 2 * GRAFT_TIMEOUT);
                 if (quiet && overtaken) || cut_off || (quiet && self.stream_is_flowing(now)) || silent {
+                    // Took the GRAFT and never delivered anything: a black hole, or as bad.
+                    // (One that delivered and then went quiet most likely lost its own parent.)
+                    let never_delivered = !self.stripes[s].delivering;
                     self.actions.push(Action::Send {
                         to: parent,
                         msg: Message::Prune { stripe: s as u8 },
                     });
                     self.drop_parent(s, now);
                     self.counters.parent_changes += 1;
-                    if quiet && !cut_off {
+                    if quiet && !cut_off && never_delivered {
                         self.strike(parent);
                     }
                 } else {
