@@ -106,3 +106,28 @@ impl Uplink {
         (bytes as f64 / self.bytes_per_us).ceil() as u64
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::chunk;
+
+    #[test]
+    fn control_first_then_newest_chunk_and_expired_chunks_dropped() {
+        let mut up = Uplink::new(8e6);
+        up.push(1, Payload::Chunk(chunk(1, 1, 1_000, 0), false), 200, 10);
+        up.push(1, Payload::Chunk(chunk(1, 2, 2_000, 0), false), 200, 1_000);
+        up.push(1, Payload::Control(Message::Goodbye { reason: 0 }), 6, u64::MAX);
+        up.push(1, Payload::Chunk(chunk(1, 3, 3_000, 0), false), 200, 1_000);
+        let order: Vec<String> = std::iter::from_fn(|| up.pop(100))
+            .map(|q| match *q.payload {
+                Payload::Control(_) => "control".to_string(),
+                Payload::Chunk(c, _) => format!("seq {}", c.header.seq),
+            })
+            .collect();
+        // Seq 1's deadline (10 µs) passed while it waited: it is never sent.
+        assert_eq!(order, ["control", "seq 3", "seq 2"]);
+        assert_eq!(up.expired, 1);
+        assert_eq!(up.tx_us(1000), 1000);
+    }
+}

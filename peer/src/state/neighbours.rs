@@ -232,6 +232,24 @@ impl State {
         peers
     }
 
+    /// Lets the least useful neighbour go, at most once per `ROTATE_INTERVAL`; true if it was
+    /// time (whether or not one could be let go).
+    fn rotate_out_one(&mut self, now: Instant) -> bool {
+        if self
+            .last_rotation
+            .is_some_and(|t| now.duration_since(t) <= ROTATE_INTERVAL)
+        {
+            return false;
+        }
+        self.last_rotation = Some(now);
+        if let Some(id) = self.least_useful_neighbour() {
+            self.neighbours.remove(&id);
+            self.forget_in_trees(id);
+            self.actions.push(Action::Disconnect { id, reason: "full" });
+        }
+        true
+    }
+
     /// A neighbour that is neither parent nor child of ours, with no room and farthest from
     /// the source.
     fn least_useful_neighbour(&self) -> Option<NodeId> {
@@ -273,17 +291,7 @@ impl State {
         // repaired by its trees instead: dropping neighbours then only makes churn worse.)
         let starving =
             !self.config.source && self.last_new_chunk.is_none() && now.duration_since(self.started) > STARVING_AFTER;
-        if starving
-            && self
-                .last_rotation
-                .is_none_or(|t| now.duration_since(t) > ROTATE_INTERVAL)
-        {
-            self.last_rotation = Some(now);
-            if let Some(id) = self.least_useful_neighbour() {
-                self.neighbours.remove(&id);
-                self.forget_in_trees(id);
-                self.actions.push(Action::Disconnect { id, reason: "full" });
-            }
+        if starving && self.rotate_out_one(now) {
             let bootstrap = self.bootstrap.clone();
             for addr in &bootstrap {
                 self.learn(std::slice::from_ref(addr));
@@ -293,17 +301,9 @@ impl State {
         } else if orphaned {
             if self.neighbours.len() < self.config.active_max + ORPHAN_EXTRA {
                 wanted = wanted.max(1);
-            } else if self
-                .last_rotation
-                .is_none_or(|t| now.duration_since(t) > ROTATE_INTERVAL)
-            {
+            } else {
                 // Full of neighbours none of which can feed us: let the least useful go.
-                self.last_rotation = Some(now);
-                if let Some(id) = self.least_useful_neighbour() {
-                    self.neighbours.remove(&id);
-                    self.forget_in_trees(id);
-                    self.actions.push(Action::Disconnect { id, reason: "full" });
-                }
+                self.rotate_out_one(now);
             }
         }
         let room = DIALS_IN_FLIGHT.saturating_sub(self.dialling.len()).min(wanted);
