@@ -164,10 +164,6 @@ impl Node {
         Publisher(self.inputs.clone())
     }
 
-    pub fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
-        self.cancel.cancelled()
-    }
-
     /// Says goodbye to every neighbour, closes the endpoint and waits for the tasks.
     pub async fn shutdown(self) {
         self.cancel.cancel();

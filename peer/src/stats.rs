@@ -1,7 +1,7 @@
 //! A node's counters, shared between its tasks: bytes by kind and by neighbour, chunk
 //! verdicts, latency samples; rendered as the `--stats-json` / `/stats.json` object.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -132,10 +132,6 @@ impl Stats {
         *lock(&self.core) = (counters.clone(), startup);
     }
 
-    pub fn data_bytes_in(&self) -> u64 {
-        self.bytes_in.data.load(Relaxed)
-    }
-
     pub fn data_bytes_out(&self) -> u64 {
         self.bytes_out.data.load(Relaxed)
     }
@@ -233,15 +229,4 @@ pub fn spawn_writer(
             }
         }
     })
-}
-
-/// Per-neighbour byte totals keyed by node, for tests and status lines.
-pub fn data_in_by_neighbour(snapshot: &Value) -> HashMap<String, u64> {
-    let mut out = HashMap::new();
-    for n in snapshot["neighbours"].as_array().into_iter().flatten() {
-        if let (Some(id), Some(bytes)) = (n["node_id"].as_str(), n["bytes_in"].as_u64()) {
-            *out.entry(id.to_string()).or_default() += bytes;
-        }
-    }
-    out
 }
