@@ -195,7 +195,7 @@ mod tests {
             epoch: 7,
             seq,
             segment: seq / 30,
-            timestamp_us: 1_700_000_000_000_000 + seq,
+            timestamp_us: 1_700_000_000_000_000u64.wrapping_add(seq),
             payload_len: 0,
         }
     }
