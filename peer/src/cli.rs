@@ -143,9 +143,15 @@ fn config_path(args: &[OsString]) -> Option<PathBuf> {
 /// Turns a TOML table into flags: `key = v` → `--key=v`, `true` → `--key`, arrays repeat.
 pub fn config_args(path: &Path) -> anyhow::Result<Vec<OsString>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
-    let table: toml::Table = text
-        .parse()
-        .with_context(|| format!("config file {} is not valid TOML", path.display()))?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1);
+        anyhow::anyhow!(
+            "config file {} is not valid TOML{}: {}",
+            path.display(),
+            line.map(|l| format!(" (line {l})")).unwrap_or_default(),
+            e.message().trim()
+        )
+    })?;
     let mut out = Vec::new();
     for (key, value) in table {
         let flag = format!("--{}", key.replace('_', "-"));
@@ -203,7 +209,9 @@ pub async fn shutdown_signal() {
 
 /// Prints `error: …` as one line and exits non-zero.
 pub fn fail(e: anyhow::Error) -> ! {
-    eprintln!("error: {e:#}");
+    // One line, whatever the causes print: the problem is what a user should see first.
+    let text = format!("{e:#}");
+    eprintln!("error: {}", text.split_whitespace().collect::<Vec<_>>().join(" "));
     std::process::exit(1)
 }
 

@@ -137,7 +137,7 @@ pub struct LinkHandle {
     pub outbound: bool,
     pub conn: quinn::Connection,
     pub control: mpsc::Sender<Message>,
-    pub chunks: mpsc::Sender<(Chunk, Instant)>,
+    pub chunks: mpsc::Sender<(Arc<Chunk>, Instant)>,
     pub stats: Arc<LinkStats>,
 }
 
@@ -274,7 +274,12 @@ async fn read_chunks(from: NodeId, conn: quinn::Connection, shared: Shared, stat
 fn verify(from: NodeId, mut bytes: Bytes, stream_key: &VerifyingKey) -> Option<Event> {
     let reason = match Chunk::decode(&mut bytes) {
         Ok(chunk) if bytes.is_empty() => match chunk.verify(stream_key) {
-            Ok(()) => return Some(Event::Chunk { from, chunk }),
+            Ok(()) => {
+                return Some(Event::Chunk {
+                    from,
+                    chunk: Arc::new(chunk),
+                });
+            }
             Err(_) => Reject::BadSignature,
         },
         Ok(_) => Reject::Malformed,
@@ -285,7 +290,7 @@ fn verify(from: NodeId, mut bytes: Bytes, stream_key: &VerifyingKey) -> Option<E
 }
 
 /// A queued chunk, ordered newest first.
-struct Queued(Chunk, Instant);
+struct Queued(Arc<Chunk>, Instant);
 
 impl PartialEq for Queued {
     fn eq(&self, other: &Self) -> bool {
@@ -306,7 +311,7 @@ impl Ord for Queued {
 
 async fn write_chunks(
     conn: quinn::Connection,
-    mut rx: mpsc::Receiver<(Chunk, Instant)>,
+    mut rx: mpsc::Receiver<(Arc<Chunk>, Instant)>,
     shared: Shared,
     stats: Arc<LinkStats>,
 ) {

@@ -238,7 +238,7 @@ async fn run_core(
         let now = Instant::now().into_std();
         let event = match input {
             Input::Event(event) => event,
-            Input::Publish(chunk) => Event::Publish(chunk),
+            Input::Publish(chunk) => Event::Publish(Arc::new(chunk)),
             Input::Linked(link) => {
                 if links.contains_key(&link.node_id) {
                     link.conn.close(close::DUPLICATE.into(), b"already connected");
@@ -300,7 +300,7 @@ async fn run_core(
                 }
                 Action::Deliver(chunk) => {
                     if let Some(tx) = &deliveries
-                        && tx.try_send(chunk).is_err()
+                        && tx.try_send(Arc::unwrap_or_clone(chunk)).is_err()
                     {
                         tracing::warn!("the local player is not keeping up: a chunk was not delivered");
                     }
@@ -314,6 +314,7 @@ async fn run_core(
                         let code = match reason {
                             "goodbye" => close::GOODBYE,
                             "full" | "duplicate" => close::DUPLICATE,
+                            "silent" => close::SLOW,
                             _ => close::BANNED,
                         };
                         if code == close::BANNED {

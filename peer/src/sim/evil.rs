@@ -4,6 +4,7 @@
 
 use rustc_hash::FxHashSet as HashSet;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use shoal_proto::message::SeqRange;
 use shoal_proto::{Chunk, Message, PeerInfo};
@@ -52,7 +53,7 @@ impl Evil {
 
     pub fn up(&mut self, peer: usize) -> Vec<(usize, Payload)> {
         self.neighbours.insert(peer);
-        self.lies().into_iter().map(|m| (peer, Payload::Control(m))).collect()
+        vec![(peer, Payload::Control(self.lies()))]
     }
 
     pub fn down(&mut self, peer: usize) {
@@ -62,12 +63,16 @@ impl Evil {
     pub fn receive(&mut self, _from: usize, payload: &Payload) -> Vec<(usize, Payload)> {
         match payload {
             Payload::Chunk(chunk, _) if self.template.as_ref().is_none_or(|t| t.header.seq < chunk.header.seq) => {
-                self.template = Some(chunk.clone());
+                self.template = Some(Chunk::clone(chunk));
             }
-            Payload::Control(Message::Pex { peers }) => {
-                // Spread to whoever it hears of.
-                self.dials
-                    .extend(peers.iter().filter_map(|p: &PeerInfo| p.addrs.first().copied()).take(4));
+            Payload::Control(messages) => {
+                for message in messages {
+                    if let Message::Pex { peers } = message {
+                        // Spread to whoever it hears of.
+                        self.dials
+                            .extend(peers.iter().filter_map(|p: &PeerInfo| p.addrs.first().copied()).take(4));
+                    }
+                }
             }
             _ => {}
         }
@@ -79,12 +84,12 @@ impl Evil {
         self.ticks += 1;
         let mut out = Vec::new();
         if self.ticks.is_multiple_of(20) {
-            for m in self.lies() {
-                out.extend(self.neighbours.iter().map(|n| (*n, Payload::Control(m.clone()))));
-            }
+            let lies = self.lies();
+            out.extend(self.neighbours.iter().map(|n| (*n, Payload::Control(lies.clone()))));
             if let Some(t) = &self.template {
                 let mut forged = t.clone();
                 forged.header.seq += 30;
+                let forged = Arc::new(forged);
                 out.extend(
                     self.neighbours
                         .iter()

@@ -3,24 +3,25 @@
 //! loss and retransmission, and an upload cap on every byte a node sends. Churn, hostile
 //! peers and late joiners included. Metrics are observed here, not reported by the peers.
 
+mod calendar;
 mod encoder;
 mod evil;
 mod uplink;
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use rand::rngs::SmallRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
-use shoal_proto::NodeId;
+use shoal_proto::{Message, NodeId};
 
 use crate::state::{self, Action, Event, Reject, State};
+use calendar::Calendar;
 use encoder::Encoder;
 use evil::Evil;
 use uplink::{PACKET_BYTES, Payload, Uplink};
@@ -122,51 +123,13 @@ enum Ev {
     Frame,
     Tick(usize),
     TxDone(usize),
-    Arrive {
-        to: usize,
-        from: usize,
-        payload: Box<Payload>,
-    },
-    Connect {
-        from: usize,
-        to: usize,
-    },
-    DialFailed {
-        node: usize,
-        addr: SocketAddr,
-    },
-    Down {
-        node: usize,
-        peer: usize,
-    },
-    Close {
-        node: usize,
-        peer: usize,
-    },
+    Arrive { to: usize, from: usize, payload: Payload },
+    Connect { from: usize, to: usize },
+    DialFailed { node: usize, addr: SocketAddr },
+    Down { node: usize, peer: usize },
+    Close { node: usize, peer: usize },
     Churn,
     Join(usize),
-}
-
-/// Event queue entry: time, insertion order (ties break deterministically), event.
-type Entry = Reverse<(u64, u64, EvBox)>;
-
-#[derive(Debug)]
-struct EvBox(Ev);
-impl PartialEq for EvBox {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-impl Eq for EvBox {}
-impl PartialOrd for EvBox {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for EvBox {
-    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
-        std::cmp::Ordering::Equal
-    }
 }
 
 const SOURCE: usize = 0;
@@ -179,8 +142,8 @@ pub struct Sim {
     rng: SmallRng,
     base: Instant,
     now: u64,
-    order: u64,
-    queue: BinaryHeap<Entry>,
+    /// Pending events; ties in time run in the order scheduled, so a seed replays exactly.
+    queue: Calendar<Ev>,
     nodes: Vec<Node>,
     by_addr: HashMap<SocketAddr, usize>,
     links: HashSet<(usize, usize)>,
@@ -195,6 +158,7 @@ pub struct Sim {
     dup_from_parent: u64,
     forged_delivered: u64,
     actions: Vec<Action>,
+    scratch: BytesMut,
 }
 
 fn node_id(index: usize) -> NodeId {
@@ -221,8 +185,7 @@ impl Sim {
             rng,
             base: Instant::now(),
             now: 0,
-            order: 0,
-            queue: BinaryHeap::new(),
+            queue: Calendar::new(),
             nodes: Vec::new(),
             by_addr: HashMap::default(),
             links: HashSet::default(),
@@ -236,6 +199,7 @@ impl Sim {
             dup_from_parent: 0,
             forged_delivered: 0,
             actions: Vec::new(),
+            scratch: BytesMut::new(),
             cfg,
         };
         let bitrate = sim.cfg.bitrate_kbps as f64 * 1000.0;
@@ -310,8 +274,7 @@ impl Sim {
     }
 
     fn schedule(&mut self, at: u64, ev: Ev) {
-        self.order += 1;
-        self.queue.push(Reverse((at, self.order, EvBox(ev))));
+        self.queue.push(at, ev);
     }
 
     fn instant(&self) -> Instant {
@@ -330,7 +293,7 @@ impl Sim {
     pub fn run(mut self) -> Value {
         let wall = Instant::now();
         let end = self.cfg.duration_s * 1_000_000;
-        while let Some(Reverse((at, _, EvBox(ev)))) = self.queue.pop() {
+        while let Some((at, ev)) = self.queue.pop() {
             if at > end {
                 break;
             }
@@ -348,7 +311,7 @@ impl Sim {
                 for chunk in chunks {
                     self.emitted.push(ts);
                     self.stream_bytes += chunk.encoded_len() as u64;
-                    self.feed(SOURCE, Event::Publish(chunk));
+                    self.feed(SOURCE, Event::Publish(Arc::new(chunk)));
                 }
                 let next = self.now + self.encoder.frame_interval_us();
                 self.schedule(next, Ev::Frame);
@@ -370,7 +333,7 @@ impl Sim {
                 self.nodes[n].uplink.busy = false;
                 self.transmit(n);
             }
-            Ev::Arrive { to, from, payload } => self.arrive(to, from, *payload),
+            Ev::Arrive { to, from, payload } => self.arrive(to, from, payload),
             Ev::Connect { from, to } => {
                 if !self.nodes[from].online {
                     return;
@@ -487,30 +450,23 @@ impl Sim {
         if startup_before.is_none() && state.startup().is_some() {
             self.nodes[n].startup_us = Some(self.now);
         }
-        let actions = std::mem::take(&mut self.actions);
-        for action in &actions {
+        let mut actions = std::mem::take(&mut self.actions);
+        for action in actions.drain(..) {
             match action {
                 Action::Send { to, msg } => {
-                    let to = index_of(to);
-                    let bytes = msg.to_frame().len();
-                    self.enqueue(n, to, Payload::Control(msg.clone()), bytes, u64::MAX);
+                    let bytes = self.frame_len(&msg);
+                    self.enqueue(n, index_of(&to), Payload::Control(vec![msg]), bytes, u64::MAX);
                 }
                 Action::Push { to, chunk, deadline } => {
-                    let to = index_of(to);
                     let deadline_us = deadline.saturating_duration_since(self.base).as_micros() as u64;
-                    self.enqueue(
-                        n,
-                        to,
-                        Payload::Chunk(chunk.clone(), false),
-                        chunk.encoded_len(),
-                        deadline_us,
-                    );
+                    let bytes = chunk.encoded_len();
+                    self.enqueue(n, index_of(&to), Payload::Chunk(chunk, false), bytes, deadline_us);
                 }
                 Action::Deliver(chunk) => self.observe_delivery(n, chunk.header.timestamp_us),
-                Action::Dial(addr) => self.dial(n, *addr),
+                Action::Dial(addr) => self.dial(n, addr),
                 Action::Disconnect { id, reason } => {
-                    let peer = index_of(id);
-                    if matches!(*reason, "full" | "duplicate") {
+                    let peer = index_of(&id);
+                    if matches!(reason, "full" | "duplicate") {
                         // A polite close: what was queued (addresses to try) goes out first.
                         let delay = self.cfg.rtt_ms * 1000 + 50_000;
                         self.schedule(self.now + delay, Ev::Close { node: n, peer });
@@ -521,7 +477,16 @@ impl Sim {
             }
         }
         self.actions = actions;
-        self.actions.clear();
+        // Sent after the handler returns, as a real event loop would: what it queued together
+        // competes for the link together.
+        self.transmit(n);
+    }
+
+    /// Bytes `msg` takes on the wire, encoded into a reused buffer.
+    fn frame_len(&mut self, msg: &Message) -> usize {
+        self.scratch.clear();
+        msg.encode_frame(&mut self.scratch);
+        self.scratch.len()
     }
 
     fn close(&mut self, n: usize, peer: usize) {
@@ -551,7 +516,6 @@ impl Sim {
             return;
         }
         self.nodes[from].uplink.push(to, payload, bytes, deadline);
-        self.transmit(from);
     }
 
     /// Starts the next transmission on `n`'s uplink if it is idle.
@@ -578,7 +542,7 @@ impl Sim {
         }
         let wire = q.bytes + resent * PACKET_BYTES.min(q.bytes);
         let tx = self.nodes[n].uplink.tx_us(wire);
-        match &*q.payload {
+        match &q.payload {
             Payload::Chunk(..) => self.nodes[n].sent_data += wire as u64,
             Payload::Control(_) => self.nodes[n].sent_control += wire as u64,
         }
@@ -605,13 +569,17 @@ impl Sim {
                 self.evil_out(to, out);
             }
             Role::Honest(state) => match payload {
-                Payload::Control(msg) => self.feed(
-                    to,
-                    Event::Control {
-                        from: node_id(from),
-                        msg,
-                    },
-                ),
+                Payload::Control(messages) => {
+                    for msg in messages {
+                        self.feed(
+                            to,
+                            Event::Control {
+                                from: node_id(from),
+                                msg,
+                            },
+                        );
+                    }
+                }
                 // The driver verifies signatures before the core sees a chunk.
                 Payload::Chunk(_, true) => self.feed(
                     to,
@@ -646,11 +614,12 @@ impl Sim {
     fn evil_out(&mut self, n: usize, out: Vec<(usize, Payload)>) {
         for (to, payload) in out {
             let bytes = match &payload {
-                Payload::Control(m) => m.to_frame().len(),
+                Payload::Control(messages) => messages.iter().map(|m| self.frame_len(m)).sum(),
                 Payload::Chunk(c, _) => c.encoded_len(),
             };
             self.enqueue(n, to, payload, bytes, u64::MAX);
         }
+        self.transmit(n);
         if let Role::Evil(evil) = &mut self.nodes[n].role {
             for addr in evil.take_dials() {
                 self.dial(n, addr);

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use rustc_hash::FxHashMap as HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
@@ -200,9 +201,10 @@ impl State {
     }
 
     fn on_control(&mut self, from: NodeId, msg: Message, now: Instant) {
-        if !self.neighbours.contains_key(&from) {
+        let Some(n) = self.neighbours.get_mut(&from) else {
             return;
-        }
+        };
+        n.heard = Some(now);
         match msg {
             Message::Have { epoch, ranges } => self.on_have(from, epoch, &ranges, now),
             Message::Request { epoch, ranges } => self.on_request(from, epoch, &ranges, now),
@@ -364,7 +366,10 @@ impl State {
         self.repair_tokens = Some((tokens + elapsed * spare_bps / 8.0).min(burst));
     }
 
-    fn on_chunk(&mut self, from: Option<NodeId>, chunk: Chunk, now: Instant) {
+    fn on_chunk(&mut self, from: Option<NodeId>, chunk: Arc<Chunk>, now: Instant) {
+        if let Some(n) = from.and_then(|id| self.neighbours.get_mut(&id)) {
+            n.heard = Some(now);
+        }
         let (epoch, seq) = (chunk.header.epoch, chunk.header.seq);
         let previous_epoch = self.window.live_epoch();
         match self.window.admit(&chunk) {

@@ -26,6 +26,10 @@ const ROTATE_INTERVAL: Duration = Duration::from_secs(2);
 const PEX_SAMPLE: usize = 8;
 /// How long an address that failed to answer is not dialled again.
 const DIAL_FAILURE_BACKOFF: Duration = Duration::from_secs(30);
+/// A neighbour silent this long is gone, whatever the transport still thinks: every
+/// neighbour sends STATUS at least once a second. (A QUIC idle timeout takes longer, and a
+/// dead parent near the source starves everyone below it until it is noticed.)
+const SILENT_FOR: Duration = Duration::from_millis(2500);
 
 #[derive(Debug)]
 pub(super) struct Neighbour {
@@ -46,6 +50,8 @@ pub(super) struct Neighbour {
     pub parent_failures: u32,
     /// When it last announced a chunk near the live edge (only such neighbours are parents).
     pub fresh: Option<std::time::Instant>,
+    /// When it last sent anything at all.
+    pub heard: Option<std::time::Instant>,
 }
 
 impl Neighbour {
@@ -61,6 +67,7 @@ impl Neighbour {
             unanswered: 0,
             parent_failures: 0,
             fresh: None,
+            heard: None,
         }
     }
 }
@@ -108,8 +115,9 @@ impl State {
             return;
         }
         self.passive.retain(|p| !listen.contains(&p.1));
-        self.neighbours
-            .insert(id, Neighbour::new(addr, listen, self.config.stripes));
+        let mut neighbour = Neighbour::new(addr, listen, self.config.stripes);
+        neighbour.heard = Some(now);
+        self.neighbours.insert(id, neighbour);
         self.send_status_to(id);
         // Tell the newcomer what we hold, so it can start from us.
         if let Some(epoch) = self.window.live_epoch() {
@@ -197,39 +205,41 @@ impl State {
             .map(|(id, n)| (n.depths.iter().copied().min().unwrap_or(NO_DEPTH), n.free_slots, *id))
             .collect();
         near.sort_by_key(|(depth, free, id)| (*depth, u16::MAX - free, *id));
-        let mut chosen: Vec<NodeId> = near.iter().take(PEX_SAMPLE / 2).map(|(_, _, id)| *id).collect();
-        let mut others: Vec<PeerInfo> = self
+        let chosen: Vec<NodeId> = near.iter().take(PEX_SAMPLE / 2).map(|(_, _, id)| *id).collect();
+        // The random rest: picked before any address list is built (the passive list is long).
+        let mut others: Vec<(NodeId, Option<SocketAddr>)> = self
             .neighbours
             .iter()
             .filter(|(id, n)| Some(**id) != exclude && !n.listen.is_empty() && !chosen.contains(id))
-            .map(|(id, n)| PeerInfo {
-                node_id: *id,
-                addrs: n.listen.iter().copied().take(MAX_ADDRS).collect(),
-            })
+            .map(|(id, _)| (*id, None))
+            .chain(
+                self.passive
+                    .iter()
+                    .filter_map(|p| p.0.filter(|id| Some(*id) != exclude).map(|id| (id, Some(p.1)))),
+            )
             .collect();
-        others.extend(
-            self.passive
-                .iter()
-                .filter(|p| p.0.is_some_and(|id| Some(id) != exclude))
-                .map(|p| PeerInfo {
-                    node_id: p.0.unwrap_or(NodeId([0; 32])),
-                    addrs: vec![p.1],
-                }),
-        );
-        others.shuffle(&mut self.rng);
-        let mut peers: Vec<PeerInfo> = chosen
-            .drain(..)
-            .filter_map(|id| {
-                let n = self.neighbours.get(&id)?;
-                Some(PeerInfo {
-                    node_id: id,
-                    addrs: n.listen.iter().copied().take(MAX_ADDRS).collect(),
-                })
-            })
-            .collect();
-        peers.extend(others);
-        peers.truncate(PEX_SAMPLE.min(MAX_PEX_PEERS));
-        peers
+        let want = PEX_SAMPLE.min(MAX_PEX_PEERS).saturating_sub(chosen.len());
+        let (picked, _) = others.partial_shuffle(&mut self.rng, want);
+        let info = |id: NodeId, passive: Option<SocketAddr>| {
+            let addrs = match passive {
+                Some(addr) => vec![addr],
+                None => self
+                    .neighbours
+                    .get(&id)?
+                    .listen
+                    .iter()
+                    .copied()
+                    .take(MAX_ADDRS)
+                    .collect(),
+            };
+            Some(PeerInfo { node_id: id, addrs })
+        };
+        chosen
+            .iter()
+            .map(|id| (*id, None))
+            .chain(picked.iter().copied())
+            .filter_map(|(id, passive)| info(id, passive))
+            .collect()
     }
 
     /// Lets the least useful neighbour go, at most once per `ROTATE_INTERVAL`; true if it was
@@ -275,6 +285,17 @@ impl State {
 
     /// Keeps the active set between its bounds and spreads addresses now and then.
     pub(super) fn maintain_neighbours(&mut self, now: Instant) {
+        let silent: Vec<NodeId> = self
+            .neighbours
+            .iter()
+            .filter(|(_, n)| n.heard.is_some_and(|t| now.duration_since(t) > SILENT_FOR))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in silent {
+            self.on_neighbour_down(id);
+            self.counters.silent_dropped += 1;
+            self.actions.push(Action::Disconnect { id, reason: "silent" });
+        }
         self.failed_dials
             .retain(|_, at| now.duration_since(*at) < DIAL_FAILURE_BACKOFF);
         if !self.config.discovery {

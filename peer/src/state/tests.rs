@@ -445,3 +445,73 @@ fn startup_is_measured_to_the_first_whole_segment() {
     feed(&mut s, 1, 2, 3_000, ChunkFlags::SEGMENT_START, t1);
     assert_eq!(s.startup(), Some(Duration::from_millis(700)));
 }
+
+#[test]
+fn a_neighbour_silent_too_long_is_dropped_and_its_stripe_freed() {
+    let now = Instant::now();
+    let mut s = State::new(
+        node(0),
+        Config {
+            source: true,
+            ..config()
+        },
+        1,
+        now,
+    );
+    up(&mut s, 1, now);
+    up(&mut s, 2, now);
+    control(&mut s, 1, Message::Graft { stripe: 0 }, now);
+    assert_eq!(s.children(), 1);
+    // Node 2 keeps talking; node 1 (a child) goes quiet without a goodbye.
+    for i in 1..=4 {
+        let t = now + Duration::from_millis(500 * i);
+        control(&mut s, 2, status(vec![1, 1], 2), t);
+        s.handle(Event::Tick, t).for_each(drop);
+    }
+    let t = now + Duration::from_millis(2_600);
+    control(&mut s, 2, status(vec![1, 1], 2), t);
+    let actions: Vec<_> = s.handle(Event::Tick, t).collect();
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Disconnect { id, reason: "silent" } if *id == node(1))),
+        "{actions:?}"
+    );
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::Disconnect { id, .. } if *id == node(2)))
+    );
+    assert_eq!(s.children(), 0);
+    assert_eq!(s.counters().silent_dropped, 1);
+}
+
+#[test]
+fn the_source_lets_a_child_rooting_several_stripes_make_way_for_one_rooting_none() {
+    let now = Instant::now();
+    let mut s = State::new(
+        node(0),
+        Config {
+            source: true,
+            ..config()
+        },
+        1,
+        now,
+    );
+    for n in 1..=2 {
+        up(&mut s, n, now);
+        control(&mut s, n, status(vec![NO_DEPTH, NO_DEPTH], 4), now);
+    }
+    // The first viewer takes both stripes: nobody else was there.
+    control(&mut s, 1, Message::Graft { stripe: 0 }, now);
+    control(&mut s, 1, Message::Graft { stripe: 1 }, now);
+    // A comparable one asks for stripe 1: node 1 is released from it, keeping stripe 0.
+    let actions = control(&mut s, 2, Message::Graft { stripe: 1 }, now);
+    assert_eq!(sends(&actions), vec![(node(1), Message::Prune { stripe: 1 })]);
+    let a: Vec<_> = s.handle(Event::Publish(chunk(1, 4, 1_000, 0)), now).collect();
+    let b: Vec<_> = s.handle(Event::Publish(chunk(1, 5, 2_000, 0)), now).collect();
+    assert_eq!((pushes(&a), pushes(&b)), (vec![(node(1), 4)], vec![(node(2), 5)]));
+    // Node 1 asking for stripe 1 back is refused: it would root two again.
+    let actions = control(&mut s, 1, Message::Graft { stripe: 1 }, now);
+    assert_eq!(sends(&actions), vec![(node(1), Message::Prune { stripe: 1 })]);
+}

@@ -21,6 +21,8 @@ const PARENT_COOLDOWN: Duration = Duration::from_secs(5);
 const FRESH_WITHIN: Duration = Duration::from_secs(2);
 /// Least time between two moves of one stripe to a closer parent.
 const CLIMB_INTERVAL: Duration = Duration::from_secs(3);
+/// After finding no better parent, how long before looking again.
+const CLIMB_RETRY: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Default)]
 pub(super) struct Stripe {
@@ -32,8 +34,8 @@ pub(super) struct Stripe {
     pub newest: Option<u64>,
     /// When a chunk of this stripe newer than the parent's last one arrived from elsewhere.
     pub overtaken: Option<Instant>,
-    /// When this stripe last tried a closer parent.
-    pub climbed: Option<Instant>,
+    /// No climbing attempt before this (one just went out, or none was better).
+    pub climb_after: Option<Instant>,
     /// The parent has delivered a chunk of this stripe since it was chosen.
     pub delivering: bool,
     /// A closer parent grafted onto, not yet delivering (make-before-break).
@@ -138,19 +140,49 @@ impl State {
             return false;
         }
         let strength = |id: &NodeId| self.neighbours.get(id).map_or(0, |n| n.upload_kbps);
-        let newcomer = strength(&from);
-        let Some((i, weakest)) = self.stripes[s]
-            .children
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, c)| strength(c))
-        else {
-            return false;
+        // How many other stripes a child already takes from us.
+        let others = |id: &NodeId| {
+            (0..self.stripes.len())
+                .filter(|t| *t != s && self.stripes[*t].children.contains(id))
+                .count()
         };
-        // Markedly stronger only (half again), so children do not churn between equals.
-        if u64::from(newcomer) * 2 < u64::from(strength(weakest)) * 3 || newcomer == 0 {
+        let newcomer = strength(&from);
+        if newcomer == 0 {
             return false;
         }
+        // A child that takes several stripes from us makes way for a comparable one that
+        // takes none: then one departure cuts one stripe, not all of them (at the source,
+        // where each stripe has one child, that is the difference between a hiccup and the
+        // whole audience losing the stream).
+        let spread = (others(&from) == 0)
+            .then(|| {
+                self.stripes[s]
+                    .children
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| others(c) > 0 && u64::from(newcomer) * 3 >= u64::from(strength(c)) * 2)
+                    .max_by_key(|(_, c)| (others(c), std::cmp::Reverse(strength(c))))
+                    .map(|(i, _)| i)
+            })
+            .flatten();
+        let i = match spread {
+            Some(i) => i,
+            None => {
+                let Some((i, weakest)) = self.stripes[s]
+                    .children
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, c)| strength(c))
+                else {
+                    return false;
+                };
+                // Markedly stronger only (half again), so children do not churn between equals.
+                if u64::from(newcomer) * 2 < u64::from(strength(weakest)) * 3 {
+                    return false;
+                }
+                i
+            }
+        };
         let weakest = self.stripes[s].children.remove(i);
         self.actions.push(Action::Send {
             to: weakest,
@@ -348,10 +380,7 @@ impl State {
             }
             return;
         }
-        if self.stripes[s]
-            .climbed
-            .is_some_and(|t| now.duration_since(t) < CLIMB_INTERVAL)
-        {
+        if self.stripes[s].climb_after.is_some_and(|t| now < t) {
             return;
         }
         let Some(parent) = self.stripes[s].parent else { return };
@@ -373,9 +402,14 @@ impl State {
             })
             .min_by_key(|(id, n)| (n.depths[s], u16::MAX - n.free_slots, **id))
             .map(|(id, _)| *id);
-        if let Some(better) = candidate {
+        let Some(better) = candidate else {
+            // Nobody better now: look again in a while, not on every tick.
+            self.stripes[s].climb_after = Some(now + CLIMB_RETRY);
+            return;
+        };
+        {
             self.stripes[s].pending = Some((better, now));
-            self.stripes[s].climbed = Some(now);
+            self.stripes[s].climb_after = Some(now + CLIMB_INTERVAL);
             self.actions.push(Action::Send {
                 to: better,
                 msg: Message::Graft { stripe: s as u8 },

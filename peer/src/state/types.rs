@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shoal_proto::{Chunk, Message, NodeId};
@@ -128,14 +129,14 @@ pub enum Event {
     /// A chunk whose signature the driver has verified.
     Chunk {
         from: NodeId,
-        chunk: Chunk,
+        chunk: Arc<Chunk>,
     },
     Rejected {
         from: NodeId,
         reason: Reject,
     },
     /// A chunk this node produced (the broadcaster).
-    Publish(Chunk),
+    Publish(Arc<Chunk>),
     Tick,
 }
 
@@ -148,11 +149,11 @@ pub enum Action {
     /// Send a chunk on its own stream; drop it instead if not sent by `deadline`.
     Push {
         to: NodeId,
-        chunk: Chunk,
+        chunk: Arc<Chunk>,
         deadline: Instant,
     },
     /// A new verified chunk for the local consumer.
-    Deliver(Chunk),
+    Deliver(Arc<Chunk>),
     Dial(SocketAddr),
     Disconnect {
         id: NodeId,
@@ -172,4 +173,6 @@ pub struct Counters {
     pub requests_refused: u64,
     pub banned: u64,
     pub parent_changes: u64,
+    /// Neighbours dropped for saying nothing for too long.
+    pub silent_dropped: u64,
 }
