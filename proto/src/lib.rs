@@ -3,6 +3,8 @@
 
 pub mod chunk;
 pub mod codec;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod message;
 pub mod node_id;
 pub mod ticket;
