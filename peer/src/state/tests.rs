@@ -27,6 +27,19 @@ fn state_with(neighbours: &[u8], now: Instant) -> State {
     s
 }
 
+/// A broadcaster's core, with nobody connected yet.
+fn source(now: Instant) -> State {
+    State::new(
+        node(0),
+        Config {
+            source: true,
+            ..config()
+        },
+        1,
+        now,
+    )
+}
+
 fn up(s: &mut State, n: u8, now: Instant) -> Vec<Action> {
     s.handle(
         Event::NeighbourUp {
@@ -195,15 +208,7 @@ fn slots_follow_upload_capacity_and_the_measured_stream_rate() {
 #[test]
 fn the_source_feeds_one_child_per_stripe() {
     let now = Instant::now();
-    let mut s = State::new(
-        node(0),
-        Config {
-            source: true,
-            ..config()
-        },
-        1,
-        now,
-    );
+    let mut s = source(now);
     for n in 1..=3 {
         up(&mut s, n, now);
     }
@@ -449,15 +454,7 @@ fn startup_is_measured_to_the_first_whole_segment() {
 #[test]
 fn a_neighbour_silent_too_long_is_dropped_and_its_stripe_freed() {
     let now = Instant::now();
-    let mut s = State::new(
-        node(0),
-        Config {
-            source: true,
-            ..config()
-        },
-        1,
-        now,
-    );
+    let mut s = source(now);
     up(&mut s, 1, now);
     up(&mut s, 2, now);
     control(&mut s, 1, Message::Graft { stripe: 0 }, now);
@@ -489,15 +486,7 @@ fn a_neighbour_silent_too_long_is_dropped_and_its_stripe_freed() {
 #[test]
 fn the_source_lets_a_child_rooting_several_stripes_make_way_for_one_rooting_none() {
     let now = Instant::now();
-    let mut s = State::new(
-        node(0),
-        Config {
-            source: true,
-            ..config()
-        },
-        1,
-        now,
-    );
+    let mut s = source(now);
     for n in 1..=2 {
         up(&mut s, n, now);
         control(&mut s, n, status(vec![NO_DEPTH, NO_DEPTH], 4), now);
