@@ -130,8 +130,9 @@ impl State {
     }
 
     /// Full, but asked by a neighbour that uploads markedly more than our weakest child of
-    /// this stripe: let the stronger one in, higher up the tree, and send the weaker one to
-    /// find another parent. Strong uploaders end up near the source, trees stay shallow.
+    /// this stripe, or by a comparable one while a child takes several stripes from us: let
+    /// the newcomer in and send the displaced child to find another parent. Strong uploaders
+    /// end up near the source, trees stay shallow, and stripes spread over different nodes.
     fn make_room(&mut self, from: NodeId, s: usize) -> bool {
         if self.depth(s) >= MAX_DEPTH
             || self.stripes[s].parent == Some(from)
@@ -183,9 +184,9 @@ impl State {
                 i
             }
         };
-        let weakest = self.stripes[s].children.remove(i);
+        let displaced = self.stripes[s].children.remove(i);
         self.actions.push(Action::Send {
-            to: weakest,
+            to: displaced,
             msg: Message::Prune { stripe: s as u8 },
         });
         true
@@ -407,14 +408,12 @@ impl State {
             self.stripes[s].climb_after = Some(now + CLIMB_RETRY);
             return;
         };
-        {
-            self.stripes[s].pending = Some((better, now));
-            self.stripes[s].climb_after = Some(now + CLIMB_INTERVAL);
-            self.actions.push(Action::Send {
-                to: better,
-                msg: Message::Graft { stripe: s as u8 },
-            });
-        }
+        self.stripes[s].pending = Some((better, now));
+        self.stripes[s].climb_after = Some(now + CLIMB_INTERVAL);
+        self.actions.push(Action::Send {
+            to: better,
+            msg: Message::Graft { stripe: s as u8 },
+        });
     }
 
     /// Whether a neighbour announced chunks near the live edge lately (the source always is).
