@@ -52,13 +52,18 @@ pub struct Broadcaster {
 }
 
 pub fn broadcaster(dir: &Path, extra: &[&str]) -> anyhow::Result<Broadcaster> {
+    broadcaster_on(dir, "127.0.0.1:0", extra)
+}
+
+/// A broadcaster accepting QUIC connections on `listen` (to restart one where it was).
+pub fn broadcaster_on(dir: &Path, listen: &str, extra: &[&str]) -> anyhow::Result<Broadcaster> {
     let ticket_file = dir.join("ticket");
     let stats = dir.join("broadcaster.json");
     let mut args = vec![
         "--source".into(),
         "test".into(),
         "--listen".into(),
-        "127.0.0.1:0".into(),
+        listen.into(),
         "--ticket-file".into(),
         ticket_file.display().to_string(),
         "--key".into(),

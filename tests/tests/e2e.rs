@@ -103,3 +103,63 @@ fn forged_chunks_are_rejected_and_never_reach_the_player() {
     let gw_stats = gw.stats();
     assert_eq!(gw_stats["chunks"]["rejected"], serde_json::json!({}), "{gw_stats}");
 }
+
+/// The broadcaster stops (Ctrl-C: end of stream) and is started again with the same key
+/// where it was: the gateway dials it again by itself, follows the new epoch with a
+/// discontinuity, and the same playlist URL plays on in ffmpeg.
+#[test]
+fn a_restarted_broadcaster_is_followed_across_a_discontinuity() {
+    let dir = test_dir("restart");
+    let mut b = swarm::broadcaster(&dir, &[]).unwrap();
+    let gw = swarm::gateway(&dir, &b.ticket_file, &b.node.addr).unwrap();
+    let (status, _) = http_get(&gw.url("/live.m3u8")).unwrap();
+    assert_eq!(status, 200);
+    let listen = b.node.addr.clone();
+    assert!(
+        b.node
+            .proc
+            .interrupt(Duration::from_secs(10))
+            .is_some_and(|s| s.success())
+    );
+    let ended = wait_for_playlist(&gw.url("/live.m3u8"), "#EXT-X-ENDLIST", Duration::from_secs(10));
+    assert!(ended.contains("#EXT-X-ENDLIST"), "{ended}");
+
+    let _b2 = swarm::broadcaster_on(&dir, &listen, &[]).unwrap();
+    let resumed = wait_for_playlist(&gw.url("/live.m3u8"), "#EXT-X-DISCONTINUITY\n", Duration::from_secs(30));
+    assert!(resumed.contains("#EXT-X-DISCONTINUITY\n"), "{resumed}");
+    assert!(!resumed.contains("#EXT-X-ENDLIST"), "{resumed}");
+    // ffmpeg's HLS reader does not reset its decoders at a discontinuity (hls.js and VLC do):
+    // let the new epoch fill the part of the playlist it starts from, then play that.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while segments_after_discontinuity(&gw.url("/live.m3u8")) < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new epoch does not grow in the playlist"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let play = ffmpeg(&gw.url("/live.m3u8"), 6).unwrap();
+    assert!(play.success && play.errors.is_empty(), "ffmpeg: {:?}", play.errors);
+    assert!(play.seconds >= 5.0, "decoded only {:.1} s", play.seconds);
+}
+
+/// Polls the playlist until it holds `marker` or `timeout` passes; returns the last one seen.
+fn wait_for_playlist(url: &str, marker: &str, timeout: Duration) -> String {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let text = http_get(url)
+            .map(|(_, body)| String::from_utf8_lossy(&body).to_string())
+            .unwrap_or_default();
+        if text.contains(marker) || std::time::Instant::now() > deadline {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn segments_after_discontinuity(url: &str) -> usize {
+    let text = wait_for_playlist(url, "", Duration::ZERO);
+    text.split("#EXT-X-DISCONTINUITY\n")
+        .nth(1)
+        .map_or(0, |after| after.matches("#EXTINF:").count())
+}

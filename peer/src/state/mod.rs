@@ -242,6 +242,14 @@ impl State {
 
     fn on_have(&mut self, from: NodeId, epoch: u64, ranges: &[SeqRange], now: Instant) {
         if self.window.live_epoch().is_some_and(|l| l != epoch) {
+            // Another epoch: the broadcaster may have restarted. Once ours has gone quiet, a
+            // neighbour announcing one is worth grafting to (what it pushes is verified like
+            // anything else, and its first newer chunk moves us to the new epoch).
+            if !self.stream_is_flowing(now)
+                && let Some(n) = self.neighbours.get_mut(&from)
+            {
+                n.fresh = Some(now);
+            }
             return;
         }
         let newest_held = self.window.newest_seq(epoch);
