@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use shoal_proto::Ticket;
 
+use crate::limits::Limits;
 use crate::state;
 
 /// Swarm options shared by the broadcaster, the relay peer and the gateway.
@@ -50,7 +51,10 @@ impl SwarmArgs {
 
     pub fn core_config(&self) -> state::Config {
         state::Config {
-            window: Duration::from_secs(self.window_s),
+            limits: Limits {
+                window: Duration::from_secs(self.window_s),
+                ..Limits::default()
+            },
             discovery: !self.no_discovery,
             ..state::Config::default()
         }

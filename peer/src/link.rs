@@ -18,17 +18,16 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::limits::Limits;
 use crate::pacer::Pacer;
 use crate::state::{Event, Reject};
 use crate::stats::{Kind, Link as LinkStats, Stats};
 
-/// Control messages queued towards one neighbour before it counts as too slow.
-pub const CONTROL_QUEUE: usize = 256;
-/// Chunks queued towards one neighbour; when full, new pushes to it are dropped.
-pub const CHUNK_QUEUE: usize = 512;
 /// Chunk streams written to one neighbour at once; priorities order them inside QUIC.
 const STREAMS_IN_FLIGHT: usize = 32;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Control messages of unknown types skipped on one link before it counts as garbage.
+const MAX_UNKNOWN_MESSAGES: usize = 256;
 
 /// QUIC application close codes.
 pub mod close {
@@ -125,6 +124,10 @@ async fn read_message(recv: &mut quinn::RecvStream, buf: &mut BytesMut) -> anyho
         }
         buf.reserve(4096.min(MAX_FRAME));
         if recv.read_buf(buf).await? == 0 {
+            if !buf.is_empty() {
+                // The stream ended inside a frame.
+                return Err(DecodeError::Short.into());
+            }
             return Ok(None);
         }
     }
@@ -148,11 +151,13 @@ pub struct Shared {
     pub events: mpsc::Sender<crate::node::Input>,
     pub stats: Arc<Stats>,
     pub pacer: Option<Arc<Pacer>>,
+    pub limits: Limits,
 }
 
-/// Starts the link's tasks and returns its handle; the tasks end when the connection does
-/// (the returned `JoinSet` owns them).
-pub fn start(
+/// Hands the link to the node loop, then starts its tasks: the node learns of the
+/// neighbour before anything it says can arrive. The tasks end when the connection does (the
+/// returned `JoinSet` owns them); `None` if the node has stopped.
+pub async fn start(
     conn: quinn::Connection,
     peer: &Peer,
     outbound: bool,
@@ -160,25 +165,26 @@ pub fn start(
     recv: quinn::RecvStream,
     buf: BytesMut,
     shared: &Shared,
-) -> (LinkHandle, JoinSet<()>) {
+) -> Option<JoinSet<()>> {
     let stats = shared.stats.link(peer.node_id, conn.remote_address());
-    let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
-    let (chunk_tx, chunk_rx) = mpsc::channel(CHUNK_QUEUE);
-    let mut tasks = JoinSet::new();
-    tasks.spawn(read_control(peer.node_id, recv, buf, shared.clone(), stats.clone()));
-    tasks.spawn(write_control(send, control_rx, shared.clone(), stats.clone()));
-    tasks.spawn(read_chunks(peer.node_id, conn.clone(), shared.clone(), stats.clone()));
-    tasks.spawn(write_chunks(conn.clone(), chunk_rx, shared.clone(), stats.clone()));
+    let (control_tx, control_rx) = mpsc::channel(shared.limits.control_queue);
+    let (chunk_tx, chunk_rx) = mpsc::channel(shared.limits.chunk_queue);
     let handle = LinkHandle {
         node_id: peer.node_id,
         listen: peer.listen.clone(),
         outbound,
-        conn,
+        conn: conn.clone(),
         control: control_tx,
         chunks: chunk_tx,
-        stats,
+        stats: stats.clone(),
     };
-    (handle, tasks)
+    shared.events.send(crate::node::Input::Linked(handle)).await.ok()?;
+    let mut tasks = JoinSet::new();
+    tasks.spawn(read_control(peer.node_id, recv, buf, shared.clone(), stats.clone()));
+    tasks.spawn(write_control(send, control_rx, shared.clone(), stats.clone()));
+    tasks.spawn(read_chunks(peer.node_id, conn.clone(), shared.clone(), stats.clone()));
+    tasks.spawn(write_chunks(conn, chunk_rx, shared.clone(), stats));
+    Some(tasks)
 }
 
 async fn to_core(shared: &Shared, event: Event) {
@@ -192,35 +198,30 @@ async fn read_control(
     shared: Shared,
     stats: Arc<LinkStats>,
 ) {
+    let mut unknown = 0;
     loop {
-        match read_message(&mut recv, &mut buf).await {
+        let error = match read_message(&mut recv, &mut buf).await {
             Ok(Some((msg, len))) => {
                 shared.stats.received(Some(&stats), Kind::Control, len);
                 to_core(&shared, Event::Control { from, msg }).await;
+                continue;
             }
             Ok(None) => return,
-            Err(e) => {
-                let unknown = e
-                    .downcast_ref::<DecodeError>()
-                    .is_some_and(|d| matches!(d, DecodeError::UnknownMessage(_)));
-                if unknown {
-                    // A newer peer's message: skip it, keep the link.
-                    continue;
-                }
-                if e.downcast_ref::<DecodeError>().is_some() {
-                    tracing::debug!(neighbour = %from.short(), "bad control frame: {e}");
-                    to_core(
-                        &shared,
-                        Event::Rejected {
-                            from,
-                            reason: Reject::Protocol,
-                        },
-                    )
-                    .await;
-                }
-                return;
+            Err(e) => e,
+        };
+        let reason = match error.downcast_ref::<DecodeError>() {
+            // A newer peer's message: skip it and keep the link, within reason.
+            Some(DecodeError::UnknownMessage(_)) if unknown < MAX_UNKNOWN_MESSAGES => {
+                unknown += 1;
+                continue;
             }
-        }
+            Some(DecodeError::TooLong { .. }) => Reject::Oversized,
+            Some(_) => Reject::Protocol,
+            None => return, // the connection went away
+        };
+        tracing::debug!(neighbour = %from.short(), "bad control frame: {error}");
+        to_core(&shared, Event::Rejected { from, reason }).await;
+        return;
     }
 }
 

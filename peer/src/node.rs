@@ -25,8 +25,6 @@ use crate::stats::{Stats, spawn_writer};
 const INPUT_QUEUE: usize = 4096;
 /// Verified chunks queued towards the local consumer (the gateway).
 const DELIVERY_QUEUE: usize = 1024;
-/// Connections being set up or running that were dialled *to* us.
-pub const MAX_INCOMING_CONNECTIONS: usize = 64;
 /// How often the core gets a `Tick`.
 const TICK: Duration = Duration::from_millis(50);
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -68,9 +66,9 @@ impl Node {
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no system randomness for the node key: {e}"))?;
         let node_id = NodeId(SigningKey::from_bytes(&seed).verifying_key().to_bytes());
-        let endpoint = crate::transport::endpoint(config.listen)?;
+        let endpoint = crate::transport::endpoint(config.listen, &config.core.limits)?;
         let local_addr = endpoint.local_addr()?;
-        let stats = Stats::new(node_id);
+        let stats = Stats::new(node_id, config.core.limits.clone());
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
         let (inputs, input_rx) = mpsc::channel(INPUT_QUEUE);
@@ -87,6 +85,7 @@ impl Node {
             events: inputs.clone(),
             stats: stats.clone(),
             pacer: config.upload_kbps.map(|k| Arc::new(Pacer::new(k))),
+            limits: config.core.limits.clone(),
         };
         let mut core_config = config.core;
         core_config.listen = listen;
@@ -283,7 +282,7 @@ async fn run_core(
             match action {
                 Action::Send { to, msg } => {
                     if let Some(link) = links.get(&to)
-                        && link.control.try_send(msg).is_err()
+                        && let Err(mpsc::error::TrySendError::Full(_)) = link.control.try_send(msg)
                     {
                         tracing::warn!(neighbour = %to.short(), "control queue full: dropping a slow neighbour");
                         link.conn.close(close::SLOW.into(), b"too slow");
@@ -331,11 +330,11 @@ async fn run_core(
             }
         }
         if is_tick {
-            stats.set_core(core.counters(), core.startup());
+            stats.set_core(&core);
         }
     }
     // Shutting down: tell every neighbour we are leaving.
-    stats.set_core(core.counters(), core.startup());
+    stats.set_core(&core);
     for link in links.values() {
         let _ = link.control.try_send(Message::Goodbye {
             reason: close::GOODBYE as u8,
@@ -348,7 +347,7 @@ async fn run_core(
 }
 
 async fn accept(endpoint: quinn::Endpoint, identity: Identity, shared: Shared, cancel: CancellationToken) {
-    let slots = Arc::new(Semaphore::new(MAX_INCOMING_CONNECTIONS));
+    let slots = Arc::new(Semaphore::new(shared.limits.max_incoming_connections));
     let mut connections = JoinSet::new();
     loop {
         let incoming = tokio::select! {
@@ -357,6 +356,7 @@ async fn accept(endpoint: quinn::Endpoint, identity: Identity, shared: Shared, c
         };
         while connections.try_join_next().is_some() {}
         let Ok(slot) = slots.clone().try_acquire_owned() else {
+            shared.stats.connection_refused();
             incoming.refuse();
             continue;
         };
@@ -434,11 +434,10 @@ async fn run_link(
         conn.close(close::DUPLICATE.into(), b"self");
         return;
     }
-    let (handle, mut tasks) = link::start(conn.clone(), &peer, outbound, send, recv, buf, shared);
-    let node_id = handle.node_id;
-    if shared.events.send(Input::Linked(handle)).await.is_err() {
+    let node_id = peer.node_id;
+    let Some(mut tasks) = link::start(conn.clone(), &peer, outbound, send, recv, buf, shared).await else {
         return;
-    }
+    };
     tokio::select! {
         _ = conn.closed() => {}
         _ = cancel.cancelled() => {

@@ -16,7 +16,10 @@ pub struct SeqSet {
 
 impl SeqSet {
     pub fn insert(&mut self, seq: u64) -> bool {
-        if self.words.is_empty() {
+        if self.words.is_empty() || seq >= self.base.saturating_add(2 * MAX_SPAN) {
+            // Empty, or a jump past everything remembered: start over at `seq` rather than
+            // slide there a word at a time (a claimed seq may be anything).
+            self.words.clear();
             self.base = seq & !63;
         }
         if seq < self.base {
@@ -35,6 +38,15 @@ impl SeqSet {
         let new = self.words[word] & bit == 0;
         self.words[word] |= bit;
         new
+    }
+
+    /// Inserts `start..start + len`; only the newest `MAX_SPAN` of them matter, so at most
+    /// that many are visited whatever the range claims.
+    pub fn insert_range(&mut self, start: u64, len: u64) {
+        let end = start.saturating_add(len);
+        for seq in start.max(end.saturating_sub(MAX_SPAN))..end {
+            self.insert(seq);
+        }
     }
 
     pub fn contains(&self, seq: u64) -> bool {
@@ -67,5 +79,24 @@ mod tests {
         assert!(!s.contains(100));
         assert!(s.contains(100 + MAX_SPAN + 64));
         assert!(!s.insert(5));
+    }
+
+    #[test]
+    fn a_claim_far_ahead_starts_over_at_once() {
+        let mut s = SeqSet::default();
+        s.insert(10);
+        assert!(s.insert(u64::MAX - 1));
+        assert!(s.contains(u64::MAX - 1) && !s.contains(10));
+        assert!(s.words.len() <= WORDS);
+    }
+
+    #[test]
+    fn a_huge_range_keeps_only_its_newest_span() {
+        let mut s = SeqSet::default();
+        s.insert_range(1000, 1 << 40);
+        let end = 1000 + (1 << 40);
+        // The oldest word may be partly forgotten (words are 64-aligned).
+        assert!(s.contains(end - 1) && s.contains(end - MAX_SPAN + 64) && !s.contains(end - MAX_SPAN - 1));
+        assert!(!s.contains(end));
     }
 }

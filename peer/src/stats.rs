@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 use shoal_proto::NodeId;
 use tokio_util::sync::CancellationToken;
 
-use crate::state::Counters;
+use crate::limits::Limits;
+use crate::state::{Counters, State};
 
 /// Latency samples kept for percentiles: the most recent ones (≈ 2 min at 30 chunks/s).
 const LATENCY_SAMPLES: usize = 4096;
@@ -52,8 +53,12 @@ pub struct Stats {
     bytes_in: Totals,
     bytes_out: Totals,
     links: Mutex<Vec<Arc<Link>>>,
-    core: Mutex<(Counters, Option<Duration>)>,
+    /// The core's counters, startup time and measured stream rate (bit/s).
+    core: Mutex<(Counters, Option<Duration>, Option<f64>)>,
+    limits: Limits,
     latency_ms: Mutex<VecDeque<f64>>,
+    /// Incoming connections turned away because `max_incoming_connections` were open.
+    connections_refused: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -62,7 +67,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Stats {
-    pub fn new(node_id: NodeId) -> Arc<Self> {
+    pub fn new(node_id: NodeId, limits: Limits) -> Arc<Self> {
         Arc::new(Stats {
             node_id,
             bytes_in: Totals::default(),
@@ -70,6 +75,8 @@ impl Stats {
             links: Mutex::new(Vec::new()),
             core: Mutex::default(),
             latency_ms: Mutex::new(VecDeque::with_capacity(LATENCY_SAMPLES)),
+            connections_refused: AtomicU64::new(0),
+            limits,
         })
     }
 
@@ -90,6 +97,10 @@ impl Stats {
             links.remove(i);
         }
         link
+    }
+
+    pub fn connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Relaxed);
     }
 
     pub fn closed(&self, link: &Link) {
@@ -128,8 +139,8 @@ impl Stats {
         samples.push_back(ms);
     }
 
-    pub fn set_core(&self, counters: &Counters, startup: Option<Duration>) {
-        *lock(&self.core) = (counters.clone(), startup);
+    pub fn set_core(&self, core: &State) {
+        *lock(&self.core) = (core.counters().clone(), core.startup(), core.stream_bps());
     }
 
     pub fn data_bytes_out(&self) -> u64 {
@@ -137,7 +148,7 @@ impl Stats {
     }
 
     pub fn snapshot(&self) -> Value {
-        let (counters, startup) = lock(&self.core).clone();
+        let (counters, startup, stream_bps) = lock(&self.core).clone();
         let neighbours: Vec<Value> = lock(&self.links)
             .iter()
             .map(|l| {
@@ -164,6 +175,21 @@ impl Stats {
             },
             "requests": {"sent": counters.requests_sent, "served": counters.requests_served},
             "banned": counters.banned,
+            "connections_refused": self.connections_refused.load(Relaxed),
+            "stream_bps": stream_bps.map(|b| b.round() as u64),
+            "limits": {
+                "window_s": self.limits.window.as_secs(),
+                "max_neighbours": self.limits.max_neighbours,
+                "max_incoming_connections": self.limits.max_incoming_connections,
+                "control_queue": self.limits.control_queue,
+                "chunk_queue": self.limits.chunk_queue,
+                "receive_window": self.limits.receive_window,
+                "send_window": self.limits.send_window,
+                "max_frame": crate::limits::MAX_FRAME,
+                "max_chunk": crate::limits::MAX_CHUNK_WIRE,
+                // What this node should stay under at the stream rate it measured.
+                "memory_bound_bytes": stream_bps.map(|b| self.limits.memory_bound(b as u64)),
+            },
             "latency_ms": percentiles(samples),
             "startup_ms": startup.map(|d| d.as_millis() as u64),
         })

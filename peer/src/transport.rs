@@ -12,6 +12,9 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
+use shoal_proto::chunk::MAX_CHUNK_WIRE;
+
+use crate::limits::Limits;
 
 /// Name the certificate is issued for and clients ask for; it carries no trust.
 pub const SERVER_NAME: &str = "shoal";
@@ -22,8 +25,14 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn transport_config() -> Arc<quinn::TransportConfig> {
+fn transport_config(limits: &Limits) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
+    // Bounded buffers per connection, whatever a neighbour sends or fails to read: a chunk
+    // stream carries one chunk, the control stream is read as it comes.
+    let window = |bytes: u64| quinn::VarInt::from_u64(bytes).unwrap_or(quinn::VarInt::MAX);
+    t.receive_window(window(limits.receive_window));
+    t.stream_receive_window(window((4 * MAX_CHUNK_WIRE) as u64));
+    t.send_window(limits.send_window);
     t.max_concurrent_uni_streams(MAX_INCOMING_CHUNK_STREAMS.into());
     t.max_concurrent_bidi_streams(2u32.into());
     t.keep_alive_interval(Some(Duration::from_secs(2)));
@@ -36,7 +45,7 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
 }
 
 /// Binds `listen` and returns an endpoint that serves and dials shoal connections.
-pub fn endpoint(listen: SocketAddr) -> anyhow::Result<quinn::Endpoint> {
+pub fn endpoint(listen: SocketAddr, limits: &Limits) -> anyhow::Result<quinn::Endpoint> {
     let cert =
         rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string()]).context("generating a TLS certificate")?;
     let key = PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der());
@@ -47,7 +56,7 @@ pub fn endpoint(listen: SocketAddr) -> anyhow::Result<quinn::Endpoint> {
         .with_single_cert(vec![cert.cert.der().clone()], key.into())?;
     server_tls.alpn_protocols = vec![shoal_proto::ALPN.to_vec()];
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(server_tls)?));
-    server.transport_config(transport_config());
+    server.transport_config(transport_config(limits));
 
     let mut client_tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -56,7 +65,7 @@ pub fn endpoint(listen: SocketAddr) -> anyhow::Result<quinn::Endpoint> {
         .with_no_client_auth();
     client_tls.alpn_protocols = vec![shoal_proto::ALPN.to_vec()];
     let mut client = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(client_tls)?));
-    client.transport_config(transport_config());
+    client.transport_config(transport_config(limits));
 
     let socket = std::net::UdpSocket::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let mut endpoint = quinn::Endpoint::new(

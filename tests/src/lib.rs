@@ -1,7 +1,7 @@
 //! Helpers for shoal's end-to-end tests: start the real binaries on loopback, read what they
 //! print and their stats files, play the result with real players, and stop everything.
 
-pub mod forger;
+pub mod adversary;
 pub mod player;
 pub mod process;
 pub mod swarm;

@@ -96,6 +96,19 @@ impl Proc {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Kills it at once (SIGKILL): no goodbye, as a crash or a power cut would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Its resident memory now, from /proc.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+        Some(kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok()? * 1024)
+    }
+
     /// Sends SIGINT (Ctrl-C) and waits up to `timeout` for a clean exit.
     pub fn interrupt(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let _ = Command::new("kill")

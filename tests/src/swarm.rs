@@ -108,8 +108,14 @@ fn downstream_args(ticket_file: &Path, upstream: &str, stats: &Path) -> Vec<Stri
 
 /// A relay peer that dials only `upstream`.
 pub fn relay(dir: &Path, name: &str, ticket_file: &Path, upstream: &str) -> anyhow::Result<Node> {
+    relay_with(dir, name, ticket_file, upstream, &[])
+}
+
+/// A relay peer that dials only `upstream`, with `extra` flags.
+pub fn relay_with(dir: &Path, name: &str, ticket_file: &Path, upstream: &str, extra: &[&str]) -> anyhow::Result<Node> {
     let stats = dir.join(format!("{name}.json"));
-    let args = downstream_args(ticket_file, upstream, &stats);
+    let mut args = downstream_args(ticket_file, upstream, &stats);
+    args.extend(extra.iter().map(|s| s.to_string()));
     let mut proc = Proc::start(dir, name, &binary("shoal-peer"), &args)?;
     let line = proc.wait_for_line("relaying", START_TIMEOUT)?;
     let addr = line

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use shoal_peer::link::close;
 use shoal_tests::player::ffmpeg;
 use shoal_tests::process::test_dir;
 use shoal_tests::swarm::{self, http_get};
@@ -54,54 +53,6 @@ fn a_relay_chain_plays_in_ffmpeg() {
         "gateway chunk latency {} ms, segment latency {} ms, startup {} ms",
         stats["latency_ms"], stats["segment_latency_ms"], stats["startup_ms"]
     );
-}
-
-/// A neighbour that sends chunks with forged signatures is counted, banned and never
-/// relayed, and the viewer downstream keeps playing.
-#[test]
-fn forged_chunks_are_rejected_and_never_reach_the_player() {
-    let dir = test_dir("forged");
-    let b = swarm::broadcaster(&dir, &[]).unwrap();
-    let relay = swarm::relay(&dir, "relay", &b.ticket_file, &b.node.addr).unwrap();
-    let gw = swarm::gateway(&dir, &b.ticket_file, &relay.addr).unwrap();
-    let ticket: shoal_proto::Ticket = std::fs::read_to_string(&b.ticket_file).unwrap().parse().unwrap();
-
-    let url = gw.url("/live.m3u8");
-    let player = std::thread::spawn(move || ffmpeg(&url, 10).unwrap());
-    std::thread::sleep(Duration::from_secs(2));
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let outcome = runtime
-        .block_on(shoal_tests::forger::forge(
-            &ticket,
-            relay.addr.parse().unwrap(),
-            5,
-            Duration::from_secs(5),
-        ))
-        .unwrap();
-    assert!(outcome.sent >= 1);
-    assert_eq!(
-        outcome.closed_with,
-        Some(u64::from(close::BANNED)),
-        "the relay did not ban the forger"
-    );
-
-    let play = player.join().unwrap();
-    assert!(
-        play.success && play.errors.is_empty(),
-        "playback broke: {:?}",
-        play.errors
-    );
-    assert!(play.seconds >= 8.0, "decoded only {:.1} s", play.seconds);
-
-    let relay_stats = relay.stats();
-    assert!(
-        relay_stats["chunks"]["rejected"]["bad_signature"].as_u64().unwrap_or(0) >= 1,
-        "{relay_stats}"
-    );
-    assert!(relay_stats["banned"].as_u64().unwrap() >= 1);
-    // Had the relay passed a forgery on, the gateway would have rejected it.
-    let gw_stats = gw.stats();
-    assert_eq!(gw_stats["chunks"]["rejected"], serde_json::json!({}), "{gw_stats}");
 }
 
 /// The broadcaster stops (Ctrl-C: end of stream) and is started again with the same key

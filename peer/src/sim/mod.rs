@@ -240,7 +240,6 @@ impl Sim {
             upload_bps: Some(upload_bps as u64),
             deliver: true,
             listen: vec![addr],
-            window: Duration::from_secs(30),
             ..state::Config::default()
         };
         let role = if evil {

@@ -7,6 +7,7 @@
 //! (HAVE) and pulls what its tree did not bring in time (REQUEST); neighbours come and go
 //! through a bounded active set fed by peer exchange (`neighbours.rs`).
 
+mod guard;
 mod neighbours;
 mod tree;
 mod types;
@@ -92,7 +93,7 @@ impl State {
         let stripes = (0..config.stripes.max(1)).map(|_| Stripe::default()).collect();
         State {
             me,
-            window: Window::new(config.window),
+            window: Window::new(config.limits.window),
             rng: SmallRng::seed_from_u64(seed),
             neighbours: HashMap::default(),
             passive: Vec::new(),
@@ -201,6 +202,9 @@ impl State {
     }
 
     fn on_control(&mut self, from: NodeId, msg: Message, now: Instant) {
+        if let Err(reason) = self.police_control(from, &msg, now) {
+            return self.on_rejected(from, reason, now);
+        }
         let Some(n) = self.neighbours.get_mut(&from) else {
             return;
         };
@@ -269,11 +273,8 @@ impl State {
         let Some(neighbour) = self.neighbours.get_mut(&from) else {
             return;
         };
-        for seq in ranges
-            .iter()
-            .flat_map(|r| r.iter().take(shoal_proto::message::MAX_RANGE_LEN as usize))
-        {
-            neighbour.has.insert(seq);
+        for r in ranges {
+            neighbour.has.insert_range(r.start, u64::from(r.len));
         }
     }
 
@@ -383,6 +384,11 @@ impl State {
         match self.window.admit(&chunk) {
             Admit::Late => {
                 self.counters.late += 1;
+                if let Some(from) = from
+                    && let Err(reason) = self.police_stale(from, now)
+                {
+                    self.on_rejected(from, reason, now);
+                }
                 return;
             }
             Admit::Duplicate => {

@@ -9,13 +9,13 @@ use rand::seq::{IndexedRandom, SliceRandom};
 use shoal_proto::message::{MAX_ADDRS, MAX_PEX_PEERS, NO_DEPTH};
 use shoal_proto::{Message, NodeId, PeerInfo};
 
+use super::guard::Bucket;
 use super::{Action, State};
+use crate::limits::EXTRA_FOR_CHILDREN;
 use crate::seqset::SeqSet;
 
 /// Dials started per tick at most, and dials in flight at most.
 const DIALS_IN_FLIGHT: usize = 3;
-/// Neighbours a node with room for children accepts beyond `active_max`.
-const EXTRA_FOR_CHILDREN: usize = 8;
 /// A node that got nothing new for this long looks for other neighbours.
 const STARVING_AFTER: Duration = Duration::from_secs(4);
 /// Extra neighbours an orphaned node may dial to find a parent with room.
@@ -52,6 +52,10 @@ pub(super) struct Neighbour {
     pub fresh: Option<std::time::Instant>,
     /// When it last sent anything at all.
     pub heard: Option<std::time::Instant>,
+    /// What it may still send us before it counts as flooding (`guard.rs`).
+    pub control_budget: Bucket,
+    pub request_budget: Bucket,
+    pub stale_budget: Bucket,
 }
 
 impl Neighbour {
@@ -68,6 +72,9 @@ impl Neighbour {
             parent_failures: 0,
             fresh: None,
             heard: None,
+            control_budget: Bucket::default(),
+            request_budget: Bucket::default(),
+            stale_budget: Bucket::default(),
         }
     }
 }
@@ -99,9 +106,9 @@ impl State {
         // Room for children is room for neighbours: a strong node accepts beyond the usual
         // bound, up to a hard cap, since its children must be its neighbours.
         let limit = if self.free_slots() > 0 {
-            self.config.active_max + EXTRA_FOR_CHILDREN
+            self.config.limits.max_neighbours + EXTRA_FOR_CHILDREN
         } else {
-            self.config.active_max
+            self.config.limits.max_neighbours
         };
         if !outbound && self.neighbours.len() >= limit {
             // Full: hand the newcomer other peers to try, then hang up (HyParView).
@@ -320,7 +327,7 @@ impl State {
             self.failed_dials.retain(|a, _| !bootstrap.contains(a));
             wanted = wanted.max(1);
         } else if orphaned {
-            if self.neighbours.len() < self.config.active_max + ORPHAN_EXTRA {
+            if self.neighbours.len() < self.config.limits.max_neighbours + ORPHAN_EXTRA {
                 wanted = wanted.max(1);
             } else {
                 // Full of neighbours none of which can feed us: let the least useful go.

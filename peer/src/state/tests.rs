@@ -5,6 +5,7 @@ use shoal_proto::message::{NO_DEPTH, SeqRange};
 use shoal_proto::{ChunkFlags, Message, NodeId};
 
 use super::*;
+use crate::limits::Limits;
 use crate::testing::{chunk, node};
 
 fn addr(n: u8) -> SocketAddr {
@@ -304,7 +305,7 @@ fn requests_are_served_from_the_window_and_bounded() {
     }
     let ask = Message::Request {
         epoch: 1,
-        ranges: vec![SeqRange { start: 5, len: 60_000 }],
+        ranges: vec![SeqRange { start: 5, len: 2000 }],
     };
     let actions: Vec<_> = s
         .handle(
@@ -334,6 +335,67 @@ fn stale_chunks_are_refused_and_old_pushes_dropped() {
     // Inside the window but 5 s behind the newest: stored, not pushed (past the deadline).
     assert!(pushes(&feed(&mut s, 1, 50, 35_000_000, 0, now)).is_empty());
     assert!(s.window().contains(1, 50));
+}
+
+fn disconnected_for(actions: &[Action], n: u8) -> Option<&'static str> {
+    actions.iter().find_map(|a| match a {
+        Action::Disconnect { id, reason } if *id == node(n) => Some(*reason),
+        _ => None,
+    })
+}
+
+#[test]
+fn floods_and_impossible_claims_get_a_neighbour_banned() {
+    let now = Instant::now();
+    let mut s = state_with(&[1, 2, 3, 4, 5], now);
+    feed(&mut s, 1, 100, 40_000_000, 0, now);
+    let limits = Limits::default();
+
+    // Control messages: two seconds' worth at once pass, one more is a flood.
+    for _ in 0..2 * limits.control_per_s {
+        assert_eq!(
+            disconnected_for(&control(&mut s, 2, status(vec![1, 1], 1), now), 2),
+            None
+        );
+    }
+    let actions = control(&mut s, 2, status(vec![1, 1], 1), now);
+    assert_eq!(disconnected_for(&actions, 2), Some("control_flood"));
+
+    // Requests: a joining node's segment and a round of repairs pass; thousands do not.
+    let ask = |len| Message::Request {
+        epoch: 1,
+        ranges: vec![SeqRange { start: 0, len }],
+    };
+    assert_eq!(disconnected_for(&control(&mut s, 3, ask(800), now), 3), None);
+    let actions = control(&mut s, 3, ask(2000), now);
+    assert_eq!(disconnected_for(&actions, 3), Some("request_flood"));
+
+    // HAVE: chunks a little ahead of ours may exist; thousands ahead cannot.
+    let have = |start| Message::Have {
+        epoch: 1,
+        ranges: vec![SeqRange { start, len: 1 }],
+    };
+    assert_eq!(disconnected_for(&control(&mut s, 4, have(300), now), 4), None);
+    let actions = control(&mut s, 4, have(100 + 5000), now);
+    assert_eq!(disconnected_for(&actions, 4), Some("false_have"));
+
+    // Chunks from before the window: a few stragglers pass, a stream of them does not.
+    let stale: Vec<_> = (0..2 * u64::from(limits.stale_per_s) + 1)
+        .map(|i| feed(&mut s, 5, i, 1_000_000, 0, now))
+        .collect();
+    assert!(
+        stale[..stale.len() - 1]
+            .iter()
+            .all(|a| disconnected_for(a, 5).is_none())
+    );
+    assert_eq!(disconnected_for(stale.last().unwrap(), 5), Some("stale"));
+
+    let c = s.counters();
+    for reason in ["control_flood", "request_flood", "false_have", "stale"] {
+        assert_eq!(c.rejected.get(reason), Some(&1), "{reason}");
+    }
+    assert_eq!(s.neighbours().count(), 1);
+    assert!((2..=5).all(|n| s.is_banned(&node(n), now)));
 }
 
 #[test]
@@ -381,7 +443,10 @@ fn a_full_node_hands_newcomers_other_peers_and_hangs_up() {
     let mut s = State::new(
         node(0),
         Config {
-            active_max: 2,
+            limits: Limits {
+                max_neighbours: 2,
+                ..Limits::default()
+            },
             // No room for children: no extra neighbours beyond the bound either.
             upload_bps: Some(0),
             ..config()

@@ -8,10 +8,12 @@ use std::time::{Duration, Instant};
 
 use shoal_proto::{Chunk, Message, NodeId};
 
+use crate::limits::Limits;
+
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// How much stream a node keeps, judged by broadcaster timestamps.
-    pub window: Duration,
+    /// Bounds on what neighbours can make this node hold or do (window, neighbours, rates).
+    pub limits: Limits,
     /// The stream is split into this many stripes (chunk seq modulo stripes), each pushed
     /// down its own tree, so no single parent carries the whole stream or a whole keyframe.
     pub stripes: u8,
@@ -41,9 +43,8 @@ pub struct Config {
     pub push_deadline: Duration,
     /// How long a neighbour that sent forged or malformed data stays banned.
     pub ban_for: Duration,
-    /// Active neighbours: dial more below `active_min`, refuse newcomers above `active_max`.
+    /// Active neighbours: dial more below this (newcomers are refused above `limits.max_neighbours`).
     pub active_min: usize,
-    pub active_max: usize,
     /// Known addresses kept for later (HyParView's passive view).
     pub passive_max: usize,
     /// How often a sample of known peers is sent to each neighbour.
@@ -59,7 +60,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            window: Duration::from_secs(30),
+            limits: Limits::default(),
             stripes: 4,
             upload_bps: None,
             source: false,
@@ -75,7 +76,6 @@ impl Default for Config {
             push_deadline: Duration::from_secs(3),
             ban_for: Duration::from_secs(600),
             active_min: 5,
-            active_max: 10,
             passive_max: 64,
             pex_interval: Duration::from_secs(5),
             deliver: false,
@@ -92,6 +92,14 @@ pub enum Reject {
     Malformed,
     Oversized,
     Protocol,
+    /// More control messages than `limits.control_per_s` allows.
+    ControlFlood,
+    /// Asked for more chunks than `limits.requested_per_s` allows.
+    RequestFlood,
+    /// Announced chunks further ahead of the live edge than can exist.
+    FalseHave,
+    /// Sent more chunks from outside the window than `limits.stale_per_s` allows.
+    Stale,
 }
 
 impl Reject {
@@ -101,6 +109,10 @@ impl Reject {
             Reject::Malformed => "malformed",
             Reject::Oversized => "oversized",
             Reject::Protocol => "protocol",
+            Reject::ControlFlood => "control_flood",
+            Reject::RequestFlood => "request_flood",
+            Reject::FalseHave => "false_have",
+            Reject::Stale => "stale",
         }
     }
 }

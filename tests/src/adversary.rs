@@ -1,0 +1,390 @@
+//! A hostile neighbour for tests: it joins a real peer over QUIC like any viewer, records a
+//! few real chunks, and then misbehaves in one chosen way per connection, each under a node
+//! ID of its own, so every attack can be checked to end in its own ban.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::{BufMut, Bytes, BytesMut};
+use ed25519_dalek::SigningKey;
+use shoal_peer::link::{self, Identity, close};
+use shoal_proto::chunk::MAX_CHUNK_WIRE;
+use shoal_proto::message::SeqRange;
+use shoal_proto::{Chunk, Message, NodeId, Ticket};
+use tokio::time::{Instant, timeout};
+
+/// Ways to misbehave. Each names the reject counter (`chunks.rejected.<counter>` in the
+/// target's stats) it must raise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attack {
+    /// Real chunks with a payload byte flipped.
+    ForgedSignature,
+    /// Real chunks, unaltered, claimed under other sequence numbers.
+    ReplayedUnderOtherSeq,
+    /// Real chunks claimed under the previous epoch.
+    ReplayedUnderOldEpoch,
+    /// Well-formed chunks signed by another stream's key.
+    OtherStreamsKey,
+    /// Real chunks from before the target's window, sent again and again.
+    OutsideTheWindow,
+    /// A chunk stream longer than any chunk may be.
+    OversizedChunk,
+    /// The first half of a real chunk.
+    TruncatedChunk,
+    /// Bytes that are no chunk at all.
+    GarbageChunk,
+    /// A control frame whose header claims a megabyte.
+    OversizedFrame,
+    /// Half a control frame, then the end of the stream.
+    TruncatedFrame,
+    /// A control frame with a known type and nonsense inside.
+    GarbageFrame,
+    /// HAVE after HAVE, as fast as the connection carries them.
+    HaveFlood,
+    /// HAVE naming chunks far beyond the live edge.
+    FalseHave,
+    /// REQUEST after REQUEST for the whole window, never reading what comes back.
+    RequestFlood,
+}
+
+impl Attack {
+    pub const ALL: [Attack; 14] = [
+        Attack::ForgedSignature,
+        Attack::ReplayedUnderOtherSeq,
+        Attack::ReplayedUnderOldEpoch,
+        Attack::OtherStreamsKey,
+        Attack::OversizedChunk,
+        Attack::TruncatedChunk,
+        Attack::GarbageChunk,
+        Attack::OversizedFrame,
+        Attack::TruncatedFrame,
+        Attack::GarbageFrame,
+        Attack::HaveFlood,
+        Attack::FalseHave,
+        Attack::RequestFlood,
+        // Last: what was recorded on joining must have left the target's window.
+        Attack::OutsideTheWindow,
+    ];
+
+    pub fn counter(self) -> &'static str {
+        match self {
+            Attack::ForgedSignature
+            | Attack::ReplayedUnderOtherSeq
+            | Attack::ReplayedUnderOldEpoch
+            | Attack::OtherStreamsKey => "bad_signature",
+            Attack::OutsideTheWindow => "stale",
+            Attack::OversizedChunk | Attack::OversizedFrame => "oversized",
+            Attack::TruncatedChunk | Attack::GarbageChunk => "malformed",
+            Attack::TruncatedFrame | Attack::GarbageFrame => "protocol",
+            Attack::HaveFlood => "control_flood",
+            Attack::FalseHave => "false_have",
+            Attack::RequestFlood => "request_flood",
+        }
+    }
+}
+
+pub struct Outcome {
+    /// Streams or messages written before the target hung up.
+    pub sent: usize,
+    /// How the target ended the connection (QUIC application close code), if it did.
+    pub closed_with: Option<u64>,
+}
+
+struct Control {
+    send: quinn::SendStream,
+    _recv: quinn::RecvStream,
+}
+
+pub struct Adversary {
+    ticket: Ticket,
+    target: SocketAddr,
+    endpoint: quinn::Endpoint,
+    /// Real chunks, in the order they came, recorded when the adversary joined.
+    recorded: Vec<Chunk>,
+}
+
+/// A node ID of the adversary's own making (tests give each attack its own).
+pub fn node_id(n: u8) -> NodeId {
+    NodeId([0xb0 ^ n; 32])
+}
+
+impl Adversary {
+    /// Joins `target` as an ordinary viewer would and records `chunks` real chunks, giving
+    /// up after `within`.
+    pub async fn join(
+        ticket: &Ticket,
+        target: SocketAddr,
+        chunks: usize,
+        within: Duration,
+    ) -> anyhow::Result<Adversary> {
+        let endpoint = shoal_peer::transport::endpoint("127.0.0.1:0".parse()?, &Default::default())?;
+        let mut adversary = Adversary {
+            ticket: ticket.clone(),
+            target,
+            endpoint,
+            recorded: Vec::new(),
+        };
+        let (conn, mut control) = adversary.connect(node_id(0xff)).await?;
+        let deadline = Instant::now() + within;
+        // Ask to be fed every stripe, like a viewer joining the trees (again and again: the
+        // target may not have the stream yet), and say something now and then, as every
+        // neighbour must, or be dropped as silent.
+        let stripes = shoal_peer::state::Config::default().stripes;
+        let mut status = Message::Status {
+            depths: vec![shoal_proto::message::NO_DEPTH; usize::from(stripes)],
+            upload_kbps: 0,
+            free_slots: 0,
+            epoch: 0,
+            segment_start: None,
+        }
+        .to_frame();
+        for stripe in 0..stripes {
+            status.extend_from_slice(&Message::Graft { stripe }.to_frame());
+        }
+        let mut heartbeat = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = heartbeat.tick() => control.send.write_all(&status).await?,
+                accepted = conn.accept_uni() => {
+                    let mut recv = accepted.context("the target hung up while we recorded")?;
+                    if let Ok(bytes) = recv.read_to_end(MAX_CHUNK_WIRE).await
+                        && let Ok(chunk) = Chunk::decode(&mut Bytes::from(bytes))
+                    {
+                        adversary.recorded.push(chunk);
+                    }
+                    if adversary.recorded.len() >= chunks {
+                        break;
+                    }
+                }
+            }
+        }
+        conn.close(close::GOODBYE.into(), b"");
+        anyhow::ensure!(
+            adversary.recorded.len() >= chunks,
+            "the target sent only {} chunks in {within:?}",
+            adversary.recorded.len()
+        );
+        Ok(adversary)
+    }
+
+    pub fn recorded(&self) -> &[Chunk] {
+        &self.recorded
+    }
+
+    /// Connects and handshakes as `node_id`; the control stream's halves are kept open (a
+    /// dropped receive half would tell the target to stop sending).
+    async fn connect(&self, node_id: NodeId) -> anyhow::Result<(quinn::Connection, Control)> {
+        let conn = self.dial().await?;
+        let control = self.handshake(&conn, node_id).await?;
+        Ok((conn, control))
+    }
+
+    async fn dial(&self) -> anyhow::Result<quinn::Connection> {
+        self.endpoint
+            .connect(self.target, shoal_peer::transport::SERVER_NAME)?
+            .await
+            .context("connecting to the target peer")
+    }
+
+    async fn handshake(&self, conn: &quinn::Connection, node_id: NodeId) -> anyhow::Result<Control> {
+        let me = Identity {
+            node_id,
+            stream_key: self.ticket.stream_key,
+            listen: vec![],
+        };
+        let (_peer, send, recv, _buf) = link::handshake(conn, &me, true).await?;
+        Ok(Control { send, _recv: recv })
+    }
+
+    /// Connects as `node_id`, carries out `attack`, and waits up to `linger` for the target
+    /// to hang up.
+    pub async fn attack(&self, attack: Attack, node_id: NodeId, linger: Duration) -> anyhow::Result<Outcome> {
+        let (conn, mut control) = self.connect(node_id).await?;
+        let newest = self.recorded.last().context("nothing recorded")?;
+        let mut sent = 0;
+        match attack {
+            Attack::ForgedSignature
+            | Attack::ReplayedUnderOtherSeq
+            | Attack::ReplayedUnderOldEpoch
+            | Attack::OtherStreamsKey
+            | Attack::OutsideTheWindow
+            | Attack::OversizedChunk
+            | Attack::TruncatedChunk
+            | Attack::GarbageChunk => {
+                for bytes in self.chunk_streams(attack) {
+                    let Ok(mut send) = conn.open_uni().await else { break };
+                    if send.write_all(&bytes).await.is_err() || send.finish().is_err() {
+                        break;
+                    }
+                    sent += 1;
+                }
+            }
+            Attack::OversizedFrame | Attack::TruncatedFrame | Attack::GarbageFrame => {
+                let mut frame = BytesMut::new();
+                match attack {
+                    Attack::OversizedFrame => {
+                        frame.put_u8(2);
+                        frame.put_u32(1 << 20);
+                        frame.put_bytes(0, 64 * 1024);
+                    }
+                    Attack::TruncatedFrame => {
+                        let have = Message::Have {
+                            epoch: newest.header.epoch,
+                            ranges: vec![SeqRange { start: 0, len: 1 }; 8],
+                        };
+                        let whole = have.to_frame();
+                        frame.extend_from_slice(&whole[..whole.len() / 2]);
+                    }
+                    _ => {
+                        frame.put_u8(1); // HELLO's type, with a body that is none
+                        frame.put_u32(24);
+                        frame.put_slice(b"\x00\x01this is not a hello");
+                    }
+                }
+                if control.send.write_all(&frame).await.is_ok() {
+                    sent += 1;
+                }
+                let _ = control.send.finish();
+            }
+            Attack::HaveFlood | Attack::FalseHave | Attack::RequestFlood => {
+                let epoch = newest.header.epoch;
+                let (msg, count) = match attack {
+                    Attack::HaveFlood => (
+                        Message::Have {
+                            epoch,
+                            ranges: vec![SeqRange {
+                                start: newest.header.seq,
+                                len: 1,
+                            }],
+                        },
+                        5000,
+                    ),
+                    Attack::FalseHave => (
+                        Message::Have {
+                            epoch,
+                            ranges: vec![SeqRange {
+                                start: newest.header.seq + 1_000_000,
+                                len: 64,
+                            }],
+                        },
+                        1,
+                    ),
+                    _ => (
+                        Message::Request {
+                            epoch,
+                            ranges: vec![SeqRange {
+                                start: newest.header.seq.saturating_sub(900),
+                                len: 1000,
+                            }],
+                        },
+                        100,
+                    ),
+                };
+                let frame = msg.to_frame();
+                for _ in 0..count {
+                    if control.send.write_all(&frame).await.is_err() {
+                        break;
+                    }
+                    sent += 1;
+                }
+            }
+        }
+        let closed_with = closed_with(&conn, linger).await;
+        Ok(Outcome { sent, closed_with })
+    }
+
+    /// What goes on each chunk stream of a chunk attack.
+    fn chunk_streams(&self, attack: Attack) -> Vec<Bytes> {
+        let newest = self.recorded.last().expect("recorded chunks").clone();
+        let altered = |change: &dyn Fn(&mut Chunk, u64)| -> Vec<Bytes> {
+            (0..5)
+                .map(|i| {
+                    let mut c = newest.clone();
+                    change(&mut c, i);
+                    c.to_bytes()
+                })
+                .collect()
+        };
+        match attack {
+            Attack::ForgedSignature => altered(&|c, i| {
+                // About two seconds ahead: the real chunk of that seq does not exist yet.
+                c.header.seq += 60 + i;
+                let mut payload = c.payload.to_vec();
+                if let Some(byte) = payload.get_mut(100) {
+                    *byte ^= 0x55;
+                }
+                c.payload = Bytes::from(payload);
+            }),
+            Attack::ReplayedUnderOtherSeq => altered(&|c, i| c.header.seq += 60 + i),
+            Attack::ReplayedUnderOldEpoch => altered(&|c, _| c.header.epoch = c.header.epoch.wrapping_sub(1)),
+            Attack::OtherStreamsKey => {
+                let other = SigningKey::from_bytes(&[7; 32]);
+                (0..5)
+                    .filter_map(|i| {
+                        let mut header = newest.header;
+                        header.seq += 60 + i;
+                        Chunk::sign(header, newest.payload.clone(), &other).ok()
+                    })
+                    .map(|c| c.to_bytes())
+                    .collect()
+            }
+            Attack::OutsideTheWindow => self.recorded.iter().map(Chunk::to_bytes).collect(),
+            Attack::OversizedChunk => vec![Bytes::from(vec![0x47; MAX_CHUNK_WIRE + 4096])],
+            Attack::TruncatedChunk => {
+                let whole = newest.to_bytes();
+                vec![whole.slice(..whole.len() / 2)]
+            }
+            Attack::GarbageChunk => vec![Bytes::from_static(b"GET / HTTP/1.1\r\nHost: shoal\r\n\r\n")],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Connects again as `node_id` and tells whether the target hangs up at once, saying
+    /// it is banned.
+    pub async fn is_turned_away(&self, node_id: NodeId) -> anyhow::Result<bool> {
+        let conn = self.dial().await?;
+        // The target may hang up before or after our HELLO exchange finishes.
+        let _control = self.handshake(&conn, node_id).await;
+        Ok(closed_with(&conn, Duration::from_secs(3)).await == Some(u64::from(close::BANNED)))
+    }
+
+    /// Opens `count` QUIC connections to the target, `batch` at a time, sending nothing on
+    /// them; returns how many the target refused.
+    pub async fn connection_flood(&self, count: usize, batch: usize) -> usize {
+        let mut refused = 0;
+        for _ in 0..count.div_ceil(batch) {
+            let attempts: Vec<_> = (0..batch)
+                .filter_map(|_| {
+                    self.endpoint
+                        .connect(self.target, shoal_peer::transport::SERVER_NAME)
+                        .ok()
+                })
+                .map(|connecting| timeout(Duration::from_secs(2), connecting))
+                .collect();
+            let mut open = Vec::new();
+            for attempt in attempts {
+                match attempt.await {
+                    Ok(Ok(conn)) => open.push(conn),
+                    _ => refused += 1,
+                }
+            }
+            for conn in open {
+                conn.close(0u32.into(), b"");
+            }
+        }
+        refused
+    }
+
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"");
+    }
+}
+
+async fn closed_with(conn: &quinn::Connection, linger: Duration) -> Option<u64> {
+    match timeout(linger, conn.closed()).await {
+        Ok(quinn::ConnectionError::ApplicationClosed(close)) => Some(close.error_code.into_inner()),
+        _ => None,
+    }
+}

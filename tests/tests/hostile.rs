@@ -1,0 +1,123 @@
+//! A hostile neighbour against a real relay on loopback, while a viewer behind that relay
+//! plays in ffmpeg: every attack must arrive (its reject counter rises), end in a ban by
+//! node ID, reach nobody downstream, and leave the relay's memory under its limits' bound.
+
+use std::time::{Duration, Instant};
+
+use shoal_peer::link::close;
+use shoal_tests::adversary::{Adversary, Attack, node_id};
+use shoal_tests::player::ffmpeg;
+use shoal_tests::process::test_dir;
+use shoal_tests::swarm::{self, Node};
+
+/// The relay keeps this much stream, so chunks recorded on joining soon fall outside it.
+const RELAY_WINDOW_S: u64 = 10;
+
+fn rejected(node: &Node, counter: &str) -> u64 {
+    node.stats()["chunks"]["rejected"][counter].as_u64().unwrap_or(0)
+}
+
+/// Polls the node's stats (rewritten about once a second) until `counter` passes `before`.
+fn wait_for_rise(node: &Node, counter: &str, before: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = rejected(node, counter);
+        if now > before || Instant::now() > deadline {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn every_attack_is_counted_and_banned_while_the_viewer_plays_on() {
+    let dir = test_dir("hostile");
+    let b = swarm::broadcaster(&dir, &[]).unwrap();
+    let window = RELAY_WINDOW_S.to_string();
+    let mut relay = swarm::relay_with(&dir, "relay", &b.ticket_file, &b.node.addr, &["--window-s", &window]).unwrap();
+    let gw = swarm::gateway(&dir, &b.ticket_file, &relay.addr).unwrap();
+    let ticket: shoal_proto::Ticket = std::fs::read_to_string(&b.ticket_file).unwrap().parse().unwrap();
+
+    let url = gw.url("/live.m3u8");
+    let player = std::thread::spawn(move || ffmpeg(&url, 40).unwrap());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let adversary = runtime
+        .block_on(Adversary::join(
+            &ticket,
+            relay.addr.parse().unwrap(),
+            60,
+            Duration::from_secs(15),
+        ))
+        .unwrap();
+    let joined = Instant::now();
+
+    let mut rss_max = 0;
+    let mut table = Vec::new();
+    for (i, attack) in Attack::ALL.into_iter().enumerate() {
+        if attack == Attack::OutsideTheWindow {
+            std::thread::sleep(
+                (joined + Duration::from_secs(RELAY_WINDOW_S + 3)).saturating_duration_since(Instant::now()),
+            );
+        }
+        let id = node_id(i as u8);
+        let counter = attack.counter();
+        let before = rejected(&relay, counter);
+        let outcome = runtime
+            .block_on(adversary.attack(attack, id, Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!(
+            outcome.closed_with,
+            Some(u64::from(close::BANNED)),
+            "{attack:?}: the relay did not ban the attacker ({} sent)",
+            outcome.sent
+        );
+        let after = wait_for_rise(&relay, counter, before);
+        assert!(after > before, "{attack:?}: {counter} stayed at {before}");
+        assert!(
+            runtime.block_on(adversary.is_turned_away(id)).unwrap(),
+            "{attack:?}: the banned node ID was let back in"
+        );
+        rss_max = rss_max.max(relay.proc.rss_bytes().unwrap_or(0));
+        table.push(format!(
+            "{attack:?}: sent {}, {counter} {before} → {after}",
+            outcome.sent
+        ));
+    }
+
+    // Thousands of connection attempts: beyond its limit the relay refuses them, and the
+    // viewer's connection, already open, is untouched.
+    let refused_before = relay.stats()["connections_refused"].as_u64().unwrap();
+    let refused_seen = runtime.block_on(adversary.connection_flood(2000, 100));
+    rss_max = rss_max.max(relay.proc.rss_bytes().unwrap_or(0));
+    std::thread::sleep(Duration::from_millis(1500));
+    let refused = relay.stats()["connections_refused"].as_u64().unwrap() - refused_before;
+    assert!(refused >= 1000, "the relay refused only {refused} of 2000 connections");
+    table.push(format!(
+        "ConnectionFlood: 2000 attempts, {refused_seen} refused as seen by the attacker, connections_refused +{refused}"
+    ));
+    adversary.close();
+
+    let play = player.join().unwrap();
+    assert!(
+        play.success && play.errors.is_empty(),
+        "playback broke: {:?}",
+        play.errors
+    );
+    assert!(play.seconds >= 35.0, "decoded only {:.1} s", play.seconds);
+    // Had the relay passed anything bad on, the gateway would have rejected it.
+    let gw_stats = gw.stats();
+    assert_eq!(gw_stats["chunks"]["rejected"], serde_json::json!({}), "{gw_stats}");
+
+    let relay_stats = relay.stats();
+    let bound = relay_stats["limits"]["memory_bound_bytes"].as_u64().unwrap();
+    assert!(rss_max > 0 && rss_max < bound, "relay RSS {rss_max} B, bound {bound} B");
+    assert!(relay.proc.is_running());
+    eprintln!(
+        "{}\nrelay: banned {}, RSS max {:.1} MiB (bound {:.1} MiB); viewer decoded {:.1} s, no errors",
+        table.join("\n"),
+        relay_stats["banned"],
+        rss_max as f64 / 1048576.0,
+        bound as f64 / 1048576.0,
+        play.seconds
+    );
+}
