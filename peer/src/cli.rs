@@ -34,6 +34,12 @@ pub struct SwarmArgs {
     /// Seconds of stream kept and relayed, judged by the broadcaster's clock.
     #[arg(long, default_value_t = 30, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(2..=600))]
     pub window_s: u64,
+    /// Neighbours kept in the active set; newcomers beyond it are handed other peers.
+    #[arg(long, default_value_t = Limits::default().max_neighbours as u64, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub max_neighbours: u64,
+    /// Connections dialled to this node at once, set-up included; more are refused.
+    #[arg(long, default_value_t = Limits::default().max_incoming_connections as u64, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub max_incoming_connections: u64,
 }
 
 impl SwarmArgs {
@@ -53,6 +59,8 @@ impl SwarmArgs {
         state::Config {
             limits: Limits {
                 window: Duration::from_secs(self.window_s),
+                max_neighbours: self.max_neighbours as usize,
+                max_incoming_connections: self.max_incoming_connections as usize,
                 ..Limits::default()
             },
             discovery: !self.no_discovery,

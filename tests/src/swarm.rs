@@ -129,9 +129,14 @@ pub fn relay_with(dir: &Path, name: &str, ticket_file: &Path, upstream: &str, ex
 
 /// A gateway that dials only `upstream`, serving HTTP on a free loopback port.
 pub fn gateway(dir: &Path, ticket_file: &Path, upstream: &str) -> anyhow::Result<Gateway> {
+    gateway_on(dir, ticket_file, upstream, "127.0.0.1:0")
+}
+
+/// A gateway that dials only `upstream`, serving HTTP on `http` (to restart one where it was).
+pub fn gateway_on(dir: &Path, ticket_file: &Path, upstream: &str, http: &str) -> anyhow::Result<Gateway> {
     let stats = dir.join("gateway.json");
     let mut args = downstream_args(ticket_file, upstream, &stats);
-    args.extend(["--http".to_string(), "127.0.0.1:0".to_string()]);
+    args.extend(["--http".to_string(), http.to_string()]);
     let mut proc = Proc::start(dir, "gateway", &binary("shoal-gateway"), &args)?;
     let line = proc.wait_for_line("open http://", START_TIMEOUT)?;
     let http = line

@@ -94,6 +94,61 @@ fn a_restarted_broadcaster_is_followed_across_a_discontinuity() {
     assert!(play.seconds >= 5.0, "decoded only {:.1} s", play.seconds);
 }
 
+/// Neither side's crash loses the stream. The gateway, killed (SIGKILL) and started again
+/// on the same port, plays on from the live edge; the broadcaster, killed with no goodbye and
+/// started again with its key, begins a new epoch that the gateway follows with a
+/// discontinuity, without ever ending the playlist.
+#[test]
+fn crashed_gateway_and_broadcaster_are_recovered_from() {
+    let dir = test_dir("crash");
+    let mut b = swarm::broadcaster(&dir, &[]).unwrap();
+    let mut gw = swarm::gateway(&dir, &b.ticket_file, &b.node.addr).unwrap();
+    let (status, _) = http_get(&gw.url("/live.m3u8")).unwrap();
+    assert_eq!(status, 200);
+    std::thread::sleep(Duration::from_secs(3));
+
+    gw.proc.kill();
+    let http = gw.http.clone();
+    let gw = swarm::gateway_on(&dir, &b.ticket_file, &b.node.addr, &http).unwrap();
+    let restarted = std::time::Instant::now();
+    let playlist = wait_for_playlist(&gw.url("/live.m3u8"), "#EXTINF:", Duration::from_secs(15));
+    // It starts at the newest keyframe, not where the old process was.
+    let first_pdt = playlist
+        .lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-PROGRAM-DATE-TIME:"))
+        .unwrap_or_else(|| panic!("no date in {playlist}"));
+    eprintln!(
+        "restarted gateway's first segment is dated {first_pdt}, served after {:?}",
+        restarted.elapsed()
+    );
+    let play = ffmpeg(&gw.url("/live.m3u8"), 6).unwrap();
+    assert!(play.success && play.errors.is_empty(), "ffmpeg: {:?}", play.errors);
+    assert!(play.seconds >= 5.0, "decoded only {:.1} s", play.seconds);
+    let behind = gw.stats()["segment_latency_ms"]["p50"].as_f64().unwrap_or(f64::MAX);
+    assert!(
+        behind < 5000.0,
+        "the restarted gateway is {behind} ms behind the live edge"
+    );
+
+    let listen = b.node.addr.clone();
+    b.node.proc.kill();
+    let _b2 = swarm::broadcaster_on(&dir, &listen, &[]).unwrap();
+    let resumed = wait_for_playlist(&gw.url("/live.m3u8"), "#EXT-X-DISCONTINUITY\n", Duration::from_secs(30));
+    assert!(resumed.contains("#EXT-X-DISCONTINUITY\n"), "{resumed}");
+    assert!(!resumed.contains("#EXT-X-ENDLIST"), "{resumed}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while segments_after_discontinuity(&gw.url("/live.m3u8")) < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new epoch does not grow in the playlist"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let play = ffmpeg(&gw.url("/live.m3u8"), 6).unwrap();
+    assert!(play.success && play.errors.is_empty(), "ffmpeg: {:?}", play.errors);
+    assert!(play.seconds >= 5.0, "decoded only {:.1} s", play.seconds);
+}
+
 /// Polls the playlist until it holds `marker` or `timeout` passes; returns the last one seen.
 fn wait_for_playlist(url: &str, marker: &str, timeout: Duration) -> String {
     let deadline = std::time::Instant::now() + timeout;
