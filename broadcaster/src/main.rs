@@ -16,8 +16,8 @@ use shoal_peer::cli::{self, SwarmArgs};
 use shoal_peer::node::Publisher;
 use shoal_peer::stats::{now_us, write_atomically_text};
 use shoal_peer::{Node, NodeConfig};
-use shoal_proto::{Chunk, Ticket};
-use tokio::sync::mpsc;
+use shoal_proto::{Chunk, ChunkFlags, Ticket};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::chunker::Chunker;
 use crate::pipeline::{Encoding, Output, Resolution, Source};
@@ -86,12 +86,6 @@ async fn broadcast(args: Args) -> anyhow::Result<()> {
     let mut addrs = bootstrap;
     addrs.extend(cli::advertised_addrs(node.local_addr()));
     let ticket = Ticket::new(key.verifying_key(), &args.name, addrs);
-    if let Some(path) = &args.ticket_file {
-        write_atomically_text(path, &format!("{ticket}\n"))
-            .with_context(|| format!("cannot write ticket file {}", path.display()))?;
-    }
-    println!("{ticket}");
-    tracing::info!(name = %args.name, listen = %node.local_addr(), "broadcasting; share the ticket above");
 
     let encoding = Encoding {
         resolution: args.resolution,
@@ -101,12 +95,34 @@ async fn broadcast(args: Args) -> anyhow::Result<()> {
     };
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel(PUBLISH_QUEUE);
-    let encoder = {
+    let mut encoder = {
         let (source, stop) = (args.source.clone(), stop.clone());
         let segment_ms = args.segment_ms;
         tokio::task::spawn_blocking(move || encode(&source, &encoding, segment_ms, &key, &stop, tx))
     };
-    let publisher = tokio::spawn(publish(rx, node.publisher(), node.stats()));
+    let (first_tx, first_rx) = oneshot::channel();
+    let publisher = tokio::spawn(publish(rx, node.publisher(), node.stats(), first_tx));
+
+    // The ticket is handed out once the source really plays: a file that is not media, or a
+    // device that fails, ends here with its error and no ticket.
+    tokio::select! {
+        _ = first_rx => {}
+        ended = &mut encoder => {
+            ended.context("encoder thread failed")??;
+            anyhow::bail!("the source ended before it produced anything");
+        }
+        _ = cli::shutdown_signal() => {
+            stop.store(true, Ordering::Relaxed);
+            node.shutdown().await;
+            return Ok(());
+        }
+    }
+    if let Some(path) = &args.ticket_file {
+        write_atomically_text(path, &format!("{ticket}\n"))
+            .with_context(|| format!("cannot write ticket file {}", path.display()))?;
+    }
+    println!("{ticket}");
+    tracing::info!(name = %args.name, listen = %node.local_addr(), "broadcasting; share the ticket above");
 
     let result = tokio::select! {
         _ = cli::shutdown_signal() => {
@@ -165,7 +181,13 @@ fn encode(
 }
 
 /// Hands chunks to the swarm and logs what the source uploads now and then.
-async fn publish(mut rx: mpsc::Receiver<Chunk>, publisher: Publisher, stats: Arc<shoal_peer::stats::Stats>) {
+async fn publish(
+    mut rx: mpsc::Receiver<Chunk>,
+    publisher: Publisher,
+    stats: Arc<shoal_peer::stats::Stats>,
+    first: oneshot::Sender<()>,
+) {
+    let mut first = Some(first);
     let mut produced: u64 = 0;
     let mut chunks: u64 = 0;
     let mut report = tokio::time::interval(Duration::from_secs(10));
@@ -174,6 +196,12 @@ async fn publish(mut rx: mpsc::Receiver<Chunk>, publisher: Publisher, stats: Arc
         tokio::select! {
             chunk = rx.recv() => {
                 let Some(chunk) = chunk else { break };
+                // Media, not the end-of-stream chunk a failing source still sends.
+                if !chunk.header.flags.has(ChunkFlags::END_OF_STREAM)
+                    && let Some(first) = first.take()
+                {
+                    let _ = first.send(());
+                }
                 produced += chunk.encoded_len() as u64;
                 chunks += 1;
                 if publisher.publish(chunk).await.is_err() {

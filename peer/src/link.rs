@@ -5,6 +5,7 @@
 use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -26,6 +27,9 @@ use crate::stats::{Kind, Link as LinkStats, Stats};
 /// Chunk streams written to one neighbour at once; priorities order them inside QUIC.
 const STREAMS_IN_FLIGHT: usize = 32;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Chunks in a row a neighbour let expire (none taken in between) before it is dropped as
+/// too slow: a few seconds of stream.
+const SLOW_AFTER_EXPIRED: usize = 64;
 /// Control messages of unknown types skipped on one link before it counts as garbage.
 const MAX_UNKNOWN_MESSAGES: usize = 256;
 
@@ -319,6 +323,8 @@ async fn write_chunks(
     let slots = Arc::new(Semaphore::new(STREAMS_IN_FLIGHT));
     let mut queue = BinaryHeap::new();
     let mut writers = JoinSet::new();
+    // Chunks that missed their deadline since one last went out whole.
+    let expired_in_row = Arc::new(AtomicUsize::new(0));
     loop {
         if queue.is_empty() {
             match rx.recv().await {
@@ -336,14 +342,30 @@ async fn write_chunks(
         while let Ok((chunk, deadline)) = rx.try_recv() {
             queue.push(Queued(chunk, deadline));
         }
+        let now = Instant::now();
+        if queue.len() > shared.limits.chunk_queue {
+            let before = queue.len();
+            queue.retain(|q| q.1 > now);
+            expired_in_row.fetch_add(before - queue.len(), Relaxed);
+        }
+        // A neighbour that takes nothing in time, or lets more than the queue's worth of
+        // live chunks pile up, cannot be fed: drop it (it may come back, or find others).
+        if expired_in_row.load(Relaxed) >= SLOW_AFTER_EXPIRED || queue.len() > shared.limits.chunk_queue {
+            tracing::info!(neighbour = %stats.node_id.short(), "dropping a neighbour that does not take its chunks");
+            shared.stats.slow_dropped();
+            conn.close(close::SLOW.into(), b"too slow");
+            return;
+        }
         let Some(Queued(chunk, deadline)) = queue.pop() else {
             continue;
         };
-        if Instant::now() >= deadline {
+        if now >= deadline {
+            expired_in_row.fetch_add(1, Relaxed);
             continue;
         }
         while writers.try_join_next().is_some() {}
-        let (conn, shared, stats) = (conn.clone(), shared.clone(), stats.clone());
+        let (conn, shared, stats, expired_in_row) =
+            (conn.clone(), shared.clone(), stats.clone(), expired_in_row.clone());
         writers.spawn(async move {
             let _slot = slot;
             let len = chunk.encoded_len();
@@ -357,21 +379,29 @@ async fn write_chunks(
                 let header = Bytes::copy_from_slice(&chunk.header.to_bytes()[..HEADER_LEN]);
                 let sig = Bytes::copy_from_slice(&chunk.signature);
                 let mut parts = [header, chunk.payload.clone(), sig];
-                let result = tokio::time::timeout_at(deadline, send.write_all_chunks(&mut parts)).await;
-                match result {
+                let written = tokio::time::timeout_at(deadline, send.write_all_chunks(&mut parts)).await;
+                match written {
                     Ok(Ok(())) => {
                         let _ = send.finish();
-                        Some(())
+                        Some(true)
                     }
                     Ok(Err(_)) => None,
                     Err(_) => {
                         let _ = send.reset(close::EXPIRED.into());
-                        None
+                        Some(false)
                     }
                 }
             };
-            if write.await.is_some() {
-                shared.stats.sent(Some(&stats), Kind::Data, len);
+            // Opening the stream waits for the neighbour's stream credit: the deadline covers it.
+            match tokio::time::timeout_at(deadline, write).await {
+                Ok(Some(true)) => {
+                    expired_in_row.store(0, Relaxed);
+                    shared.stats.sent(Some(&stats), Kind::Data, len);
+                }
+                Ok(Some(false)) | Err(_) => {
+                    expired_in_row.fetch_add(1, Relaxed);
+                }
+                Ok(None) => {}
             }
         });
     }

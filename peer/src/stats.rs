@@ -59,6 +59,8 @@ pub struct Stats {
     latency_ms: Mutex<VecDeque<f64>>,
     /// Incoming connections turned away because `max_incoming_connections` were open.
     connections_refused: AtomicU64,
+    /// Neighbours dropped for not taking the chunks pushed to them.
+    slow_dropped: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -76,6 +78,7 @@ impl Stats {
             core: Mutex::default(),
             latency_ms: Mutex::new(VecDeque::with_capacity(LATENCY_SAMPLES)),
             connections_refused: AtomicU64::new(0),
+            slow_dropped: AtomicU64::new(0),
             limits,
         })
     }
@@ -97,6 +100,10 @@ impl Stats {
             links.remove(i);
         }
         link
+    }
+
+    pub fn slow_dropped(&self) {
+        self.slow_dropped.fetch_add(1, Relaxed);
     }
 
     pub fn connection_refused(&self) {
@@ -176,6 +183,7 @@ impl Stats {
             "requests": {"sent": counters.requests_sent, "served": counters.requests_served},
             "banned": counters.banned,
             "connections_refused": self.connections_refused.load(Relaxed),
+            "slow_dropped": self.slow_dropped.load(Relaxed),
             "stream_bps": stream_bps.map(|b| b.round() as u64),
             "limits": {
                 "window_s": self.limits.window.as_secs(),

@@ -127,21 +127,7 @@ impl Adversary {
         };
         let (conn, mut control) = adversary.connect(node_id(0xff)).await?;
         let deadline = Instant::now() + within;
-        // Ask to be fed every stripe, like a viewer joining the trees (again and again: the
-        // target may not have the stream yet), and say something now and then, as every
-        // neighbour must, or be dropped as silent.
-        let stripes = shoal_peer::state::Config::default().stripes;
-        let mut status = Message::Status {
-            depths: vec![shoal_proto::message::NO_DEPTH; usize::from(stripes)],
-            upload_kbps: 0,
-            free_slots: 0,
-            epoch: 0,
-            segment_start: None,
-        }
-        .to_frame();
-        for stripe in 0..stripes {
-            status.extend_from_slice(&Message::Graft { stripe }.to_frame());
-        }
+        let status = viewer_hello();
         let mut heartbeat = tokio::time::interval(Duration::from_millis(500));
         loop {
             tokio::select! {
@@ -341,6 +327,24 @@ impl Adversary {
         }
     }
 
+    /// Connects as `node_id`, asks for every stripe and keeps saying STATUS, but never reads
+    /// a chunk: a child the target cannot feed. Waits up to `linger` for it to hang up.
+    pub async fn never_read(&self, node_id: NodeId, linger: Duration) -> anyhow::Result<Outcome> {
+        let (conn, mut control) = self.connect(node_id).await?;
+        let hello = viewer_hello();
+        let deadline = Instant::now() + linger;
+        let mut sent = 0;
+        while Instant::now() < deadline && conn.close_reason().is_none() {
+            if control.send.write_all(&hello).await.is_err() {
+                break;
+            }
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let closed_with = closed_with(&conn, Duration::from_secs(1)).await;
+        Ok(Outcome { sent, closed_with })
+    }
+
     /// Connects again as `node_id` and tells whether the target hangs up at once, saying
     /// it is banned.
     pub async fn is_turned_away(&self, node_id: NodeId) -> anyhow::Result<bool> {
@@ -380,6 +384,25 @@ impl Adversary {
     pub fn close(&self) {
         self.endpoint.close(0u32.into(), b"");
     }
+}
+
+/// What a viewer says every half second: its STATUS (every neighbour must say something, or
+/// be dropped as silent) and a GRAFT for every stripe (again and again: the target may not
+/// have the stream yet).
+fn viewer_hello() -> BytesMut {
+    let stripes = shoal_peer::state::Config::default().stripes;
+    let mut frames = Message::Status {
+        depths: vec![shoal_proto::message::NO_DEPTH; usize::from(stripes)],
+        upload_kbps: 0,
+        free_slots: 0,
+        epoch: 0,
+        segment_start: None,
+    }
+    .to_frame();
+    for stripe in 0..stripes {
+        frames.extend_from_slice(&Message::Graft { stripe }.to_frame());
+    }
+    frames
 }
 
 async fn closed_with(conn: &quinn::Connection, linger: Duration) -> Option<u64> {

@@ -166,11 +166,20 @@ fn a_source_that_cannot_be_played_is_named() {
     std::fs::write(dir.join("notes.txt"), "these are not frames\n".repeat(100)).unwrap();
     fails_with(
         "shoal-broadcaster",
-        &["--key", "b.key", "--source", "file:notes.txt"],
+        &[
+            "--key",
+            "b.key",
+            "--source",
+            "file:notes.txt",
+            "--ticket-file",
+            "notes.ticket",
+        ],
         &[],
         &dir,
         "source file notes.txt",
     );
+    // No ticket is handed out for a stream that never started.
+    assert!(!dir.join("notes.ticket").exists());
 }
 
 #[test]

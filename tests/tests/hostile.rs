@@ -84,6 +84,28 @@ fn every_attack_is_counted_and_banned_while_the_viewer_plays_on() {
         ));
     }
 
+    // A child that never reads what it is sent is not banned (it proves nothing hostile)
+    // but dropped as too slow, so the relay stops spending on it.
+    let slow_before = relay.stats()["slow_dropped"].as_u64().unwrap();
+    let id = node_id(0x80);
+    let outcome = runtime
+        .block_on(adversary.never_read(id, Duration::from_secs(30)))
+        .unwrap();
+    assert_eq!(
+        outcome.closed_with,
+        Some(u64::from(close::SLOW)),
+        "the relay kept a child that reads nothing"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let slow = relay.stats()["slow_dropped"].as_u64().unwrap();
+    assert!(slow > slow_before, "slow_dropped stayed at {slow}");
+    assert!(!runtime.block_on(adversary.is_turned_away(id)).unwrap());
+    rss_max = rss_max.max(relay.proc.rss_bytes().unwrap_or(0));
+    table.push(format!(
+        "NeverReads: dropped as slow after {} heartbeats, slow_dropped {slow_before} → {slow}",
+        outcome.sent
+    ));
+
     // Thousands of connection attempts: beyond its limit the relay refuses them, and the
     // viewer's connection, already open, is untouched.
     let refused_before = relay.stats()["connections_refused"].as_u64().unwrap();
