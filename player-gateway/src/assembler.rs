@@ -1,23 +1,40 @@
-//! Turns verified chunks back into HLS segments: runs of whole chunks from one segment start
-//! to the next, published in order once complete. Starts at the oldest keyframe segment it
-//! holds on joining, skips a segment the swarm could not complete in time, and follows a
-//! restarted broadcaster (new epoch) with a discontinuity.
+//! Turns verified chunks back into HLS: parts (runs of whole chunks, ≈ 0.2 s, published as
+//! soon as they are whole, for low-latency players) and segments (a keyframe to the next,
+//! made of its parts, for every player). Starts at the first keyframe it holds on joining,
+//! skips a segment the swarm could not complete in time, and follows a restarted
+//! broadcaster (new epoch) with a discontinuity.
 
 use std::collections::{BTreeMap, VecDeque};
 
 use bytes::{Bytes, BytesMut};
-use shoal_proto::ts::{self, PTS_HZ, ProgramMap};
+use shoal_proto::ts::{self, PTS_HZ};
 use shoal_proto::{Chunk, ChunkFlags};
+
+use crate::packager::Packager;
 
 /// Segments kept for players that are behind the live edge.
 pub const SEGMENTS_KEPT: usize = 12;
+/// A part is cut at the first frame start at least this long (broadcaster time) after it began.
+pub const PART_TARGET_US: u64 = 200_000;
+/// Frame timestamps jitter: a frame this close to the target still ends the part.
+const PART_SLACK_US: u64 = 20_000;
 /// A segment still incomplete this long (broadcaster time) after it started is skipped.
 const GIVE_UP_US: u64 = 4_000_000;
+
+#[derive(Clone, Debug)]
+pub struct Part {
+    pub data: Bytes,
+    pub duration_s: f64,
+    /// Starts with a keyframe: a player may begin here.
+    pub independent: bool,
+}
 
 #[derive(Clone, Debug)]
 pub struct Segment {
     /// Media sequence number in this gateway's playlist.
     pub msn: u64,
+    /// Its parts, in order; a finished segment's data is theirs end to end.
+    pub parts: Vec<Part>,
     pub data: Bytes,
     pub duration_s: f64,
     /// Broadcaster timestamp of the segment's first chunk (µs since the Unix epoch).
@@ -29,16 +46,25 @@ pub struct Segment {
     pub discontinuity: bool,
 }
 
+/// The segment being received: its parts so far and the chunks of the part after them.
+struct Open {
+    segment: Segment,
+    pending: Vec<Chunk>,
+}
+
 #[derive(Default)]
 pub struct Assembler {
     epoch: Option<u64>,
     newest_us: u64,
+    /// Chunks not yet taken into a part, by seq (all at or after `cursor`).
     chunks: BTreeMap<u64, Chunk>,
-    /// Seq of the next segment start to publish; `None` until the first one is chosen.
-    next_start: Option<u64>,
+    /// Seq of the next chunk to take; `None` until the first segment start is chosen.
+    cursor: Option<u64>,
+    open: Option<Open>,
     segments: VecDeque<Segment>,
     next_msn: u64,
     discontinuity: bool,
+    packager: Packager,
     /// Discontinuities that scrolled out of the playlist (EXT-X-DISCONTINUITY-SEQUENCE).
     pub discontinuity_sequence: u64,
     pub ended: bool,
@@ -46,15 +72,36 @@ pub struct Assembler {
 }
 
 impl Assembler {
+    /// Finished segments, oldest first.
     pub fn segments(&self) -> &VecDeque<Segment> {
         &self.segments
+    }
+
+    /// The segment being received, with the parts it has so far.
+    pub fn open_segment(&self) -> Option<&Segment> {
+        self.open.as_ref().map(|o| &o.segment)
+    }
+
+    /// The msn the next part will belong to, and its index there (the preload hint).
+    pub fn next_part(&self) -> Option<(u64, usize)> {
+        match &self.open {
+            Some(o) => Some((o.segment.msn, o.segment.parts.len())),
+            None => self.cursor.map(|_| (self.next_msn, 0)),
+        }
     }
 
     pub fn segment(&self, msn: u64) -> Option<&Segment> {
         self.segments.iter().find(|s| s.msn == msn)
     }
 
-    /// Adds a verified chunk; returns how many segments became available.
+    /// Part `index` of segment `msn`, finished or still open.
+    pub fn part(&self, msn: u64, index: usize) -> Option<&Part> {
+        self.segment(msn)
+            .or(self.open_segment().filter(|s| s.msn == msn))
+            .and_then(|s| s.parts.get(index))
+    }
+
+    /// Adds a verified chunk; returns how many parts became available.
     pub fn push(&mut self, chunk: Chunk, now_us: u64) -> usize {
         let h = chunk.header;
         if self.epoch != Some(h.epoch) {
@@ -65,17 +112,19 @@ impl Assembler {
             self.discontinuity = self.epoch.is_some();
             self.epoch = Some(h.epoch);
             self.chunks.clear();
-            self.next_start = None;
+            self.cursor = None;
+            self.open = None;
             self.ended = false;
+            self.packager.reset();
         }
         self.newest_us = self.newest_us.max(h.timestamp_us);
-        if self.next_start.is_some_and(|s| h.seq < s) {
+        if self.cursor.is_some_and(|c| h.seq < c) {
             return 0;
         }
         self.chunks.insert(h.seq, chunk);
-        let mut published = 0;
-        while self.publish_next(now_us) {
-            published += 1;
+        let mut published = self.take_contiguous(now_us);
+        if self.give_up_if_stuck() {
+            published += self.take_contiguous(now_us);
         }
         published
     }
@@ -84,98 +133,118 @@ impl Assembler {
         chunk.header.flags.has(ChunkFlags::SEGMENT_START)
     }
 
-    fn publish_next(&mut self, now_us: u64) -> bool {
-        let start = match self.next_start {
-            Some(s) => s,
+    /// Takes chunks in seq order from the cursor while they are there, cutting parts and
+    /// segments as it goes; returns the parts cut.
+    fn take_contiguous(&mut self, now_us: u64) -> usize {
+        let cursor = match self.cursor {
+            Some(c) => c,
+            // Joining: start at the first segment start held; what is before it is useless.
             None => match self.chunks.values().find(|c| Self::is_start(c)) {
                 Some(c) => {
                     let s = c.header.seq;
                     self.chunks = self.chunks.split_off(&s);
-                    self.next_start = Some(s);
                     s
                 }
-                None => return false,
+                None => return 0,
             },
         };
-        let Some(first) = self.chunks.get(&start) else {
-            return false;
-        };
-        let first_ts = first.header.timestamp_us;
-        // The segment ends before the next segment start, or with an end-of-stream chunk.
-        let end = self
-            .chunks
-            .range(start + 1..)
-            .find(|(_, c)| Self::is_start(c))
-            .map(|(s, _)| *s);
-        let eos = self
-            .chunks
-            .range(start..)
-            .find(|(_, c)| c.header.flags.has(ChunkFlags::END_OF_STREAM))
-            .map(|(s, _)| *s + 1);
-        let Some(end) = (match (end, eos) {
-            (Some(e), Some(x)) => Some(e.min(x)),
-            (e, x) => e.or(x),
-        }) else {
-            return false;
-        };
-        let complete = (start..end).all(|s| self.chunks.contains_key(&s));
-        if !complete {
-            if self.newest_us.saturating_sub(first_ts) > GIVE_UP_US {
-                // The swarm could not complete it in time: skip to the next segment.
-                self.chunks = self.chunks.split_off(&end);
-                self.next_start = Some(end);
-                self.discontinuity = true;
-                self.skipped += 1;
-                return true;
+        self.cursor = Some(cursor);
+        let mut cut = 0;
+        while let Some(chunk) = self.cursor.and_then(|c| self.chunks.remove(&c)) {
+            self.cursor = self.cursor.map(|c| c + 1);
+            let ts = chunk.header.timestamp_us;
+            if Self::is_start(&chunk) {
+                if self.open.is_some() {
+                    cut += self.cut_part(Some(ts), now_us);
+                    let next_pts = first_video_pts(&chunk.payload, self.packager.video_pid());
+                    self.close_segment(next_pts, ts, now_us);
+                }
+                self.begin_segment(&chunk);
+            } else if let Some(open) = &self.open
+                && chunk.header.flags.has(ChunkFlags::FRAME_START)
+                && open
+                    .pending
+                    .first()
+                    .is_some_and(|f| ts >= f.header.timestamp_us + PART_TARGET_US - PART_SLACK_US)
+            {
+                cut += self.cut_part(Some(ts), now_us);
             }
-            return false;
+            let Some(open) = &mut self.open else { continue };
+            let eos = chunk.header.flags.has(ChunkFlags::END_OF_STREAM);
+            open.pending.push(chunk);
+            if eos {
+                cut += self.cut_part(None, now_us);
+                self.close_segment(None, ts, now_us);
+                self.ended = true;
+            }
         }
-        let mut rest = self.chunks.split_off(&end);
-        std::mem::swap(&mut rest, &mut self.chunks);
-        let parts: Vec<Chunk> = rest.into_values().collect();
-        self.next_start = Some(end);
-        let ended = parts
-            .last()
-            .is_some_and(|c| c.header.flags.has(ChunkFlags::END_OF_STREAM));
-        let next_pts = self.chunks.get(&end).and_then(|c| video_pts(&c.payload));
-        self.add_segment(parts, next_pts, now_us);
-        if ended {
-            self.ended = true;
-        }
-        true
+        cut
     }
 
-    fn add_segment(&mut self, parts: Vec<Chunk>, next_pts: Option<u64>, now_us: u64) {
-        let len = parts.iter().map(|c| c.payload.len()).sum();
-        let mut data = BytesMut::with_capacity(len);
-        parts.iter().for_each(|c| data.extend_from_slice(&c.payload));
-        let start_us = parts.first().map_or(0, |c| c.header.timestamp_us);
-        let end_us = parts.last().map_or(0, |c| c.header.timestamp_us);
-        let discontinuity = std::mem::take(&mut self.discontinuity)
-            || parts
-                .first()
-                .is_some_and(|c| c.header.flags.has(ChunkFlags::DISCONTINUITY));
+    fn begin_segment(&mut self, first: &Chunk) {
+        let discontinuity =
+            std::mem::take(&mut self.discontinuity) || first.header.flags.has(ChunkFlags::DISCONTINUITY);
+        self.open = Some(Open {
+            segment: Segment {
+                msn: self.next_msn,
+                parts: Vec::new(),
+                data: Bytes::new(),
+                duration_s: 0.0,
+                start_us: first.header.timestamp_us,
+                end_us: first.header.timestamp_us,
+                complete_us: 0,
+                discontinuity,
+            },
+            pending: Vec::new(),
+        });
+        self.next_msn += 1;
+    }
+
+    /// Packages the pending chunks as the open segment's next part, lasting until the chunk
+    /// stamped `next_ts` (the next part's first); returns 1 if it did.
+    fn cut_part(&mut self, next_ts: Option<u64>, now_us: u64) -> usize {
+        let Some(open) = &mut self.open else { return 0 };
+        if open.pending.is_empty() {
+            return 0;
+        }
+        let chunks = std::mem::take(&mut open.pending);
+        let start = chunks[0].header.timestamp_us;
+        let last = chunks.last().map_or(start, |c| c.header.timestamp_us);
+        // The last part of a stream lasts to its last chunk plus a frame's worth.
+        let span_us = next_ts
+            .filter(|e| *e > start)
+            .unwrap_or(last + 33_333)
+            .saturating_sub(start);
+        open.segment.parts.push(Part {
+            data: self.packager.part(&chunks),
+            duration_s: span_us as f64 / 1e6,
+            independent: Self::is_start(&chunks[0]),
+        });
+        open.segment.end_us = last;
+        open.segment.complete_us = now_us;
+        1
+    }
+
+    /// Finishes the open segment: its data is its parts end to end.
+    fn close_segment(&mut self, next_pts: Option<u64>, next_ts: u64, now_us: u64) {
+        let Some(Open { mut segment, .. }) = self.open.take() else {
+            return;
+        };
+        let mut data = BytesMut::with_capacity(segment.parts.iter().map(|p| p.data.len()).sum());
+        segment.parts.iter().for_each(|p| data.extend_from_slice(&p.data));
+        segment.data = data.freeze();
         // Duration from video timestamps when both ends have one, else from chunk stamps.
-        let pts_duration = match (parts.first().and_then(|c| video_pts(&c.payload)), next_pts) {
+        let first_pts = segment
+            .parts
+            .first()
+            .and_then(|p| first_video_pts(&p.data, self.packager.video_pid()));
+        let pts_duration = match (first_pts, next_pts) {
             (Some(a), Some(b)) if b > a => Some((b - a) as f64 / PTS_HZ as f64),
             _ => None,
         };
-        let stamp_duration = match self.chunks.values().next() {
-            Some(next) => next.header.timestamp_us.saturating_sub(start_us),
-            None => end_us.saturating_sub(start_us),
-        } as f64
-            / 1e6;
-        let duration_s = pts_duration.filter(|d| *d < 60.0).unwrap_or(stamp_duration);
-        let segment = Segment {
-            msn: self.next_msn,
-            data: data.freeze(),
-            duration_s,
-            start_us,
-            end_us,
-            complete_us: now_us,
-            discontinuity,
-        };
-        self.next_msn += 1;
+        let stamp_duration = next_ts.max(segment.end_us).saturating_sub(segment.start_us) as f64 / 1e6;
+        segment.duration_s = pts_duration.filter(|d| *d < 60.0).unwrap_or(stamp_duration);
+        segment.complete_us = now_us;
         self.segments.push_back(segment);
         while self.segments.len() > SEGMENTS_KEPT {
             if self.segments.pop_front().is_some_and(|s| s.discontinuity) {
@@ -183,61 +252,93 @@ impl Assembler {
             }
         }
     }
+
+    /// A segment the swarm has not completed long after it started is given up: its parts
+    /// are dropped and playback goes on at the next segment start held, after a discontinuity.
+    fn give_up_if_stuck(&mut self) -> bool {
+        let Some(open) = &self.open else { return false };
+        if self.newest_us.saturating_sub(open.segment.start_us) <= GIVE_UP_US {
+            return false;
+        }
+        let Some(next) = self.chunks.values().find(|c| Self::is_start(c)).map(|c| c.header.seq) else {
+            return false;
+        };
+        self.open = None;
+        self.chunks = self.chunks.split_off(&next);
+        self.cursor = Some(next);
+        self.discontinuity = true;
+        self.skipped += 1;
+        true
+    }
 }
 
-/// PTS of the first video PES that starts in `payload` (a chunk that begins with PAT/PMT).
-fn video_pts(payload: &[u8]) -> Option<u64> {
-    let mut map = ProgramMap::default();
-    for packet in ts::packets(payload) {
-        if map.observe(&packet) {
-            continue;
-        }
-        if Some(packet.pid()) == map.video_pid && packet.unit_start() {
-            return ts::pes_pts(packet.payload());
-        }
-    }
-    None
+/// PTS of the first video PES that starts in `data`.
+fn first_video_pts(data: &[u8], video_pid: Option<u16>) -> Option<u64> {
+    ts::packets(data)
+        .find(|p| Some(p.pid()) == video_pid && p.unit_start())
+        .and_then(|p| ts::pes_pts(p.payload()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use shoal_proto::ChunkHeader;
+    use shoal_proto::ts::PACKET_LEN;
 
+    /// A chunk holding one TS packet of PID 0x100 marked with `seq`.
     fn chunk(epoch: u64, seq: u64, ts: u64, flags: u8) -> Chunk {
+        let mut packet = vec![0xff; PACKET_LEN];
+        packet[..5].copy_from_slice(&[0x47, 0x01, 0x00, 0x10, seq as u8]);
         Chunk {
             header: ChunkHeader {
-                flags: ChunkFlags(flags),
+                flags: ChunkFlags(flags | ChunkFlags::FRAME_START),
                 epoch,
                 seq,
                 segment: 0,
                 timestamp_us: ts,
-                payload_len: 1,
+                payload_len: PACKET_LEN as u32,
             },
-            payload: Bytes::from(vec![seq as u8]),
+            payload: Bytes::from(packet),
             signature: [0; 64],
         }
+    }
+
+    fn markers(data: &[u8]) -> Vec<u8> {
+        ts::packets(data).map(|p| p.bytes()[4]).collect()
     }
 
     const S: u8 = ChunkFlags::SEGMENT_START;
 
     #[test]
-    fn publishes_whole_segments_in_order_whatever_the_arrival_order() {
+    fn publishes_parts_as_they_fill_and_whole_segments_in_order() {
         let mut a = Assembler::default();
         // Before the first segment start: never published.
         a.push(chunk(1, 0, 0, 0), 0);
         a.push(chunk(1, 1, 1_000_000, S), 0);
-        a.push(chunk(1, 3, 1_600_000, 0), 0);
-        a.push(chunk(1, 4, 2_000_000, S), 0);
+        a.push(chunk(1, 3, 1_200_000, 0), 0);
+        a.push(chunk(1, 4, 1_300_000, 0), 0);
+        a.push(chunk(1, 5, 2_000_000, S), 0);
         assert!(a.segments().is_empty(), "seq 2 is missing");
-        assert_eq!(a.push(chunk(1, 2, 1_300_000, 0), 7), 1);
+        assert_eq!(a.open_segment().unwrap().parts.len(), 0);
+        // Seq 2 arrives: the part 1..3 is cut at seq 3 (0.2 s in), the segment at seq 5.
+        assert_eq!(a.push(chunk(1, 2, 1_100_000, 0), 7), 2);
         let seg = &a.segments()[0];
-        assert_eq!(
-            (seg.msn, &seg.data[..], seg.duration_s, seg.start_us),
-            (0, &[1u8, 2, 3][..], 1.0, 1_000_000)
-        );
-        a.push(chunk(1, 5, 2_500_000, ChunkFlags::END_OF_STREAM), 8);
+        assert_eq!((seg.msn, seg.duration_s, seg.start_us), (0, 1.0, 1_000_000));
+        assert_eq!(markers(&seg.data), vec![1, 2, 3, 4]);
+        let parts: Vec<(Vec<u8>, f64, bool)> = seg
+            .parts
+            .iter()
+            .map(|p| (markers(&p.data), p.duration_s, p.independent))
+            .collect();
+        assert_eq!(parts, vec![(vec![1, 2], 0.2, true), (vec![3, 4], 0.8, false)]);
+        assert_eq!(a.next_part(), Some((1, 0)));
+        a.push(chunk(1, 6, 2_100_000, 0), 8);
+        a.push(chunk(1, 7, 2_200_000, 0), 8);
+        assert_eq!(a.part(1, 0).map(|p| markers(&p.data)), Some(vec![5, 6]));
+        assert_eq!(a.next_part(), Some((1, 1)));
+        a.push(chunk(1, 8, 2_500_000, ChunkFlags::END_OF_STREAM), 9);
         assert_eq!(a.segments().len(), 2);
+        assert_eq!(markers(&a.segments()[1].data), vec![5, 6, 7, 8]);
         assert!(a.ended);
     }
 
@@ -250,9 +351,8 @@ mod tests {
         assert!(a.segments().is_empty());
         a.push(chunk(1, 14, 6_000_000, S), 0);
         assert_eq!(a.skipped, 1);
-        let msns: Vec<u64> = a.segments().iter().map(|s| s.msn).collect();
-        assert_eq!(msns, vec![0, 1]);
-        assert!(a.segments()[0].discontinuity);
+        let msns: Vec<(u64, bool)> = a.segments().iter().map(|s| (s.msn, s.discontinuity)).collect();
+        assert_eq!(msns, vec![(1, true), (2, false)]);
     }
 
     #[test]

@@ -6,24 +6,28 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use bytes::Bytes;
 use serde_json::{Value, json};
 use shoal_peer::stats::{Stats, percentiles};
 use tokio::sync::watch;
 
 use crate::assembler::{Assembler, Segment};
-use crate::playlist;
+use crate::playlist::{self, Latency};
 
 /// How long a playlist request waits for the first segment before answering 503.
 const FIRST_SEGMENT_WAIT: Duration = Duration::from_secs(10);
+/// How long a blocking playlist reload or a hinted part waits (three target durations).
+const BLOCKING_WAIT: Duration = Duration::from_secs(3);
 /// Per-segment latency samples kept.
 const SEGMENT_SAMPLES: usize = 600;
 
 pub struct Gateway {
     pub name: String,
+    pub latency: Latency,
     pub stats: Arc<Stats>,
     assembler: Mutex<Assembler>,
     /// Bumped whenever a segment is published.
@@ -37,9 +41,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Gateway {
-    pub fn new(name: String, stats: Arc<Stats>) -> Arc<Self> {
+    pub fn new(name: String, latency: Latency, stats: Arc<Stats>) -> Arc<Self> {
         Arc::new(Gateway {
             name,
+            latency,
             stats,
             assembler: Mutex::new(Assembler::default()),
             updated: watch::channel(0).0,
@@ -47,13 +52,14 @@ impl Gateway {
         })
     }
 
-    /// Feeds a verified chunk to the assembler and wakes waiting playlist requests.
+    /// Feeds a verified chunk to the assembler and wakes requests waiting for a part.
     pub fn push(&self, chunk: shoal_proto::Chunk, now_us: u64) {
         let mut a = lock(&self.assembler);
         let before = a.segments().back().map(|s| s.msn);
         if a.push(chunk, now_us) == 0 {
             return;
         }
+        self.updated.send_modify(|n| *n += 1);
         let new: Vec<&Segment> = a
             .segments()
             .iter()
@@ -72,7 +78,13 @@ impl Gateway {
                 "segment ready"
             );
         }
-        self.updated.send_modify(|n| *n += 1);
+    }
+
+    /// Waits up to `limit` for `ready` to hold of the assembler; tells whether it did.
+    async fn wait_for(&self, limit: Duration, ready: impl Fn(&Assembler) -> bool) -> bool {
+        let mut updates = self.updated.subscribe();
+        let wait = updates.wait_for(|_| ready(&lock(&self.assembler)));
+        tokio::time::timeout(limit, wait).await.is_ok_and(|r| r.is_ok())
     }
 
     pub fn snapshot(&self) -> Value {
@@ -101,26 +113,37 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/", get(index))
         .route("/live.m3u8", get(live_playlist))
         .route("/seg/{name}", get(segment))
+        .route("/part/{name}", get(part))
         .route("/stats.json", get(stats_json))
         .route("/metrics", get(metrics))
         .with_state(gateway)
 }
 
-async fn live_playlist(State(g): State<Arc<Gateway>>) -> Response {
-    let mut updates = g.updated.subscribe();
-    let ready = |g: &Gateway| !lock(&g.assembler).segments().is_empty();
-    if !ready(&g) {
-        let wait = updates.wait_for(|_| ready(&g));
-        if tokio::time::timeout(FIRST_SEGMENT_WAIT, wait).await.is_err() {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [(header::RETRY_AFTER, "1")],
-                "the stream has not reached this gateway yet\n",
-            )
-                .into_response();
-        }
+/// `_HLS_msn` / `_HLS_part`: a low-latency player asking for the playlist once it lists
+/// that part (blocking playlist reload).
+#[derive(serde::Deserialize)]
+struct Blocking {
+    #[serde(rename = "_HLS_msn")]
+    msn: Option<u64>,
+    #[serde(rename = "_HLS_part")]
+    part: Option<usize>,
+}
+
+async fn live_playlist(State(g): State<Arc<Gateway>>, Query(blocking): Query<Blocking>) -> Response {
+    // Players that ignore parts need a whole segment to start with.
+    if !g.wait_for(FIRST_SEGMENT_WAIT, |a| !a.segments().is_empty()).await {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            "the stream has not reached this gateway yet\n",
+        )
+            .into_response();
     }
-    let body = playlist::render(&lock(&g.assembler));
+    if let Some(msn) = blocking.msn {
+        // Answer once the part exists (or the stream moved past it), or after a while anyway.
+        g.wait_for(BLOCKING_WAIT, |a| lists(a, msn, blocking.part)).await;
+    }
+    let body = playlist::render(&lock(&g.assembler), g.latency);
     (
         [
             (header::CONTENT_TYPE, "application/vnd.apple.mpegurl"),
@@ -131,21 +154,61 @@ async fn live_playlist(State(g): State<Arc<Gateway>>) -> Response {
         .into_response()
 }
 
+/// Whether the playlist lists segment `msn` whole, or its part `part`.
+fn lists(a: &Assembler, msn: u64, part: Option<usize>) -> bool {
+    if a.ended || a.segments().back().is_some_and(|s| s.msn >= msn) {
+        return true;
+    }
+    match (a.open_segment(), part) {
+        (Some(open), _) if open.msn > msn => true,
+        (Some(open), Some(part)) => open.msn == msn && open.parts.len() > part,
+        _ => false,
+    }
+}
+
+fn media(data: Bytes) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "video/mp2t"),
+            (header::CACHE_CONTROL, "max-age=60"),
+        ],
+        data,
+    )
+        .into_response()
+}
+
 async fn segment(State(g): State<Arc<Gateway>>, Path(name): Path<String>) -> Response {
     let Some(msn) = name.strip_suffix(".ts").and_then(|n| n.parse::<u64>().ok()) else {
         return (StatusCode::NOT_FOUND, "no such segment\n").into_response();
     };
     let data = lock(&g.assembler).segment(msn).map(|s| s.data.clone());
     match data {
-        Some(data) => (
-            [
-                (header::CONTENT_TYPE, "video/mp2t"),
-                (header::CACHE_CONTROL, "max-age=60"),
-            ],
-            data,
-        )
-            .into_response(),
+        Some(data) => media(data),
         None => (StatusCode::NOT_FOUND, "segment is not (or no longer) available\n").into_response(),
+    }
+}
+
+/// `/part/MSN.INDEX.ts`; the part the playlist hints at next is waited for.
+async fn part(State(g): State<Arc<Gateway>>, Path(name): Path<String>) -> Response {
+    let parsed = name
+        .strip_suffix(".ts")
+        .and_then(|n| n.split_once('.'))
+        .and_then(|(m, i)| Some((m.parse::<u64>().ok()?, i.parse::<usize>().ok()?)));
+    let Some((msn, index)) = parsed else {
+        return (StatusCode::NOT_FOUND, "no such part\n").into_response();
+    };
+    let find = |a: &Assembler| a.part(msn, index).map(|p| p.data.clone());
+    let hinted = |a: &Assembler| {
+        a.next_part()
+            .is_some_and(|(m, i)| (m, i) == (msn, index) || (m + 1, 0) == (msn, index))
+    };
+    let mut data = find(&lock(&g.assembler));
+    if data.is_none() && hinted(&lock(&g.assembler)) && g.wait_for(BLOCKING_WAIT, |a| find(a).is_some()).await {
+        data = find(&lock(&g.assembler));
+    }
+    match data {
+        Some(data) => media(data),
+        None => (StatusCode::NOT_FOUND, "part is not (or no longer) available\n").into_response(),
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod assembler;
 mod http;
+mod packager;
 mod playlist;
 
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ use shoal_peer::{Node, NodeConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::http::Gateway;
+use crate::playlist::Latency;
 
 /// Watch a shoal stream: join its swarm and serve it as HLS to any player on this machine.
 #[derive(Parser, Debug)]
@@ -27,6 +29,9 @@ struct Args {
     /// Where to serve the player page and /live.m3u8.
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR:PORT")]
     http: SocketAddr,
+    /// low: LL-HLS parts, ≈ 1 s behind in the browser; normal: whole segments, more buffer.
+    #[arg(long, value_enum, default_value = "low")]
+    latency: Latency,
     #[command(flatten)]
     swarm: SwarmArgs,
     /// TOML file with any of these flags as keys (flags on the command line win).
@@ -60,7 +65,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         stats_json: None,
     })
     .await?;
-    let gateway = Gateway::new(ticket.name.clone(), node.stats());
+    let gateway = Gateway::new(ticket.name.clone(), args.latency, node.stats());
     let cancel = CancellationToken::new();
     let mut deliveries = node.take_deliveries().context("node gives no deliveries")?;
     let feeder = {

@@ -17,6 +17,11 @@ impl<'a> Packet<'a> {
         (bytes.len() == PACKET_LEN && bytes[0] == SYNC_BYTE).then_some(Packet(bytes))
     }
 
+    /// The whole packet.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.0
+    }
+
     pub fn pid(&self) -> u16 {
         u16::from_be_bytes([self.0[1] & 0x1f, self.0[2]])
     }
