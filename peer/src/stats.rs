@@ -48,13 +48,25 @@ pub enum Kind {
     Control,
 }
 
+/// What the stats show of the core, copied from it about once a second.
+#[derive(Clone, Default)]
+struct CoreView {
+    counters: Counters,
+    startup: Option<Duration>,
+    /// Measured stream rate, bit/s.
+    stream_bps: Option<f64>,
+    /// Neighbours that are the broadcaster.
+    sources: Vec<NodeId>,
+    /// Hops from the broadcaster per stripe.
+    depths: Vec<u8>,
+}
+
 pub struct Stats {
     node_id: NodeId,
     bytes_in: Totals,
     bytes_out: Totals,
     links: Mutex<Vec<Arc<Link>>>,
-    /// The core's counters, startup time and measured stream rate (bit/s).
-    core: Mutex<(Counters, Option<Duration>, Option<f64>)>,
+    core: Mutex<CoreView>,
     limits: Limits,
     latency_ms: Mutex<VecDeque<f64>>,
     /// Incoming connections turned away because `max_incoming_connections` were open.
@@ -147,7 +159,13 @@ impl Stats {
     }
 
     pub fn set_core(&self, core: &State) {
-        *lock(&self.core) = (core.counters().clone(), core.startup(), core.stream_bps());
+        *lock(&self.core) = CoreView {
+            counters: core.counters().clone(),
+            startup: core.startup(),
+            stream_bps: core.stream_bps(),
+            sources: core.sources(),
+            depths: core.depths(),
+        };
     }
 
     pub fn data_bytes_out(&self) -> u64 {
@@ -155,7 +173,13 @@ impl Stats {
     }
 
     pub fn snapshot(&self) -> Value {
-        let (counters, startup, stream_bps) = lock(&self.core).clone();
+        let CoreView {
+            counters,
+            startup,
+            stream_bps,
+            sources,
+            depths,
+        } = lock(&self.core).clone();
         let neighbours: Vec<Value> = lock(&self.links)
             .iter()
             .map(|l| {
@@ -163,6 +187,7 @@ impl Stats {
                     "node_id": l.node_id.to_hex(),
                     "addr": l.addr.to_string(),
                     "connected": l.connected.load(Relaxed),
+                    "source": sources.contains(&l.node_id),
                     "bytes_in": l.bytes_in.load(Relaxed),
                     "bytes_out": l.bytes_out.load(Relaxed),
                 })
@@ -185,6 +210,7 @@ impl Stats {
             "connections_refused": self.connections_refused.load(Relaxed),
             "slow_dropped": self.slow_dropped.load(Relaxed),
             "stream_bps": stream_bps.map(|b| b.round() as u64),
+            "depths": depths,
             "limits": {
                 "window_s": self.limits.window.as_secs(),
                 "max_neighbours": self.limits.max_neighbours,

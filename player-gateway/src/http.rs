@@ -111,6 +111,7 @@ impl Gateway {
 pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
         .route("/", get(index))
+        .route("/{asset}", get(asset))
         .route("/live.m3u8", get(live_playlist))
         .route("/seg/{name}", get(segment))
         .route("/part/{name}", get(part))
@@ -319,12 +320,26 @@ async fn metrics(State(g): State<Arc<Gateway>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
+/// The player page, with the stream's name and the gateway's latency mode filled in.
 async fn index(State(g): State<Arc<Gateway>>) -> Html<String> {
-    let name = g.name.replace('&', "&amp;").replace('<', "&lt;");
-    Html(format!(
-        "<!doctype html><meta charset=utf-8><title>{name} — shoal</title>\
-         <h1>{name}</h1><p>Live stream: <a href=\"/live.m3u8\">/live.m3u8</a> — open it in VLC, mpv or ffplay.</p>\
-         <video src=\"/live.m3u8\" controls autoplay muted style=\"max-width:100%\"></video>\
-         <p><a href=\"/stats.json\">stats</a> · <a href=\"/metrics\">metrics</a></p>"
-    ))
+    let name = g.name.replace('&', "&amp;").replace('<', "&lt;").replace('"', "&quot;");
+    let config = json!({"name": g.name, "lowLatency": g.latency == Latency::Low})
+        .to_string()
+        .replace("</", "<\\/");
+    Html(
+        include_str!("../assets/index.html")
+            .replace("{{NAME}}", &name)
+            .replace("{{CONFIG}}", &config),
+    )
+}
+
+/// The page's script, style and hls.js, from inside the binary: the page needs no internet.
+async fn asset(Path(name): Path<String>) -> Response {
+    let (body, kind) = match name.as_str() {
+        "player.js" => (include_str!("../assets/player.js"), "text/javascript"),
+        "player.css" => (include_str!("../assets/player.css"), "text/css"),
+        "hls.min.js" => (include_str!("../assets/hls.min.js"), "text/javascript"),
+        _ => return (StatusCode::NOT_FOUND, "no such file\n").into_response(),
+    };
+    ([(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, "max-age=3600")], body).into_response()
 }

@@ -159,6 +159,15 @@ impl State {
         self.stripes.iter().map(|s| s.parent).collect()
     }
 
+    /// Neighbours that are the source (depth 0 in a stripe, as they say).
+    pub fn sources(&self) -> Vec<NodeId> {
+        self.neighbours
+            .iter()
+            .filter(|(_, n)| n.depths.contains(&0))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// Hop count from the source per stripe (255 where cut off).
     pub fn depths(&self) -> Vec<u8> {
         (0..self.stripes.len()).map(|s| self.depth(s)).collect()

@@ -1,0 +1,42 @@
+//! Real players on the gateway, through a relay of the swarm: headless Chromium plays the
+//! player page (hls.js, low-latency HLS) and must stay close behind the broadcaster; VLC
+//! plays /live.m3u8 and must decode pictures with no errors.
+
+use shoal_tests::player::{chromium, vlc};
+use shoal_tests::process::test_dir;
+use shoal_tests::swarm;
+
+/// Low-latency mode must keep the browser within this of the broadcaster (goal: 1.5 s).
+const MAX_LATENCY_S: f64 = 2.5;
+
+#[test]
+fn the_page_plays_in_chromium_close_behind_the_broadcaster_and_vlc_plays_the_playlist() {
+    let dir = test_dir("players");
+    let b = swarm::broadcaster(&dir, &[]).unwrap();
+    let relay = swarm::relay(&dir, "relay", &b.ticket_file, &b.node.addr).unwrap();
+    let gw = swarm::gateway(&dir, &b.ticket_file, &relay.addr).unwrap();
+
+    let page = chromium(&gw.url("/"), 12, &dir.join("page.png")).unwrap();
+    eprintln!(
+        "chromium: played {:.1} s, {} frames ({} dropped, {} stalls), latency {:?} s (max {:?}, hls.js target {:?}), first frame after {} ms",
+        page.played_s,
+        page.frames,
+        page.dropped,
+        page.stalls,
+        page.latency_s,
+        page.latency_max_s,
+        page.hls_target_latency_s,
+        page.first_frame_ms
+    );
+    assert!(page.errors.is_empty(), "page errors: {:?}", page.errors);
+    assert!(page.played_s >= 10.0, "the video advanced only {:.1} s", page.played_s);
+    assert!(page.frames >= 10 * 25, "decoded only {} frames", page.frames);
+    assert!(page.dropped * 20 <= page.frames, "dropped {} of {}", page.dropped, page.frames);
+    assert_eq!(page.state, "live");
+    let latency = page.latency_s.expect("hls.js gave no playing date");
+    assert!(latency <= MAX_LATENCY_S, "{latency:.2} s behind the broadcaster");
+
+    let played = vlc(&gw.url("/live.m3u8"), 10, &dir).unwrap();
+    assert!(played.first_picture, "VLC decoded no picture (log in {})", dir.display());
+    assert!(played.errors.is_empty(), "VLC reported: {:#?}", played.errors);
+}
