@@ -15,9 +15,11 @@ use ed25519_dalek::SigningKey;
 use shoal_peer::cli::{self, SwarmArgs};
 use shoal_peer::node::Publisher;
 use shoal_peer::stats::{now_us, write_atomically_text};
+use shoal_peer::status;
 use shoal_peer::{Node, NodeConfig};
 use shoal_proto::{Chunk, ChunkFlags, Ticket};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use crate::chunker::Chunker;
 use crate::pipeline::{Encoding, Output, Resolution, Source};
@@ -105,8 +107,10 @@ async fn broadcast(args: Args) -> anyhow::Result<()> {
 
     // The ticket is handed out once the source really plays: a file that is not media, or a
     // device that fails, ends here with its error and no ticket.
+    let mut first_rx = first_rx;
     tokio::select! {
-        _ = first_rx => {}
+        // (A dropped sender is no media: the encoder's own result then tells why.)
+        Ok(()) = &mut first_rx => {}
         ended = &mut encoder => {
             ended.context("encoder thread failed")??;
             anyhow::bail!("the source ended before it produced anything");
@@ -124,6 +128,18 @@ async fn broadcast(args: Args) -> anyhow::Result<()> {
     println!("{ticket}");
     tracing::info!(name = %args.name, listen = %node.local_addr(), "broadcasting; share the ticket above");
 
+    let status_done = CancellationToken::new();
+    let status = tokio::spawn(status::show(node.stats(), status_done.clone(), |now: &status::Now| {
+        // A CDN would send one copy of the stream per viewer; the source sends about one in all.
+        match now.stats["stream_bps"].as_f64() {
+            Some(bps) if bps > 0.0 => format!(
+                " · stream {:.2} Mbit/s · uploading {:.2}× it",
+                bps / 1e6,
+                now.mbps_out * 1e6 / bps
+            ),
+            _ => String::new(),
+        }
+    }));
     let result = tokio::select! {
         _ = cli::shutdown_signal() => {
             tracing::info!("stopping: ending the broadcast");
@@ -135,6 +151,8 @@ async fn broadcast(args: Args) -> anyhow::Result<()> {
             ended.context("encoder thread failed")?
         }
     };
+    status_done.cancel();
+    let _ = status.await;
     // Let the end-of-stream chunk reach the neighbours before saying goodbye.
     let _ = tokio::time::timeout(Duration::from_secs(3), publisher).await;
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -25,7 +25,7 @@ pub struct SwarmArgs {
     /// Dial only the --bootstrap peers: ignore the ticket's addresses (fixed chains, locked-down kiosks).
     #[arg(long)]
     pub no_discovery: bool,
-    /// The most this node uploads, in kbit/s (default: no cap).
+    /// The most this node uploads, in kbit/s (default: no cap; 0: upload no chunks at all).
     #[arg(long, value_name = "KBPS")]
     pub upload_kbps: Option<u64>,
     /// Rewrite this file with the node's counters (JSON) about once a second.
@@ -196,7 +196,7 @@ pub fn init_tracing() {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| crate::status::LogWriter)
         .with_ansi(ansi)
         .init();
 }

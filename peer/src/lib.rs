@@ -10,6 +10,7 @@ pub mod seqset;
 pub mod sim;
 pub mod state;
 pub mod stats;
+pub mod status;
 pub mod transport;
 pub mod window;
 

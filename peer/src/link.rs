@@ -346,7 +346,9 @@ async fn write_chunks(
         if queue.len() > shared.limits.chunk_queue {
             let before = queue.len();
             queue.retain(|q| q.1 > now);
-            expired_in_row.fetch_add(before - queue.len(), Relaxed);
+            if shared.pacer.is_none() {
+                expired_in_row.fetch_add(before - queue.len(), Relaxed);
+            }
         }
         // A neighbour that takes nothing in time, or lets more than the queue's worth of
         // live chunks pile up, cannot be fed: drop it (it may come back, or find others).
@@ -359,8 +361,15 @@ async fn write_chunks(
         let Some(Queued(chunk, deadline)) = queue.pop() else {
             continue;
         };
+        if shared.pacer.as_ref().is_some_and(|p| p.allows_nothing()) {
+            continue; // this node uploads no chunks at all
+        }
         if now >= deadline {
-            expired_in_row.fetch_add(1, Relaxed);
+            // Behind its deadline in our queue: the neighbour's slowness, unless our own
+            // upload cap held it back.
+            if shared.pacer.is_none() {
+                expired_in_row.fetch_add(1, Relaxed);
+            }
             continue;
         }
         while writers.try_join_next().is_some() {}
@@ -369,8 +378,11 @@ async fn write_chunks(
         writers.spawn(async move {
             let _slot = slot;
             let len = chunk.encoded_len();
-            if let Some(pacer) = &shared.pacer {
-                pacer.take(len).await;
+            // Waiting for our own upload cap is not the neighbour's slowness: not counted.
+            if let Some(pacer) = &shared.pacer
+                && tokio::time::timeout_at(deadline, pacer.take(len)).await.is_err()
+            {
+                return;
             }
             let write = async {
                 let mut send = conn.open_uni().await.ok()?;

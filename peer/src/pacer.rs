@@ -37,7 +37,15 @@ impl Pacer {
         }
     }
 
+    /// `--upload-kbps 0`: watch without uploading any chunk.
+    pub fn allows_nothing(&self) -> bool {
+        self.bytes_per_s <= 0.0
+    }
+
     pub async fn take(&self, bytes: usize) {
+        if self.allows_nothing() {
+            return std::future::pending().await;
+        }
         let wait = self.reserve(bytes);
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;

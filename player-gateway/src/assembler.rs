@@ -113,7 +113,7 @@ impl Assembler {
             self.epoch = Some(h.epoch);
             self.chunks.clear();
             self.cursor = None;
-            self.open = None;
+            self.abandon_open(now_us);
             self.ended = false;
             self.packager.reset();
         }
@@ -123,7 +123,7 @@ impl Assembler {
         }
         self.chunks.insert(h.seq, chunk);
         let mut published = self.take_contiguous(now_us);
-        if self.give_up_if_stuck() {
+        if self.give_up_if_stuck(now_us) {
             published += self.take_contiguous(now_us);
         }
         published
@@ -253,9 +253,26 @@ impl Assembler {
         }
     }
 
-    /// A segment the swarm has not completed long after it started is given up: its parts
-    /// are dropped and playback goes on at the next segment start held, after a discontinuity.
-    fn give_up_if_stuck(&mut self) -> bool {
+    /// Ends the open segment early (its broadcast stopped, or the swarm could not complete
+    /// it). Media sequence numbers must run on without a gap and a part once served must not
+    /// change, so a segment with parts is published with just those; one without any gives
+    /// its number to the next segment.
+    fn abandon_open(&mut self, now_us: u64) {
+        let Some(open) = &mut self.open else { return };
+        if open.segment.parts.is_empty() {
+            self.next_msn = open.segment.msn;
+            self.open = None;
+            return;
+        }
+        open.pending.clear();
+        let parts_us: f64 = open.segment.parts.iter().map(|p| p.duration_s * 1e6).sum();
+        let end = open.segment.start_us + parts_us as u64;
+        self.close_segment(None, end, now_us);
+    }
+
+    /// A segment the swarm has not completed long after it started is given up, and playback
+    /// goes on at the next segment start held, after a discontinuity.
+    fn give_up_if_stuck(&mut self, now_us: u64) -> bool {
         let Some(open) = &self.open else { return false };
         if self.newest_us.saturating_sub(open.segment.start_us) <= GIVE_UP_US {
             return false;
@@ -263,7 +280,7 @@ impl Assembler {
         let Some(next) = self.chunks.values().find(|c| Self::is_start(c)).map(|c| c.header.seq) else {
             return false;
         };
-        self.open = None;
+        self.abandon_open(now_us);
         self.chunks = self.chunks.split_off(&next);
         self.cursor = Some(next);
         self.discontinuity = true;
@@ -351,8 +368,27 @@ mod tests {
         assert!(a.segments().is_empty());
         a.push(chunk(1, 14, 6_000_000, S), 0);
         assert_eq!(a.skipped, 1);
+        // The given-up segment had no part to show: its number goes to the next one.
         let msns: Vec<(u64, bool)> = a.segments().iter().map(|s| (s.msn, s.discontinuity)).collect();
-        assert_eq!(msns, vec![(1, true), (2, false)]);
+        assert_eq!(msns, vec![(0, true), (1, false)]);
+    }
+
+    #[test]
+    fn a_broadcast_cut_mid_segment_keeps_the_parts_already_served_and_the_numbering() {
+        let mut a = Assembler::default();
+        a.push(chunk(1, 0, 1_000_000, S), 0);
+        a.push(chunk(1, 1, 1_200_000, 0), 0);
+        a.push(chunk(1, 2, 1_400_000, 0), 0);
+        // Two parts of segment 0 are out; the broadcaster dies and a new epoch starts.
+        assert_eq!(a.open_segment().map(|s| s.parts.len()), Some(2));
+        a.push(chunk(2, 0, 9_000_000, S), 0);
+        a.push(chunk(2, 1, 10_000_000, S), 0);
+        let segs: Vec<(u64, Vec<u8>, f64, bool)> = a
+            .segments()
+            .iter()
+            .map(|s| (s.msn, markers(&s.data), s.duration_s, s.discontinuity))
+            .collect();
+        assert_eq!(segs, vec![(0, vec![0, 1], 0.4, false), (1, vec![0], 1.0, true)]);
     }
 
     #[test]

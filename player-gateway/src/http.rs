@@ -341,5 +341,9 @@ async fn asset(Path(name): Path<String>) -> Response {
         "hls.min.js" => (include_str!("../assets/hls.min.js"), "text/javascript"),
         _ => return (StatusCode::NOT_FOUND, "no such file\n").into_response(),
     };
-    ([(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, "max-age=3600")], body).into_response()
+    (
+        [(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, "max-age=3600")],
+        body,
+    )
+        .into_response()
 }

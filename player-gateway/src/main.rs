@@ -14,6 +14,7 @@ use anyhow::Context;
 use clap::Parser;
 use shoal_peer::cli::{self, SwarmArgs, TicketArgs};
 use shoal_peer::stats::{now_us, spawn_writer};
+use shoal_peer::status;
 use shoal_peer::{Node, NodeConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -85,14 +86,26 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         "watching \"{}\": open http://{http_addr}/ — or play http://{http_addr}/live.m3u8 in VLC",
         ticket.name
     );
+    let status_gateway = gateway.clone();
     let server = axum::serve(listener, http::router(gateway)).with_graceful_shutdown({
         let cancel = cancel.clone();
         async move { cancel.cancelled().await }
     });
     let server = tokio::spawn(async move { server.await });
+    let status = tokio::spawn(status::show(node.stats(), cancel.clone(), move |_: &status::Now| {
+        let s = status_gateway.snapshot();
+        let behind = s["segment_latency_ms"]["p50"]
+            .as_f64()
+            .map_or("–".to_string(), |ms| format!("{:.1} s", ms / 1000.0));
+        format!(
+            " · {} segments served, ready {behind} after the broadcaster",
+            s["segments"]["published"]
+        )
+    }));
     cli::shutdown_signal().await;
     tracing::info!("shutting down");
     cancel.cancel();
+    let _ = status.await;
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     if let Some(writer) = writer {
         let _ = writer.await;

@@ -115,7 +115,17 @@ pub fn vlc(url: &str, seconds: u32, dir: &Path) -> anyhow::Result<VlcPlayback> {
     let output = command
         .arg("env")
         .arg(format!("HOME={}", home.display()))
-        .args(["cvlc", "-vv", "-I", "dummy", "--vout", "dummy", "--aout", "dummy", "--play-and-exit"])
+        .args([
+            "cvlc",
+            "-vv",
+            "-I",
+            "dummy",
+            "--vout",
+            "dummy",
+            "--aout",
+            "dummy",
+            "--play-and-exit",
+        ])
         .arg(format!("--run-time={seconds}"))
         .arg(url)
         .output()

@@ -137,8 +137,13 @@ fn plays_across_the_discontinuity(gw: &swarm::Gateway) {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
+    let playlist = wait_for_playlist(&gw.url("/live.m3u8"), "", Duration::ZERO);
     let play = ffmpeg(&gw.url("/live.m3u8"), 6).unwrap();
-    assert!(play.success && play.errors.is_empty(), "ffmpeg: {:?}", play.errors);
+    assert!(
+        play.success && play.errors.is_empty(),
+        "ffmpeg: {:?}\nplaylist when it started:\n{playlist}",
+        play.errors
+    );
     assert!(play.seconds >= 5.0, "decoded only {:.1} s", play.seconds);
 }
 

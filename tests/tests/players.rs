@@ -31,12 +31,21 @@ fn the_page_plays_in_chromium_close_behind_the_broadcaster_and_vlc_plays_the_pla
     assert!(page.errors.is_empty(), "page errors: {:?}", page.errors);
     assert!(page.played_s >= 10.0, "the video advanced only {:.1} s", page.played_s);
     assert!(page.frames >= 10 * 25, "decoded only {} frames", page.frames);
-    assert!(page.dropped * 20 <= page.frames, "dropped {} of {}", page.dropped, page.frames);
+    assert!(
+        page.dropped * 20 <= page.frames,
+        "dropped {} of {}",
+        page.dropped,
+        page.frames
+    );
     assert_eq!(page.state, "live");
     let latency = page.latency_s.expect("hls.js gave no playing date");
     assert!(latency <= MAX_LATENCY_S, "{latency:.2} s behind the broadcaster");
 
     let played = vlc(&gw.url("/live.m3u8"), 10, &dir).unwrap();
-    assert!(played.first_picture, "VLC decoded no picture (log in {})", dir.display());
+    assert!(
+        played.first_picture,
+        "VLC decoded no picture (log in {})",
+        dir.display()
+    );
     assert!(played.errors.is_empty(), "VLC reported: {:#?}", played.errors);
 }

@@ -3,7 +3,9 @@
 
 use clap::Parser;
 use shoal_peer::cli::{self, SwarmArgs, TicketArgs};
+use shoal_peer::status;
 use shoal_peer::{Node, NodeConfig};
+use tokio_util::sync::CancellationToken;
 
 /// Relay a shoal stream: verify every chunk and pass it on to other viewers.
 #[derive(Parser, Debug)]
@@ -41,7 +43,11 @@ async fn relay(args: Args) -> anyhow::Result<()> {
         node.local_addr(),
         node.node_id().short()
     );
+    let status_done = CancellationToken::new();
+    let status = tokio::spawn(status::show(node.stats(), status_done.clone(), status::nothing));
     cli::shutdown_signal().await;
+    status_done.cancel();
+    let _ = status.await;
     tracing::info!("shutting down");
     node.shutdown().await;
     Ok(())

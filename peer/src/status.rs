@@ -1,0 +1,93 @@
+//! The status line at the bottom of a terminal: neighbours, rates in and out, latency,
+//! rewritten every second. Only when stderr is a terminal: logs and pipes get plain lines.
+
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::stats::Stats;
+
+/// A status line is on screen: log lines must clear it before they print.
+static SHOWN: AtomicBool = AtomicBool::new(false);
+const CLEAR_LINE: &[u8] = b"\r\x1b[2K";
+
+/// Where log lines go: stderr, clearing the status line first when one is shown.
+pub struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut err = std::io::stderr().lock();
+        if SHOWN.load(Relaxed) {
+            err.write_all(CLEAR_LINE)?;
+        }
+        err.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// What one second of the status line is made of.
+pub struct Now<'a> {
+    /// The node's stats snapshot.
+    pub stats: &'a Value,
+    pub mbps_in: f64,
+    pub mbps_out: f64,
+}
+
+/// Shows the status line until `cancel`, if stderr is a terminal; `extra` adds what the
+/// binary knows besides the swarm (the gateway's segments, the broadcaster's upload).
+pub async fn show(stats: Arc<Stats>, cancel: CancellationToken, extra: impl Fn(&Now) -> String + Send) {
+    if !std::io::stderr().is_terminal() {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last: Option<(u64, u64, Instant)> = None;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let s = stats.snapshot();
+        let total = |v: &Value| v["data"].as_u64().unwrap_or(0) + v["control"].as_u64().unwrap_or(0);
+        let (bytes_in, bytes_out, now) = (total(&s["bytes_in"]), total(&s["bytes_out"]), Instant::now());
+        let rate = |now_bytes: u64, then: u64, at: Instant| {
+            now_bytes.saturating_sub(then) as f64 * 8.0 / now.duration_since(at).as_secs_f64().max(0.001) / 1e6
+        };
+        let (mbps_in, mbps_out) = last.map_or((0.0, 0.0), |(i, o, at)| (rate(bytes_in, i, at), rate(bytes_out, o, at)));
+        last = Some((bytes_in, bytes_out, now));
+        let neighbours = s["neighbours"]
+            .as_array()
+            .map_or(0, |n| n.iter().filter(|n| n["connected"] == true).count());
+        let latency = s["latency_ms"]["p50"]
+            .as_f64()
+            .map_or("–".to_string(), |ms| format!("{:.1} s", ms / 1000.0));
+        let line = format!(
+            "{neighbours} neighbours · in {mbps_in:.2} Mbit/s · out {mbps_out:.2} Mbit/s · latency {latency}{}",
+            extra(&Now {
+                stats: &s,
+                mbps_in,
+                mbps_out
+            })
+        );
+        let mut err = std::io::stderr().lock();
+        let _ = err.write_all(CLEAR_LINE);
+        let _ = err.write_all(line.as_bytes());
+        let _ = err.flush();
+        SHOWN.store(true, Relaxed);
+    }
+    if SHOWN.swap(false, Relaxed) {
+        let _ = std::io::stderr().write_all(CLEAR_LINE);
+    }
+}
+
+/// No extra: the swarm's facts only.
+pub fn nothing(_: &Now) -> String {
+    String::new()
+}
