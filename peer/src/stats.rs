@@ -69,6 +69,8 @@ pub struct Stats {
     core: Mutex<CoreView>,
     limits: Limits,
     latency_ms: Mutex<VecDeque<f64>>,
+    /// Every chunk's latency since start, in buckets (Prometheus' histogram).
+    latency_histogram: Mutex<Histogram>,
     /// Incoming connections turned away because `max_incoming_connections` were open.
     connections_refused: AtomicU64,
     /// Neighbours dropped for not taking the chunks pushed to them.
@@ -89,6 +91,7 @@ impl Stats {
             links: Mutex::new(Vec::new()),
             core: Mutex::default(),
             latency_ms: Mutex::new(VecDeque::with_capacity(LATENCY_SAMPLES)),
+            latency_histogram: Mutex::default(),
             connections_refused: AtomicU64::new(0),
             slow_dropped: AtomicU64::new(0),
             limits,
@@ -151,6 +154,7 @@ impl Stats {
     /// Records that a chunk stamped `timestamp_us` (broadcaster clock) is now held verified.
     pub fn chunk_latency(&self, timestamp_us: u64) {
         let ms = now_us().saturating_sub(timestamp_us) as f64 / 1000.0;
+        lock(&self.latency_histogram).observe(ms);
         let mut samples = lock(&self.latency_ms);
         if samples.len() == LATENCY_SAMPLES {
             samples.pop_front();
@@ -225,8 +229,45 @@ impl Stats {
                 "memory_bound_bytes": stream_bps.map(|b| self.limits.memory_bound(b as u64)),
             },
             "latency_ms": percentiles(samples),
+            "latency_histogram_ms": lock(&self.latency_histogram).json(),
             "startup_ms": startup.map(|d| d.as_millis() as u64),
         })
+    }
+}
+
+/// Upper bounds (ms) of the latency histogram's buckets; one more counts everything.
+pub const LATENCY_BUCKETS_MS: [f64; 11] = [
+    50.0, 100.0, 200.0, 300.0, 500.0, 750.0, 1000.0, 1500.0, 2000.0, 3000.0, 5000.0,
+];
+
+/// Cumulative counts per bucket, as Prometheus reads them: `le` counts every sample ≤ it.
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; LATENCY_BUCKETS_MS.len()],
+    count: u64,
+    sum_ms: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, ms: f64) {
+        for (bound, count) in LATENCY_BUCKETS_MS.iter().zip(&mut self.counts) {
+            if ms <= *bound {
+                *count += 1;
+            }
+        }
+        self.count += 1;
+        self.sum_ms += ms;
+    }
+
+    /// Buckets in order, the last one (`le_ms` null) counting every sample.
+    fn json(&self) -> Value {
+        let buckets: Vec<Value> = LATENCY_BUCKETS_MS
+            .iter()
+            .zip(self.counts)
+            .map(|(bound, count)| json!({"le_ms": bound, "count": count}))
+            .chain([json!({"le_ms": null, "count": self.count})])
+            .collect();
+        json!({"buckets": buckets, "count": self.count, "sum_ms": self.sum_ms})
     }
 }
 

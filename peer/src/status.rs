@@ -65,9 +65,7 @@ pub async fn show(stats: Arc<Stats>, cancel: CancellationToken, extra: impl Fn(&
         let neighbours = s["neighbours"]
             .as_array()
             .map_or(0, |n| n.iter().filter(|n| n["connected"] == true).count());
-        let latency = s["latency_ms"]["p50"]
-            .as_f64()
-            .map_or("–".to_string(), |ms| format!("{:.1} s", ms / 1000.0));
+        let latency = s["latency_ms"]["p50"].as_f64().map_or("–".to_string(), duration);
         let line = format!(
             "{neighbours} neighbours · in {mbps_in:.2} Mbit/s · out {mbps_out:.2} Mbit/s · latency {latency}{}",
             extra(&Now {
@@ -90,4 +88,13 @@ pub async fn show(stats: Arc<Stats>, cancel: CancellationToken, extra: impl Fn(&
 /// No extra: the swarm's facts only.
 pub fn nothing(_: &Now) -> String {
     String::new()
+}
+
+/// `850 ms`, `1.4 s`: what a person reads at a glance.
+pub fn duration(ms: f64) -> String {
+    if ms < 1000.0 {
+        format!("{ms:.0} ms")
+    } else {
+        format!("{:.1} s", ms / 1000.0)
+    }
 }

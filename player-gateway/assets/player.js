@@ -74,6 +74,18 @@ function measureLatency() {
   const date = hls && hls.playingDate;
   latencyS = date && !video.paused ? (Date.now() - date.getTime()) / 1000 : null;
   $("latency").textContent = latencyS == null ? "–" : latencyS.toFixed(1) + " s";
+  if (config.lowLatency) keepUp();
+}
+
+// hls.js speeds up only with more than a second buffered, which low latency never has: when
+// playback has fallen well behind its target (a slow start, a stall), jump back to it.
+function keepUp() {
+  if (!hls || video.paused || hls.latency == null || !hls.targetLatency) return;
+  const buffered = video.buffered.length ? video.buffered.end(video.buffered.length - 1) : 0;
+  const sync = hls.liveSyncPosition;
+  if (hls.latency - hls.targetLatency > 1 && sync != null && sync < buffered) {
+    video.currentTime = sync;
+  }
 }
 setInterval(measureLatency, 500);
 // For tests and curious users: window.shoal.latency() in the console.

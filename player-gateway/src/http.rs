@@ -34,7 +34,13 @@ pub struct Gateway {
     updated: watch::Sender<u64>,
     /// Segment available − its first chunk's broadcaster timestamp, ms.
     segment_latency_ms: Mutex<VecDeque<f64>>,
+    /// When the newest segment became available (local µs), and how often the playlist
+    /// went without a new one for longer than `STALL_AFTER_US`.
+    stalls: Mutex<(Option<u64>, u64)>,
 }
+
+/// A playlist that gets no new segment for this long has stalled its players.
+const STALL_AFTER_US: u64 = 2_500_000;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -49,6 +55,7 @@ impl Gateway {
             assembler: Mutex::new(Assembler::default()),
             updated: watch::channel(0).0,
             segment_latency_ms: Mutex::new(VecDeque::new()),
+            stalls: Mutex::default(),
         })
     }
 
@@ -66,7 +73,15 @@ impl Gateway {
             .filter(|s| before.is_none_or(|b| s.msn > b))
             .collect();
         let mut samples = lock(&self.segment_latency_ms);
+        let mut stalls = lock(&self.stalls);
         for s in new {
+            if stalls
+                .0
+                .is_some_and(|last| s.complete_us.saturating_sub(last) > STALL_AFTER_US)
+            {
+                stalls.1 += 1;
+            }
+            stalls.0 = Some(s.complete_us);
             if samples.len() == SEGMENT_SAMPLES {
                 samples.pop_front();
             }
@@ -94,6 +109,7 @@ impl Gateway {
         stats["segments"] = json!({
             "published": a.segments().back().map_or(0, |s| s.msn + 1),
             "skipped": a.skipped,
+            "stalls": lock(&self.stalls).1,
             "ended": a.ended,
             "recent": a.segments().iter().rev().take(10).map(|s| json!({
                 "msn": s.msn,
@@ -298,6 +314,44 @@ async fn metrics(State(g): State<Arc<Gateway>>) -> Response {
         "Broadcaster timestamp to chunk held verified.",
         "gauge",
         quantiles(&s["latency_ms"]),
+    );
+    let histogram = &s["latency_histogram_ms"];
+    let buckets = histogram["buckets"]
+        .as_array()
+        .map(|b| {
+            b.iter()
+                .map(|bucket| {
+                    let le = bucket["le_ms"]
+                        .as_f64()
+                        .map_or("+Inf".to_string(), |ms| (ms / 1000.0).to_string());
+                    (format!("_bucket{{le=\"{le}\"}}"), bucket["count"].clone())
+                })
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    let mut samples = buckets;
+    samples.push((
+        "_sum".to_string(),
+        json!(histogram["sum_ms"].as_f64().unwrap_or(0.0) / 1000.0),
+    ));
+    samples.push(("_count".to_string(), histogram["count"].clone()));
+    metric(
+        "chunk_latency_seconds",
+        "Broadcaster timestamp to chunk held verified, every chunk since start.",
+        "histogram",
+        samples,
+    );
+    metric(
+        "startup_seconds",
+        "Joining to holding a whole segment.",
+        "gauge",
+        vec![(String::new(), json!(s["startup_ms"].as_f64().map(|ms| ms / 1000.0)))],
+    );
+    metric(
+        "playlist_stalls_total",
+        "Times the playlist went more than 2.5 s without a new segment before the stream ended.",
+        "counter",
+        vec![(String::new(), s["segments"]["stalls"].clone())],
     );
     metric(
         "segment_latency_ms",

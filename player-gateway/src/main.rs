@@ -96,7 +96,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         let s = status_gateway.snapshot();
         let behind = s["segment_latency_ms"]["p50"]
             .as_f64()
-            .map_or("–".to_string(), |ms| format!("{:.1} s", ms / 1000.0));
+            .map_or("–".to_string(), status::duration);
         format!(
             " · {} segments served, ready {behind} after the broadcaster",
             s["segments"]["published"]

@@ -41,6 +41,29 @@ fn the_page_plays_in_chromium_close_behind_the_broadcaster_and_vlc_plays_the_pla
     let latency = page.latency_s.expect("hls.js gave no playing date");
     assert!(latency <= MAX_LATENCY_S, "{latency:.2} s behind the broadcaster");
 
+    // What the gateway reports about that playback.
+    let (_, metrics) = swarm::http_get(&gw.url("/metrics")).unwrap();
+    let metrics = String::from_utf8_lossy(&metrics);
+    for line in [
+        "shoal_chunk_latency_seconds_bucket{le=\"+Inf\"}",
+        "shoal_chunk_latency_seconds_count",
+        "shoal_startup_seconds",
+        "shoal_playlist_stalls_total",
+        "shoal_chunks_verified_total",
+        "shoal_bytes_received_total{kind=\"data\"}",
+    ] {
+        assert!(metrics.contains(line), "no {line} in /metrics:\n{metrics}");
+    }
+    let stats = gw.stats();
+    eprintln!(
+        "gateway: startup {} ms, playlist stalls {}, chunk latency {}",
+        stats["startup_ms"], stats["segments"]["stalls"], stats["latency_ms"]
+    );
+    assert!(
+        stats["latency_histogram_ms"]["count"].as_u64().unwrap() > 300,
+        "{stats}"
+    );
+
     let played = vlc(&gw.url("/live.m3u8"), 10, &dir).unwrap();
     assert!(
         played.first_picture,
