@@ -5,7 +5,8 @@
 // Prints one JSON object: how far the video played, frames decoded and dropped, the latency
 // behind the broadcaster as hls.js sees it (wall clock − playing date; median of the samples
 // taken after the first five seconds of playback), time from page open to the first frame,
-// what the page said, and any page errors. Gives up after SECONDS + 40 s.
+// how far the video advanced in the last three seconds, what the page said, and any page
+// errors. Gives up after SECONDS + 40 s.
 import puppeteer from "puppeteer-core";
 import { existsSync } from "node:fs";
 
@@ -38,12 +39,18 @@ try {
   const firstFrameMs = Date.now() - opened;
   const start = await page.evaluate(() => document.getElementById("video").currentTime);
   const latencies = [];
+  const positions = [];
   const until = Date.now() + seconds * 1000;
   while (Date.now() < until) {
     await new Promise((r) => setTimeout(r, 500));
-    const l = await page.evaluate(() => window.shoal.latency());
+    const [l, t] = await page.evaluate(() => [window.shoal.latency(), document.getElementById("video").currentTime]);
+    positions.push([Date.now(), t]);
     if (l != null && Date.now() - opened - firstFrameMs > 5000) latencies.push(l);
   }
+  // How far the video advanced over the last three seconds: is it playing at the end?
+  const lastAt = positions[positions.length - 1];
+  const before = positions.find(([at]) => at >= lastAt[0] - 3000) || lastAt;
+  const playedLast3s = lastAt[1] - before[1];
   const result = await page.evaluate(() => {
     const v = document.getElementById("video");
     const q = v.getVideoPlaybackQuality();
@@ -68,9 +75,11 @@ try {
     JSON.stringify({
       ...result,
       played_s: result.current_time - start,
+      played_last_3s: playedLast3s,
       first_frame_ms: firstFrameMs,
       latency_s: median,
       latency_max_s: latencies.length ? latencies[latencies.length - 1] : null,
+      latency_end_s: await page.evaluate(() => window.shoal.latency()),
       errors,
     }),
   );

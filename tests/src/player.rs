@@ -62,11 +62,15 @@ pub fn ffmpeg(url: &str, seconds: u32) -> anyhow::Result<Playback> {
 #[derive(Debug, serde::Deserialize)]
 pub struct PagePlayback {
     pub played_s: f64,
+    /// How far the video advanced over the last three seconds of the session.
+    pub played_last_3s: f64,
     pub frames: u64,
     pub dropped: u64,
     /// Median of wall clock − the playing frame's broadcaster time, after 5 s of playback.
     pub latency_s: Option<f64>,
     pub latency_max_s: Option<f64>,
+    /// The latency when the session ended.
+    pub latency_end_s: Option<f64>,
     /// Page opened → video playing.
     pub first_frame_ms: u64,
     pub state: String,

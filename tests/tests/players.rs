@@ -2,6 +2,8 @@
 //! player page (hls.js, low-latency HLS) and must stay close behind the broadcaster; VLC
 //! plays /live.m3u8 and must decode pictures with no errors.
 
+use std::time::Duration;
+
 use shoal_tests::player::{chromium, vlc};
 use shoal_tests::process::test_dir;
 use shoal_tests::swarm;
@@ -71,4 +73,43 @@ fn the_page_plays_in_chromium_close_behind_the_broadcaster_and_vlc_plays_the_pla
         dir.display()
     );
     assert!(played.errors.is_empty(), "VLC reported: {:#?}", played.errors);
+}
+
+/// A kiosk left alone: the broadcaster dies (SIGKILL) while the page plays and comes back a
+/// few seconds later; the relay dials it again by itself and the page, after saying the
+/// stream is offline, plays the new broadcast without anybody touching it.
+#[test]
+fn the_page_resumes_by_itself_when_the_broadcaster_comes_back() {
+    let dir = test_dir("resume");
+    let mut b = swarm::broadcaster(&dir, &[]).unwrap();
+    let relay = swarm::relay(&dir, "relay", &b.ticket_file, &b.node.addr).unwrap();
+    let gw = swarm::gateway(&dir, &b.ticket_file, &relay.addr).unwrap();
+    let url = gw.url("/");
+    let shot = dir.join("resumed.png");
+    let page = std::thread::spawn(move || chromium(&url, 40, &shot));
+
+    std::thread::sleep(Duration::from_secs(10));
+    let listen = b.node.addr.clone();
+    b.node.proc.kill();
+    std::thread::sleep(Duration::from_secs(4));
+    let _b2 = swarm::broadcaster_on(&dir, &listen, &[]).unwrap();
+
+    let page = page.join().unwrap().unwrap();
+    eprintln!(
+        "resumed: state {}, {:.1} s played in the last 3 s, {} stalls, latency at the end {:?} s",
+        page.state, page.played_last_3s, page.stalls, page.latency_end_s
+    );
+    assert!(page.errors.is_empty(), "page errors: {:?}", page.errors);
+    assert_eq!(page.state, "live", "the page did not come back by itself");
+    assert!(page.played_last_3s >= 2.0, "the video is not playing at the end");
+    let latency = page.latency_end_s.expect("no playing date at the end");
+    assert!(
+        latency <= MAX_LATENCY_S,
+        "{latency:.2} s behind the restarted broadcaster"
+    );
+    let stats = gw.stats();
+    assert!(
+        stats["segments"]["stalls"].as_u64().unwrap() >= 1,
+        "the outage went unnoticed: {stats}"
+    );
 }
