@@ -266,17 +266,18 @@ async fn run_core(
         };
         let verified_before = core.counters().verified;
         let is_tick = matches!(event, Event::Tick);
-        let timestamp = match &event {
-            Event::Chunk { chunk, .. } => Some(chunk.header.timestamp_us),
+        let header = match &event {
+            Event::Chunk { chunk, .. } => Some(chunk.header),
             _ => None,
         };
         let actions: Vec<Action> = core.handle(event, now).collect();
         // Latency counts chunks emitted since this node started (not the back-fill on joining).
-        if let Some(ts) = timestamp
-            && ts >= started_us
+        if let Some(h) = header
+            && h.timestamp_us >= started_us
             && core.counters().verified > verified_before
         {
-            stats.chunk_latency(ts);
+            stats.chunk_latency(h.timestamp_us);
+            stats.live_chunk(h.epoch, h.seq);
         }
         for action in actions {
             match action {

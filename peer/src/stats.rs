@@ -1,7 +1,7 @@
 //! A node's counters, shared between its tasks: bytes by kind and by neighbour, chunk
 //! verdicts, latency samples; rendered as the `--stats-json` / `/stats.json` object.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -69,6 +69,8 @@ pub struct Stats {
     core: Mutex<CoreView>,
     limits: Limits,
     latency_ms: Mutex<VecDeque<f64>>,
+    /// (epoch, first seq, newest seq) of the chunks emitted since start that this node holds.
+    live: Mutex<Option<(u64, u64, u64)>>,
     /// Every chunk's latency since start, in buckets (Prometheus' histogram).
     latency_histogram: Mutex<Histogram>,
     /// Incoming connections turned away because `max_incoming_connections` were open.
@@ -92,6 +94,7 @@ impl Stats {
             core: Mutex::default(),
             latency_ms: Mutex::new(VecDeque::with_capacity(LATENCY_SAMPLES)),
             latency_histogram: Mutex::default(),
+            live: Mutex::default(),
             connections_refused: AtomicU64::new(0),
             slow_dropped: AtomicU64::new(0),
             limits,
@@ -162,6 +165,19 @@ impl Stats {
         samples.push_back(ms);
     }
 
+    /// A chunk emitted since this node started became held: the span of seqs these cover,
+    /// per epoch, tells a benchmark how many it should have got.
+    pub fn live_chunk(&self, epoch: u64, seq: u64) {
+        let mut live = lock(&self.live);
+        match &mut *live {
+            Some((e, first, newest)) if *e == epoch => {
+                *first = (*first).min(seq);
+                *newest = (*newest).max(seq);
+            }
+            _ => *live = Some((epoch, seq, seq)),
+        }
+    }
+
     pub fn set_core(&self, core: &State) {
         *lock(&self.core) = CoreView {
             counters: core.counters().clone(),
@@ -205,6 +221,10 @@ impl Stats {
             "bytes_out": self.bytes_out.json(),
             "chunks": {
                 "verified": counters.verified,
+                "verified_bytes": counters.verified_bytes,
+                "published": counters.published,
+                "published_bytes": counters.published_bytes,
+                "duplicate_bytes": counters.duplicate_bytes,
                 "rejected": counters.rejected,
                 "duplicate": counters.duplicate,
                 "late": counters.late,
@@ -230,6 +250,7 @@ impl Stats {
             },
             "latency_ms": percentiles(samples),
             "latency_histogram_ms": lock(&self.latency_histogram).json(),
+            "live_chunks": lock(&self.live).map(|(epoch, first, newest)| json!({"epoch": epoch, "first_seq": first, "newest_seq": newest})),
             "startup_ms": startup.map(|d| d.as_millis() as u64),
         })
     }
@@ -246,6 +267,21 @@ struct Histogram {
     counts: [u64; LATENCY_BUCKETS_MS.len()],
     count: u64,
     sum_ms: f64,
+    /// Fine log-spaced counts (bucket k holds samples up to `FINE_BASE^k` ms, ≈ 5 % wide):
+    /// histograms of many nodes add up, so a benchmark gets percentiles over a whole swarm.
+    fine: BTreeMap<u32, u64>,
+}
+
+/// Ratio between the bounds of neighbouring fine buckets.
+pub const FINE_BASE: f64 = 1.05;
+
+/// The fine bucket a latency falls in (1 ms and below: bucket 0).
+pub fn fine_bucket(ms: f64) -> u32 {
+    if ms <= 1.0 {
+        0
+    } else {
+        (ms.ln() / FINE_BASE.ln()).ceil() as u32
+    }
 }
 
 impl Histogram {
@@ -257,6 +293,7 @@ impl Histogram {
         }
         self.count += 1;
         self.sum_ms += ms;
+        *self.fine.entry(fine_bucket(ms)).or_default() += 1;
     }
 
     /// Buckets in order, the last one (`le_ms` null) counting every sample.
@@ -267,7 +304,8 @@ impl Histogram {
             .map(|(bound, count)| json!({"le_ms": bound, "count": count}))
             .chain([json!({"le_ms": null, "count": self.count})])
             .collect();
-        json!({"buckets": buckets, "count": self.count, "sum_ms": self.sum_ms})
+        let fine: serde_json::Map<String, Value> = self.fine.iter().map(|(k, n)| (k.to_string(), json!(n))).collect();
+        json!({"buckets": buckets, "count": self.count, "sum_ms": self.sum_ms, "fine": fine})
     }
 }
 

@@ -2,6 +2,7 @@
 //! print and their stats files, play the result with real players, and stop everything.
 
 pub mod adversary;
+pub mod bench;
 pub mod player;
 pub mod process;
 pub mod swarm;

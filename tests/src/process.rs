@@ -10,11 +10,13 @@ use anyhow::{Context, bail};
 /// The directory holding the workspace's binaries (the one the tests were built into).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/<test> → target/<profile>
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target directory")
-        .to_path_buf()
+    // A test: target/<profile>/deps/<test>; a tool (the benchmark): target/<profile>/<tool>.
+    let dir = exe.parent().expect("target directory");
+    if dir.ends_with("deps") {
+        dir.parent().expect("target directory").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 pub fn binary(name: &str) -> PathBuf {
@@ -102,11 +104,27 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// CPU time it has used so far (user + system), from /proc.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // Fields after the command name (which may hold spaces) start at ")".
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        Some(Duration::from_secs_f64(ticks as f64 / clock_ticks_per_second()))
+    }
+
     /// Its resident memory now, from /proc.
     pub fn rss_bytes(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
         let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
         Some(kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok()? * 1024)
+    }
+
+    /// Sends SIGINT (Ctrl-C) and returns at once (to stop many processes together).
+    pub fn signal_interrupt(&self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
     }
 
     /// Sends SIGINT (Ctrl-C) and waits up to `timeout` for a clean exit.
@@ -145,4 +163,14 @@ pub fn read_stats(path: &Path) -> serde_json::Value {
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!("no stats in {}", path.display());
+}
+
+/// The kernel's clock ticks per second for /proc CPU times (USER_HZ; 100 on Linux).
+fn clock_ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
 }

@@ -106,6 +106,18 @@ fn downstream_args(ticket_file: &Path, upstream: &str, stats: &Path) -> Vec<Stri
     .to_vec()
 }
 
+/// A relay peer as users run it: it dials `bootstrap` and finds the rest of the swarm by
+/// peer exchange.
+pub fn peer(dir: &Path, name: &str, ticket_file: &Path, bootstrap: &str, extra: &[&str]) -> anyhow::Result<Node> {
+    let stats = dir.join(format!("{name}.json"));
+    let mut args: Vec<String> = downstream_args(ticket_file, bootstrap, &stats)
+        .into_iter()
+        .filter(|a| a != "--no-discovery")
+        .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    start_relay(dir, name, &args, stats)
+}
+
 /// A relay peer that dials only `upstream`.
 pub fn relay(dir: &Path, name: &str, ticket_file: &Path, upstream: &str) -> anyhow::Result<Node> {
     relay_with(dir, name, ticket_file, upstream, &[])
@@ -116,7 +128,11 @@ pub fn relay_with(dir: &Path, name: &str, ticket_file: &Path, upstream: &str, ex
     let stats = dir.join(format!("{name}.json"));
     let mut args = downstream_args(ticket_file, upstream, &stats);
     args.extend(extra.iter().map(|s| s.to_string()));
-    let mut proc = Proc::start(dir, name, &binary("shoal-peer"), &args)?;
+    start_relay(dir, name, &args, stats)
+}
+
+fn start_relay(dir: &Path, name: &str, args: &[String], stats: PathBuf) -> anyhow::Result<Node> {
+    let mut proc = Proc::start(dir, name, &binary("shoal-peer"), args)?;
     let line = proc.wait_for_line("relaying", START_TIMEOUT)?;
     let addr = line
         .split(" on ")
@@ -135,7 +151,21 @@ pub fn gateway(dir: &Path, ticket_file: &Path, upstream: &str) -> anyhow::Result
 /// A gateway that dials only `upstream`, serving HTTP on `http` (to restart one where it was).
 pub fn gateway_on(dir: &Path, ticket_file: &Path, upstream: &str, http: &str) -> anyhow::Result<Gateway> {
     let stats = dir.join("gateway.json");
-    let mut args = downstream_args(ticket_file, upstream, &stats);
+    let args = downstream_args(ticket_file, upstream, &stats);
+    start_gateway(dir, args, http, stats)
+}
+
+/// A gateway as users run it: it dials `bootstrap` and finds the swarm by peer exchange.
+pub fn gateway_in_swarm(dir: &Path, ticket_file: &Path, bootstrap: &str) -> anyhow::Result<Gateway> {
+    let stats = dir.join("gateway.json");
+    let args = downstream_args(ticket_file, bootstrap, &stats)
+        .into_iter()
+        .filter(|a| a != "--no-discovery")
+        .collect();
+    start_gateway(dir, args, "127.0.0.1:0", stats)
+}
+
+fn start_gateway(dir: &Path, mut args: Vec<String>, http: &str, stats: PathBuf) -> anyhow::Result<Gateway> {
     args.extend(["--http".to_string(), http.to_string()]);
     let mut proc = Proc::start(dir, "gateway", &binary("shoal-gateway"), &args)?;
     let line = proc.wait_for_line("open http://", START_TIMEOUT)?;

@@ -402,13 +402,21 @@ impl State {
             }
             Admit::Duplicate => {
                 self.counters.duplicate += 1;
+                self.counters.duplicate_bytes += chunk.encoded_len() as u64;
                 self.mark_has(from, seq);
                 return;
             }
             Admit::Stored => {}
         }
-        if from.is_some() {
-            self.counters.verified += 1;
+        match from {
+            Some(_) => {
+                self.counters.verified += 1;
+                self.counters.verified_bytes += chunk.encoded_len() as u64;
+            }
+            None => {
+                self.counters.published += 1;
+                self.counters.published_bytes += chunk.encoded_len() as u64;
+            }
         }
         if self.window.live_epoch() != previous_epoch {
             self.on_new_epoch(seq);

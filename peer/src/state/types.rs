@@ -176,7 +176,12 @@ pub enum Action {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
     pub verified: u64,
+    pub verified_bytes: u64,
+    /// Chunks this node produced (the broadcaster), and their wire bytes.
+    pub published: u64,
+    pub published_bytes: u64,
     pub duplicate: u64,
+    pub duplicate_bytes: u64,
     pub late: u64,
     pub rejected: BTreeMap<&'static str, u64>,
     pub requests_sent: u64,

@@ -1,0 +1,49 @@
+//! `shoal-bench-swarm` (run through `scripts/bench-swarm`): starts a broadcaster, N peers and
+//! a gateway on loopback, streams for a while, and prints one JSON object of measurements.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use shoal_tests::bench::{self, Config};
+
+/// Measure a real shoal swarm on this machine.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Relay peers (each its own process), besides the broadcaster and one gateway.
+    #[arg(long, default_value_t = 50)]
+    peers: usize,
+    /// Seconds to stream.
+    #[arg(long, default_value_t = 60)]
+    duration_s: u64,
+    #[arg(long, default_value_t = 2000)]
+    bitrate_kbps: u32,
+    /// Fraction of the peers killed (no goodbye) and replaced by fresh ones each minute.
+    #[arg(long, default_value_t = 0.0)]
+    churn_per_min: f64,
+    /// Also write the JSON here.
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let dir = shoal_tests::process::test_dir("bench-swarm");
+    let config = Config {
+        peers: args.peers,
+        duration: Duration::from_secs(args.duration_s),
+        bitrate_kbps: args.bitrate_kbps,
+        churn_per_min: args.churn_per_min,
+    };
+    let report = bench::run(&config, &dir)?;
+    let text = report.to_string();
+    println!("{text}");
+    if let Some(path) = args.json {
+        std::fs::write(&path, format!("{text}\n")).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    // Leave the logs of a run that went well out of the way.
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
