@@ -4,6 +4,8 @@
 pub mod cli;
 pub mod limits;
 pub mod link;
+#[cfg(feature = "netem")]
+pub mod netem;
 pub mod node;
 pub mod pacer;
 pub mod seqset;

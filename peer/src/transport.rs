@@ -68,19 +68,38 @@ pub fn endpoint(listen: SocketAddr, limits: &Limits) -> anyhow::Result<quinn::En
     client.transport_config(transport_config(limits));
 
     let socket = std::net::UdpSocket::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
-    let mut endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(server),
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
-    .with_context(|| format!("cannot start QUIC on {listen}"))?;
+    let mut endpoint = udp_endpoint(socket, server).with_context(|| format!("cannot start QUIC on {listen}"))?;
     endpoint.set_default_client_config(client);
     Ok(endpoint)
 }
 
 /// Accepts any server certificate but still checks the handshake signature, so the
 /// connection is encrypted to whoever holds the presented key.
+fn udp_endpoint(socket: std::net::UdpSocket, server: quinn::ServerConfig) -> anyhow::Result<quinn::Endpoint> {
+    let runtime = Arc::new(quinn::TokioRuntime);
+    #[cfg(feature = "netem")]
+    if let Some(netem) = crate::netem::Netem::from_env()? {
+        use quinn::Runtime;
+        tracing::warn!(
+            ?netem,
+            "emulating delay and loss on this node's socket (benchmarks only)"
+        );
+        let socket = Arc::new(crate::netem::Socket::new(runtime.wrap_udp_socket(socket)?, netem));
+        return Ok(quinn::Endpoint::new_with_abstract_socket(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            runtime,
+        )?);
+    }
+    Ok(quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        runtime,
+    )?)
+}
+
 #[derive(Debug)]
 struct AnyCertificate(Arc<CryptoProvider>);
 

@@ -27,7 +27,12 @@ pub struct Config {
     pub bitrate_kbps: u32,
     /// Fraction of the relay peers killed (SIGKILL) and replaced by fresh ones each minute.
     pub churn_per_min: f64,
+    /// Delay and loss are emulated (`NETEM_ENV` is set for the nodes): check they apply it.
+    pub emulated: bool,
 }
+
+/// The nodes' delay-and-loss setting (peer/src/netem.rs), inherited from this process.
+pub const NETEM_ENV: &str = "SHOAL_NETEM";
 
 /// A relay peer of the run, with when it joined and the CPU it had used when measuring began.
 struct Peer {
@@ -51,6 +56,12 @@ impl Peer {
 pub fn run(config: &Config, dir: &Path) -> anyhow::Result<Value> {
     let bitrate = config.bitrate_kbps.to_string();
     let mut broadcaster = swarm::broadcaster(dir, &["--bitrate-kbps", &bitrate])?;
+    if config.emulated {
+        anyhow::ensure!(
+            broadcaster.node.proc.stderr_text().contains("emulating delay and loss"),
+            "{NETEM_ENV} is set but the nodes ignore it: build them with the netem feature (scripts/bench-swarm does)"
+        );
+    }
     let ticket = broadcaster.ticket_file.clone();
     let source = broadcaster.node.addr.clone();
     let mut peers = Vec::with_capacity(config.peers);
@@ -151,6 +162,7 @@ pub fn run(config: &Config, dir: &Path) -> anyhow::Result<Value> {
         "duration_s": config.duration.as_secs(),
         "bitrate_kbps": config.bitrate_kbps,
         "churn_per_min": config.churn_per_min,
+        "netem": std::env::var(NETEM_ENV).ok(),
         "peers_replaced": gone.len(),
         "delivery_ratio": round((delivered as f64 / expected.max(1) as f64).min(1.0), 5),
         "latency_ms": {

@@ -15,6 +15,7 @@ fn ten_peers_get_the_stream_from_a_source_uploading_about_one_copy() {
         duration: Duration::from_secs(20),
         bitrate_kbps: 1000,
         churn_per_min: 0.0,
+        emulated: false,
     };
     let report = bench::run(&config, &dir).unwrap();
     eprintln!("{report}");

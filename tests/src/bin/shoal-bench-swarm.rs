@@ -23,6 +23,13 @@ struct Args {
     /// Fraction of the peers killed (no goodbye) and replaced by fresh ones each minute.
     #[arg(long, default_value_t = 0.0)]
     churn_per_min: f64,
+    /// Round trip added to every path (emulated in each node's socket; needs binaries built
+    /// with the `netem` feature, as scripts/bench-swarm does).
+    #[arg(long, default_value_t = 0)]
+    rtt_ms: u64,
+    /// Share of datagrams dropped on arrival at every node.
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
     /// Also write the JSON here.
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
@@ -30,12 +37,19 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let emulated = args.rtt_ms > 0 || args.loss > 0.0;
+    if emulated {
+        let spec = format!("rtt_ms={},loss={}", args.rtt_ms, args.loss);
+        // SAFETY: no other thread exists yet; every node started later inherits it.
+        unsafe { std::env::set_var(shoal_tests::bench::NETEM_ENV, spec) };
+    }
     let dir = shoal_tests::process::test_dir("bench-swarm");
     let config = Config {
         peers: args.peers,
         duration: Duration::from_secs(args.duration_s),
         bitrate_kbps: args.bitrate_kbps,
         churn_per_min: args.churn_per_min,
+        emulated,
     };
     let report = bench::run(&config, &dir)?;
     let text = report.to_string();
