@@ -36,6 +36,10 @@ fn transport_config(limits: &Limits) -> Arc<quinn::TransportConfig> {
     t.max_concurrent_uni_streams(MAX_INCOMING_CHUNK_STREAMS.into());
     t.max_concurrent_bidi_streams(2u32.into());
     t.keep_alive_interval(Some(Duration::from_secs(2)));
+    // Loss-based control (Cubic) reads every random loss as congestion: at 2 % loss and
+    // 50 ms RTT it caps a connection below a 2 Mbit/s stream. BBR paces by measured
+    // bandwidth and round trip instead (measured with scripts/bench-swarm).
+    t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
     t.max_idle_timeout(Some(
         Duration::from_secs(10)
             .try_into()

@@ -127,7 +127,9 @@ pub fn run(config: &Config, dir: &Path) -> anyhow::Result<Value> {
     let (mut delivered, mut expected) = (0u64, 0u64);
     let (mut duplicate_bytes, mut useful_bytes) = (0u64, 0u64);
     let mut startups = Vec::new();
+    let mut worst: Option<(f64, String)> = None;
     for s in peer_stats.iter().chain([&gateway_stats]) {
+        let delivered_before = delivered;
         let histogram = &s["latency_histogram_ms"]["fine"];
         for (bucket, count) in histogram.as_object().into_iter().flatten() {
             let (Ok(bucket), Some(count)) = (bucket.parse::<u32>(), count.as_u64()) else {
@@ -143,6 +145,10 @@ pub fn run(config: &Config, dir: &Path) -> anyhow::Result<Value> {
             s["live_chunks"]["newest_seq"].as_u64(),
         ) {
             expected += newest - first + 1;
+            let mine = (delivered - delivered_before) as f64 / (newest - first + 1) as f64;
+            if worst.as_ref().is_none_or(|(w, _)| mine < *w) {
+                worst = Some((mine, s["node_id"].as_str().unwrap_or_default().to_string()));
+            }
         }
         duplicate_bytes += s["chunks"]["duplicate_bytes"].as_u64().unwrap_or(0);
         useful_bytes += s["chunks"]["verified_bytes"].as_u64().unwrap_or(0);
@@ -165,6 +171,8 @@ pub fn run(config: &Config, dir: &Path) -> anyhow::Result<Value> {
         "netem": std::env::var(NETEM_ENV).ok(),
         "peers_replaced": gone.len(),
         "delivery_ratio": round((delivered as f64 / expected.max(1) as f64).min(1.0), 5),
+        "delivery_ratio_worst_node": worst.as_ref().map(|(w, _)| round(w.min(1.0), 4)),
+        "worst_node": worst.map(|(_, id)| id),
         "latency_ms": {
             "p50": percentile(&fine, 0.50),
             "p95": percentile(&fine, 0.95),

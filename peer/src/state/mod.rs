@@ -38,6 +38,8 @@ const MAX_REPAIR_SPAN: u64 = 512;
 const FRESH_SPAN: u64 = 64;
 /// Chunks a joining node pulls at most to reach the start of the newest segment.
 const MAX_BACKFILL: u64 = 256;
+/// A stripe this many of its chunks behind the newest chunk held has stalled.
+const STALLED_ROUNDS: u64 = 3;
 /// Stream rate is measured over this much broadcaster time.
 const RATE_SPAN_US: u64 = 2_000_000;
 
@@ -498,6 +500,7 @@ impl State {
         }
         for stripe in &mut self.stripes {
             stripe.newest = None;
+            stripe.stall_checked = None;
         }
         self.missing.clear();
         self.requested.clear();
@@ -536,6 +539,43 @@ impl State {
         }
     }
 
+    /// A stripe whose parent died sends nothing, so no later chunk of it reveals a gap: its
+    /// chunks count as missing once the other stripes are `STALLED_ROUNDS` chunks of it
+    /// ahead, and are pulled from neighbours that have them while the tree heals.
+    fn note_stalled_stripes(&mut self, now: Instant) {
+        if self.config.source {
+            return;
+        }
+        let Some(epoch) = self.window.live_epoch() else { return };
+        let (Some(newest), Some(floor)) = (self.window.newest_seq(epoch), self.floor) else {
+            return;
+        };
+        let k = u64::from(self.config.stripes.max(1));
+        let low = floor.max(newest.saturating_sub(MAX_REPAIR_SPAN));
+        for s in 0..k {
+            let stripe = &self.stripes[s as usize];
+            let first_low = low + (s + k - low % k) % k;
+            let mut m = [stripe.newest, stripe.stall_checked]
+                .into_iter()
+                .flatten()
+                .map(|n| n + k)
+                .max()
+                .unwrap_or(first_low)
+                .max(first_low);
+            let mut checked = None;
+            while m + STALLED_ROUNDS * k <= newest {
+                if !self.window.contains(epoch, m) {
+                    self.missing.entry(m).or_insert(now);
+                }
+                checked = Some(m);
+                m += k;
+            }
+            if checked.is_some() {
+                self.stripes[s as usize].stall_checked = checked;
+            }
+        }
+    }
+
     fn on_rejected(&mut self, from: NodeId, reason: Reject, now: Instant) {
         *self.counters.rejected.entry(reason.as_str()).or_default() += 1;
         // Honest peers verify before forwarding, so forged or malformed data is proof of a
@@ -562,6 +602,7 @@ impl State {
             self.announce();
         }
         self.maybe_backfill(now);
+        self.note_stalled_stripes(now);
         self.repair(now);
         self.maintain_trees(now);
         self.broadcast_status(now);

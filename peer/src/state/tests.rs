@@ -297,6 +297,33 @@ fn gaps_are_pulled_from_a_holder_after_a_grace_time_then_from_another() {
 }
 
 #[test]
+fn a_stripe_that_stops_is_pulled_from_neighbours_that_have_it() {
+    let t0 = Instant::now();
+    let mut s = state_with(&[1, 2], t0);
+    // Stripe 0 flows from neighbour 1; stripe 1's parent died: none of its chunks come.
+    for seq in (0..=20).step_by(2) {
+        feed(&mut s, 1, seq, seq * 33_000, 0, t0);
+    }
+    let have = Message::Have {
+        epoch: 1,
+        ranges: vec![SeqRange { start: 0, len: 22 }],
+    };
+    control(&mut s, 2, have, t0);
+    s.handle(Event::Tick, t0).count();
+    let asked = requests(
+        &s.handle(Event::Tick, t0 + Duration::from_millis(450))
+            .collect::<Vec<_>>(),
+    );
+    let seqs: Vec<u64> = asked
+        .iter()
+        .filter(|(to, _)| *to == node(2))
+        .flat_map(|(_, ranges)| ranges.iter().flat_map(SeqRange::iter))
+        .collect();
+    // Everything of stripe 1 that the others are three rounds past, and nothing newer.
+    assert_eq!(seqs, vec![1, 3, 5, 7, 9, 11, 13]);
+}
+
+#[test]
 fn requests_are_served_from_the_window_and_bounded() {
     let now = Instant::now();
     let mut s = state_with(&[1, 2], now);

@@ -32,6 +32,8 @@ pub(super) struct Stripe {
     pub children: Vec<NodeId>,
     /// Newest seq of this stripe held.
     pub newest: Option<u64>,
+    /// Seqs of this stripe up to here were checked for a stall (each is checked once).
+    pub stall_checked: Option<u64>,
     /// When a chunk of this stripe newer than the parent's last one arrived from elsewhere.
     pub overtaken: Option<Instant>,
     /// No climbing attempt before this (one just went out, or none was better).

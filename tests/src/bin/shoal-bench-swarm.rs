@@ -57,7 +57,11 @@ fn main() -> anyhow::Result<()> {
     if let Some(path) = args.json {
         std::fs::write(&path, format!("{text}\n")).with_context(|| format!("cannot write {}", path.display()))?;
     }
-    // Leave the logs of a run that went well out of the way.
-    let _ = std::fs::remove_dir_all(&dir);
+    // Leave the logs of a run that went well out of the way (SHOAL_BENCH_KEEP=1 keeps them).
+    if std::env::var_os("SHOAL_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        eprintln!("bench-swarm: logs and stats kept in {}", dir.display());
+    }
     Ok(())
 }
