@@ -29,6 +29,9 @@ pub struct Config {
     pub churn_per_min: f64,
     /// Delay and loss are emulated (`NETEM_ENV` is set for the nodes): check they apply it.
     pub emulated: bool,
+    /// Also serve the stream from one plain HTTP origin to as many players as there are
+    /// peers, in the same run, and report what that origin sent.
+    pub baseline_origin: bool,
 }
 
 /// The nodes' delay-and-loss setting (peer/src/netem.rs), inherited from this process.
@@ -77,6 +80,14 @@ pub fn run(config: &Config, dir: &Path) -> anyhow::Result<Value> {
         config.peers, config.duration
     );
 
+    // The baseline: the gateway is a plain HTTP origin too; as many HLS players as peers poll it.
+    let baseline = config.baseline_origin.then(|| {
+        let produced = broadcaster.node.stats()["chunks"]["published_bytes"]
+            .as_u64()
+            .unwrap_or(0);
+        (crate::origin::start(&gateway.url(""), config.peers), produced)
+    });
+
     // Churn: kill one relay now and then, without goodbye, and start a fresh one.
     let mut gone = Vec::new();
     let started = Instant::now();
@@ -114,6 +125,19 @@ pub fn run(config: &Config, dir: &Path) -> anyhow::Result<Value> {
         .filter_map(|p| p.node.proc.rss_bytes())
         .map(|b| b as f64 / 1048576.0)
         .collect();
+
+    let origin = baseline.map(|(players, produced_before)| {
+        let sent = players.stop();
+        let produced = broadcaster.node.stats()["chunks"]["published_bytes"]
+            .as_u64()
+            .unwrap_or(0)
+            - produced_before;
+        json!({
+            "players": config.peers,
+            "bytes_sent": sent,
+            "upload_ratio": round(sent as f64 / produced.max(1) as f64, 2),
+        })
+    });
 
     // End the broadcast (every peer then holds the end-of-stream chunk), let stragglers land,
     // and read everyone's final counters.
@@ -186,6 +210,7 @@ pub fn run(config: &Config, dir: &Path) -> anyhow::Result<Value> {
             "p50": gateway_stats["segment_latency_ms"]["p50"],
             "p95": gateway_stats["segment_latency_ms"]["p95"],
         },
+        "baseline_origin": origin,
         "startup_ms": {
             "p50": sorted_percentile(&mut startups.clone(), 0.50),
             "p95": sorted_percentile(&mut startups, 0.95),

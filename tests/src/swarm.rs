@@ -180,6 +180,11 @@ fn start_gateway(dir: &Path, mut args: Vec<String>, http: &str, stats: PathBuf) 
 
 /// Fetches `url` over plain HTTP/1.1 on loopback (status, body).
 pub fn http_get(url: &str) -> anyhow::Result<(u16, Vec<u8>)> {
+    http_fetch(url).map(|(status, body, _)| (status, body))
+}
+
+/// Fetches `url` (status, body, and every byte the server sent: headers and body).
+pub fn http_fetch(url: &str) -> anyhow::Result<(u16, Vec<u8>, usize)> {
     use std::io::{Read, Write};
     let rest = url.strip_prefix("http://").context("not an http URL")?;
     let (host, path) = rest
@@ -205,5 +210,5 @@ pub fn http_get(url: &str) -> anyhow::Result<(u16, Vec<u8>)> {
         .context("no HTTP status")?;
     let body = response[head_end + 4..].to_vec();
     // Chunked bodies are only used for streams we don't fetch here; plain bodies suffice.
-    Ok((status, body))
+    Ok((status, body, response.len()))
 }

@@ -16,6 +16,7 @@ fn ten_peers_get_the_stream_from_a_source_uploading_about_one_copy() {
         bitrate_kbps: 1000,
         churn_per_min: 0.0,
         emulated: false,
+        baseline_origin: true,
     };
     let report = bench::run(&config, &dir).unwrap();
     eprintln!("{report}");
@@ -24,4 +25,7 @@ fn ten_peers_get_the_stream_from_a_source_uploading_about_one_copy() {
     let source = report["source_upload_ratio"].as_f64().unwrap();
     assert!(source <= 2.0, "the source uploaded {source} copies: {report}");
     assert!(report["latency_ms"]["p95"].as_f64().unwrap() < 2000.0, "{report}");
+    // Ten HLS players on one origin cost it about ten copies.
+    let origin = report["baseline_origin"]["upload_ratio"].as_f64().unwrap();
+    assert!(origin > 5.0, "the origin sent only {origin} copies: {report}");
 }

@@ -30,6 +30,10 @@ struct Args {
     /// Share of datagrams dropped on arrival at every node.
     #[arg(long, default_value_t = 0.0)]
     loss: f64,
+    /// Also serve the stream from one plain HTTP origin to as many HLS players as there are
+    /// peers, in the same run, and report the bytes it sent beside the swarm's figures.
+    #[arg(long)]
+    baseline_origin: bool,
     /// Also write the JSON here.
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
@@ -50,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         bitrate_kbps: args.bitrate_kbps,
         churn_per_min: args.churn_per_min,
         emulated,
+        baseline_origin: args.baseline_origin,
     };
     let report = bench::run(&config, &dir)?;
     let text = report.to_string();
