@@ -230,7 +230,10 @@ pub fn fail(e: anyhow::Error) -> ! {
 /// Runs a binary's async main on a multi-thread runtime and turns its error into one line.
 pub fn run<F: std::future::Future<Output = anyhow::Result<()>>>(main: impl FnOnce() -> F) {
     init_tracing();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // One thread: a node is mostly waiting on sockets and timers, and on a multi-thread
+    // runtime waking tasks across threads cost a third of a relay's CPU (perf, bench-swarm).
+    // Encoding runs on blocking threads of its own.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => fail(anyhow::Error::new(e).context("cannot start the async runtime")),
     };
