@@ -210,6 +210,8 @@ pub fn run(config: &Config, dir: &Path) -> anyhow::Result<Value> {
             "p50": gateway_stats["segment_latency_ms"]["p50"],
             "p95": gateway_stats["segment_latency_ms"]["p95"],
         },
+        // Times the gateway's playlist went 2.5 s without a new segment (before the end).
+        "gateway_playlist_stalls": gateway_stats["segments"]["stalls"],
         "baseline_origin": origin,
         "startup_ms": {
             "p50": sorted_percentile(&mut startups.clone(), 0.50),

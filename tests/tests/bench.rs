@@ -25,6 +25,7 @@ fn ten_peers_get_the_stream_from_a_source_uploading_about_one_copy() {
     let source = report["source_upload_ratio"].as_f64().unwrap();
     assert!(source <= 2.0, "the source uploaded {source} copies: {report}");
     assert!(report["latency_ms"]["p95"].as_f64().unwrap() < 2000.0, "{report}");
+    assert_eq!(report["gateway_playlist_stalls"], 0, "{report}");
     // Ten HLS players on one origin cost it about ten copies.
     let origin = report["baseline_origin"]["upload_ratio"].as_f64().unwrap();
     assert!(origin > 5.0, "the origin sent only {origin} copies: {report}");
