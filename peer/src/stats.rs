@@ -284,6 +284,11 @@ pub fn fine_bucket(ms: f64) -> u32 {
     }
 }
 
+/// The upper bound (ms) of fine bucket `bucket`: the inverse of `fine_bucket`.
+pub fn fine_bucket_bound_ms(bucket: u32) -> f64 {
+    FINE_BASE.powi(bucket as i32)
+}
+
 impl Histogram {
     fn observe(&mut self, ms: f64) {
         for (bound, count) in LATENCY_BUCKETS_MS.iter().zip(&mut self.counts) {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde_json::{Value, json};
-use shoal_peer::stats::FINE_BASE;
+use shoal_peer::stats::fine_bucket_bound_ms as bucket_ms;
 
 use crate::swarm::{self, Node};
 
@@ -89,7 +89,6 @@ pub fn run(config: &Config, dir: &Path) -> anyhow::Result<Value> {
     });
 
     // Churn: kill one relay now and then, without goodbye, and start a fresh one.
-    let mut gone = Vec::new();
     let started = Instant::now();
     let kill_every = (config.churn_per_min > 0.0)
         .then(|| Duration::from_secs_f64(60.0 / (config.churn_per_min * config.peers as f64)));
@@ -102,12 +101,8 @@ pub fn run(config: &Config, dir: &Path) -> anyhow::Result<Value> {
         {
             next_kill = Some(at + every);
             let victim = fresh % peers.len();
-            let mut old = std::mem::replace(
-                &mut peers[victim],
-                Peer::start(dir, &format!("peer{fresh}"), &ticket, &source)?,
-            );
-            old.node.proc.kill();
-            gone.push(old);
+            peers[victim].node.proc.kill();
+            peers[victim] = Peer::start(dir, &format!("peer{fresh}"), &ticket, &source)?;
             fresh += 1;
         }
     }
@@ -131,7 +126,7 @@ pub fn run(config: &Config, dir: &Path) -> anyhow::Result<Value> {
         let produced = broadcaster.node.stats()["chunks"]["published_bytes"]
             .as_u64()
             .unwrap_or(0)
-            - produced_before;
+            .saturating_sub(produced_before);
         json!({
             "players": config.peers,
             "bytes_sent": sent,
@@ -193,7 +188,7 @@ pub fn run(config: &Config, dir: &Path) -> anyhow::Result<Value> {
         "bitrate_kbps": config.bitrate_kbps,
         "churn_per_min": config.churn_per_min,
         "netem": std::env::var(NETEM_ENV).ok(),
-        "peers_replaced": gone.len(),
+        "peers_replaced": fresh - config.peers,
         "delivery_ratio": round((delivered as f64 / expected.max(1) as f64).min(1.0), 5),
         "delivery_ratio_worst_node": worst.as_ref().map(|(w, _)| round(w.min(1.0), 4)),
         "worst_node": worst.map(|(_, id)| id),
@@ -219,11 +214,6 @@ pub fn run(config: &Config, dir: &Path) -> anyhow::Result<Value> {
         },
     });
     Ok(report)
-}
-
-/// Upper bound (ms) of a fine latency bucket.
-fn bucket_ms(bucket: u32) -> f64 {
-    FINE_BASE.powi(bucket as i32)
 }
 
 /// The `q` quantile of merged fine buckets, as the bucket's upper bound (≤ 5 % high).
