@@ -267,16 +267,19 @@ async fn run_core(
         let verified_before = core.counters().verified;
         let is_tick = matches!(event, Event::Tick);
         let header = match &event {
-            Event::Chunk { chunk, .. } => Some(chunk.header),
+            Event::Chunk { chunk, from } => Some((chunk.header, *from)),
             _ => None,
         };
         let actions: Vec<Action> = core.handle(event, now).collect();
         // Latency counts chunks emitted since this node started (not the back-fill on joining).
-        if let Some(h) = header
+        if let Some((h, from)) = header
             && h.timestamp_us >= started_us
             && core.counters().verified > verified_before
         {
-            stats.chunk_latency(h.timestamp_us);
+            let ms = stats.chunk_latency(h.timestamp_us);
+            if ms > 500.0 {
+                tracing::debug!(seq = h.seq, from = %from.short(), ms, "late chunk");
+            }
             stats.live_chunk(h.epoch, h.seq);
         }
         for action in actions {

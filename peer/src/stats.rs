@@ -154,8 +154,9 @@ impl Stats {
         }
     }
 
-    /// Records that a chunk stamped `timestamp_us` (broadcaster clock) is now held verified.
-    pub fn chunk_latency(&self, timestamp_us: u64) {
+    /// Records that a chunk stamped `timestamp_us` (broadcaster clock) is now held verified;
+    /// returns its latency in ms.
+    pub fn chunk_latency(&self, timestamp_us: u64) -> f64 {
         let ms = now_us().saturating_sub(timestamp_us) as f64 / 1000.0;
         lock(&self.latency_histogram).observe(ms);
         let mut samples = lock(&self.latency_ms);
@@ -163,6 +164,7 @@ impl Stats {
             samples.pop_front();
         }
         samples.push_back(ms);
+        ms
     }
 
     /// A chunk emitted since this node started became held: the span of seqs these cover,

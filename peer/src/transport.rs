@@ -25,6 +25,11 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// How often an otherwise quiet connection sends a ping.
+const KEEP_ALIVE: Duration = Duration::from_millis(250);
+/// A connection with nothing received for this long is closed (the neighbour is gone).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+
 fn transport_config(limits: &Limits) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     // Bounded buffers per connection, whatever a neighbour sends or fails to read: a chunk
@@ -35,16 +40,16 @@ fn transport_config(limits: &Limits) -> Arc<quinn::TransportConfig> {
     t.send_window(limits.send_window);
     t.max_concurrent_uni_streams(MAX_INCOMING_CHUNK_STREAMS.into());
     t.max_concurrent_bidi_streams(2u32.into());
-    t.keep_alive_interval(Some(Duration::from_secs(2)));
+    // A neighbour killed without a goodbye must be noticed fast: when it fed a stripe (above
+    // all the source's one child per stripe), everyone below stalls until then. Pings keep
+    // every connection talking, so a second without a single packet back means gone (quinn
+    // stretches the timeout to 3 probe timeouts on long round trips).
+    t.keep_alive_interval(Some(KEEP_ALIVE));
     // Loss-based control (Cubic) reads every random loss as congestion: at 2 % loss and
     // 50 ms RTT it caps a connection below a 2 Mbit/s stream. BBR paces by measured
     // bandwidth and round trip instead (measured with scripts/bench-swarm).
     t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
-    t.max_idle_timeout(Some(
-        Duration::from_secs(10)
-            .try_into()
-            .expect("10 s fits a QUIC idle timeout"),
-    ));
+    t.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("1 s fits a QUIC idle timeout")));
     Arc::new(t)
 }
 

@@ -8,6 +8,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use shoal_peer::stats::fine_bucket_bound_ms as bucket_ms;
 
@@ -17,6 +19,8 @@ use crate::swarm::{self, Node};
 pub const DEADLINE_MS: f64 = 3000.0;
 /// Peers started at once: a crowd arriving together, not all in the same millisecond.
 const JOIN_SPACING: Duration = Duration::from_millis(40);
+/// Chunks a node must have been there for to be considered for the worst node's ratio.
+const WORST_NODE_SPAN: u64 = 100;
 /// After the broadcast ends, stragglers are waited for this long before counting.
 const DRAIN: Duration = Duration::from_secs(4);
 
@@ -32,6 +36,8 @@ pub struct Config {
     /// Also serve the stream from one plain HTTP origin to as many players as there are
     /// peers, in the same run, and report what that origin sent.
     pub baseline_origin: bool,
+    /// Seeds the choice of churn's victims.
+    pub seed: u64,
 }
 
 /// The nodes' delay-and-loss setting (peer/src/netem.rs), inherited from this process.
@@ -94,13 +100,15 @@ pub fn run(config: &Config, dir: &Path) -> anyhow::Result<Value> {
         .then(|| Duration::from_secs_f64(60.0 / (config.churn_per_min * config.peers as f64)));
     let mut next_kill = kill_every.map(|every| started + every);
     let mut fresh = config.peers;
+    let mut rng = SmallRng::seed_from_u64(config.seed);
     while started.elapsed() < config.duration {
         std::thread::sleep(Duration::from_millis(100));
         if let (Some(at), Some(every)) = (next_kill, kill_every)
             && Instant::now() >= at
         {
             next_kill = Some(at + every);
-            let victim = fresh % peers.len();
+            // Any peer may leave: the oldest are the top of the trees, the newest leaves.
+            let victim = rng.random_range(0..peers.len());
             peers[victim].node.proc.kill();
             peers[victim] = Peer::start(dir, &format!("peer{fresh}"), &ticket, &source)?;
             fresh += 1;
@@ -165,7 +173,8 @@ pub fn run(config: &Config, dir: &Path) -> anyhow::Result<Value> {
         ) {
             expected += newest - first + 1;
             let mine = (delivered - delivered_before) as f64 / (newest - first + 1) as f64;
-            if worst.as_ref().is_none_or(|(w, _)| mine < *w) {
+            // (A peer churn started in the last seconds says little about anything.)
+            if newest - first >= WORST_NODE_SPAN && worst.as_ref().is_none_or(|(w, _)| mine < *w) {
                 worst = Some((mine, s["node_id"].as_str().unwrap_or_default().to_string()));
             }
         }
@@ -187,6 +196,7 @@ pub fn run(config: &Config, dir: &Path) -> anyhow::Result<Value> {
         "duration_s": config.duration.as_secs(),
         "bitrate_kbps": config.bitrate_kbps,
         "churn_per_min": config.churn_per_min,
+        "seed": config.seed,
         "netem": std::env::var(NETEM_ENV).ok(),
         "peers_replaced": fresh - config.peers,
         "delivery_ratio": round((delivered as f64 / expected.max(1) as f64).min(1.0), 5),

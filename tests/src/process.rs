@@ -50,7 +50,7 @@ impl Proc {
         let stderr = dir.join(format!("{name}.err"));
         let child = Command::new(program)
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", std::env::var("SHOAL_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout)?)
             .stderr(std::fs::File::create(&stderr)?)

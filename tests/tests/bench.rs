@@ -17,6 +17,7 @@ fn ten_peers_get_the_stream_from_a_source_uploading_about_one_copy() {
         churn_per_min: 0.0,
         emulated: false,
         baseline_origin: true,
+        seed: 1,
     };
     let report = bench::run(&config, &dir).unwrap();
     eprintln!("{report}");

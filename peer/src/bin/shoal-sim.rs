@@ -38,6 +38,10 @@ struct Args {
     /// share:multiple,… — that share of peers uploads that multiple of the bitrate.
     #[arg(long, default_value = "0.3:0.5,0.5:2,0.2:5")]
     upload_mix: String,
+    /// Peers are not told their upload (as `shoal-peer` without --upload-kbps): each takes
+    /// the default number of children, whatever its link carries.
+    #[arg(long)]
+    upload_unknown: bool,
     /// The source uploads at most this multiple of the bitrate.
     #[arg(long, default_value_t = 5.0)]
     source_upload_x: f64,
@@ -76,6 +80,7 @@ fn main() {
         malicious: a.malicious,
         upload_mix,
         source_upload_x: a.source_upload_x,
+        upload_unknown: a.upload_unknown,
         deadline_ms: a.deadline_ms,
         seed: a.seed,
         fps: a.fps,

@@ -39,13 +39,15 @@ pub struct SimConfig {
     /// (share of peers, upload as a multiple of the bitrate).
     pub upload_mix: Vec<(f64, f64)>,
     pub source_upload_x: f64,
+    /// Peers' configs leave their upload unset (their links still have `upload_mix`'s rate).
+    pub upload_unknown: bool,
     pub deadline_ms: u64,
     pub seed: u64,
     pub fps: u64,
     pub segment_ms: u64,
     /// Peers join spread over the first this-many seconds.
     pub join_spread_s: u64,
-    /// How long a vanished neighbour takes to notice (QUIC idle timeout).
+    /// How long a vanished neighbour takes to notice (the nodes' QUIC idle timeout).
     pub detect_ms: u64,
 }
 
@@ -62,12 +64,13 @@ impl Default for SimConfig {
             malicious: 0.0,
             upload_mix: vec![(0.3, 0.5), (0.5, 2.0), (0.2, 5.0)],
             source_upload_x: 5.0,
+            upload_unknown: false,
             deadline_ms: 3000,
             seed: 1,
             fps: 30,
             segment_ms: 1000,
             join_spread_s: 10,
-            detect_ms: 5000,
+            detect_ms: crate::transport::IDLE_TIMEOUT.as_millis() as u64,
         }
     }
 }
@@ -237,7 +240,7 @@ impl Sim {
         let addr = addr_of(index);
         let config = state::Config {
             source,
-            upload_bps: Some(upload_bps as u64),
+            upload_bps: (source || !self.cfg.upload_unknown).then_some(upload_bps as u64),
             deliver: true,
             listen: vec![addr],
             ..state::Config::default()

@@ -149,10 +149,8 @@ impl State {
                 .filter(|t| *t != s && self.stripes[*t].children.contains(id))
                 .count()
         };
+        // (Upload unknown on both sides, as when nobody passed --upload-kbps, is comparable.)
         let newcomer = strength(&from);
-        if newcomer == 0 {
-            return false;
-        }
         // A child that takes several stripes from us makes way for a comparable one that
         // takes none: then one departure cuts one stripe, not all of them (at the source,
         // where each stripe has one child, that is the difference between a hiccup and the
@@ -170,6 +168,7 @@ impl State {
             .flatten();
         let i = match spread {
             Some(i) => i,
+            None if newcomer == 0 => return false,
             None => {
                 let Some((i, weakest)) = self.stripes[s]
                     .children

@@ -34,6 +34,9 @@ struct Args {
     /// peers, in the same run, and report the bytes it sent beside the swarm's figures.
     #[arg(long)]
     baseline_origin: bool,
+    /// Seeds the choice of the peers churn kills (any of them, not the oldest first).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
     /// Also write the JSON here.
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
@@ -55,6 +58,7 @@ fn main() -> anyhow::Result<()> {
         churn_per_min: args.churn_per_min,
         emulated,
         baseline_origin: args.baseline_origin,
+        seed: args.seed,
     };
     let report = bench::run(&config, &dir)?;
     let text = report.to_string();
