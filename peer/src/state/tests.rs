@@ -596,3 +596,26 @@ fn the_source_lets_a_child_rooting_several_stripes_make_way_for_one_rooting_none
     let actions = control(&mut s, 1, Message::Graft { stripe: 1 }, now);
     assert_eq!(sends(&actions), vec![(node(1), Message::Prune { stripe: 1 })]);
 }
+
+#[test]
+fn stripes_spread_at_the_source_when_nobody_declared_an_upload() {
+    let now = Instant::now();
+    let mut s = source(now);
+    for n in 1..=2 {
+        up(&mut s, n, now);
+        let undeclared = Message::Status {
+            depths: vec![NO_DEPTH, NO_DEPTH],
+            upload_kbps: 0,
+            free_slots: 4,
+            epoch: 1,
+            segment_start: None,
+        };
+        control(&mut s, n, undeclared, now);
+    }
+    control(&mut s, 1, Message::Graft { stripe: 0 }, now);
+    control(&mut s, 1, Message::Graft { stripe: 1 }, now);
+    // Upload unknown on both sides counts as comparable: node 1 makes way in stripe 1, so
+    // one of them leaving cuts one stripe, not the whole stream.
+    let actions = control(&mut s, 2, Message::Graft { stripe: 1 }, now);
+    assert_eq!(sends(&actions), vec![(node(1), Message::Prune { stripe: 1 })]);
+}
