@@ -31,6 +31,8 @@ pub struct Chunker {
     segment: Option<u64>,
     segment_started_us: u64,
     discontinuity: bool,
+    /// Media changed: nothing is kept until the new media's first keyframe.
+    resync: bool,
 }
 
 impl Chunker {
@@ -50,12 +52,23 @@ impl Chunker {
             segment: None,
             segment_started_us: 0,
             discontinuity: false,
+            resync: false,
         }
     }
 
-    /// The next chunk starts a new piece of media (source restarted): flag it.
-    pub fn mark_discontinuity(&mut self) {
+    /// Other media follows (a looped file, the slate on or off): ends the current chunk,
+    /// forgets the old stream's tables, and starts again at the new one's first keyframe,
+    /// flagged as a discontinuity. Returns the chunk it ended, if any.
+    pub fn restart(&mut self, now_us: u64) -> Vec<Cut> {
+        let mut out = Vec::new();
+        self.flush(now_us, &mut out);
+        self.partial.clear();
+        self.map = ProgramMap::default();
+        self.pat = None;
+        self.pmt = None;
+        self.resync = true;
         self.discontinuity = true;
+        out
     }
 
     /// Feeds muxer output; returns the chunks completed by it, stamped `now_us`.
@@ -129,6 +142,7 @@ impl Chunker {
             let keyframe = if video.is_some() { packet.random_access() } else { true };
             let segment_due = keyframe
                 && (self.segment.is_none()
+                    || self.resync
                     || video.is_some()
                     || now_us.saturating_sub(self.segment_started_us) >= self.segment_us);
             let mut flags = if video.is_some() { ChunkFlags::FRAME_START } else { 0 };
@@ -137,6 +151,7 @@ impl Chunker {
             }
             if segment_due && self.start_segment(now_us) {
                 flags |= ChunkFlags::SEGMENT_START;
+                self.resync = false;
             }
             self.pending_flags |= flags;
             self.pending_since_us = now_us;
@@ -144,7 +159,7 @@ impl Chunker {
             self.flush(now_us, out);
             self.pending_since_us = now_us;
         }
-        if self.segment.is_some() {
+        if self.segment.is_some() && !self.resync {
             self.pending.extend_from_slice(bytes);
         }
     }
@@ -252,6 +267,28 @@ mod tests {
         let last = c.finish(6);
         assert!(last.0.flags.has(ChunkFlags::END_OF_STREAM));
         assert_eq!(last.1.len(), PACKET_LEN);
+    }
+
+    #[test]
+    fn a_restart_waits_for_the_new_media_s_keyframe_and_flags_it() {
+        let mut c = Chunker::new(9, 1000);
+        let mut stream = psi();
+        stream.extend(frame(2, true));
+        stream.extend(frame(1, false));
+        let mut cuts = c.push(&stream, 1);
+        cuts.extend(c.restart(2));
+        assert_eq!(cuts.len(), 2, "the open chunk is ended by the restart");
+        assert!(cuts.iter().all(|(h, _)| !h.flags.has(ChunkFlags::DISCONTINUITY)));
+        // The new media: tables, a frame cut mid-GOP (dropped), then its keyframe.
+        let mut stream = psi();
+        stream.extend(frame(1, false));
+        stream.extend(frame(3, true));
+        stream.extend(frame(1, false));
+        let cuts = c.push(&stream, 3);
+        assert_eq!(cuts.len(), 1);
+        let (header, payload) = &cuts[0];
+        assert!(header.flags.has(ChunkFlags::DISCONTINUITY) && header.flags.has(ChunkFlags::SEGMENT_START));
+        assert_eq!((header.segment, payload.len() / PACKET_LEN), (1, 2 + 3));
     }
 
     #[test]

@@ -1,8 +1,12 @@
 //! `shoal-broadcaster`: encodes a live source, cuts it into signed chunks and seeds the swarm.
 
 mod chunker;
+mod encoding;
+mod health;
 mod key;
 mod pipeline;
+mod recorder;
+mod source;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,15 +26,34 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::chunker::Chunker;
-use crate::pipeline::{Encoding, Output, Resolution, Source};
+use crate::encoding::{Encoder, Encoding, Resolution};
+use crate::health::Health;
+use crate::pipeline::Output;
+use crate::recorder::Recorder;
+use crate::source::{Audio, Source};
 
 /// Stream a live source to a shoal swarm: encode, cut into signed chunks, seed the peers.
 #[derive(Parser, Debug)]
 #[command(version, args_override_self = true)]
 struct Args {
-    /// What to stream: "test" (test picture and tone) or "file:PATH" (any media file, looped).
+    /// What to stream: test (picture and tone), file:PATH (looped), uri:URL, udp://HOST:PORT
+    /// or srt://[HOST]:PORT (MPEG-TS from OBS or ffmpeg), stdin (MPEG-TS piped in), screen
+    /// (the X display), v4l2[:DEVICE] (a camera).
     #[arg(long, default_value = "test")]
     source: Source,
+    /// Sound for the screen or a camera: pulse, alsa or none.
+    #[arg(long, value_enum, default_value_t = Audio::None)]
+    audio: Audio,
+    /// H.264 encoder: auto (the GPU's through VA-API where present, else x264), x264, vaapi.
+    #[arg(long, value_enum, default_value_t = Encoder::Auto)]
+    encoder: Encoder,
+    /// Re-encode H.264/AAC input too (normally passed through untouched, which saves the
+    /// CPU; re-encode to change its bitrate or size).
+    #[arg(long)]
+    transcode: bool,
+    /// Also write what is broadcast to this MPEG-TS file, as it goes.
+    #[arg(long, value_name = "PATH")]
+    record: Option<PathBuf>,
     /// The stream key (created, mode 0600, if missing). Keep it: it is the stream's identity.
     #[arg(long, value_name = "PATH")]
     key: Option<PathBuf>,
@@ -40,10 +63,11 @@ struct Args {
     /// Write the stream's ticket here (it is printed on stdout too).
     #[arg(long, value_name = "PATH")]
     ticket_file: Option<PathBuf>,
-    /// Total stream bitrate (video + 128 kbit/s audio).
+    /// Total stream bitrate when encoding (video + 128 kbit/s audio).
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(200..=50_000))]
     bitrate_kbps: u32,
-    /// Segment length; a keyframe starts every segment.
+    /// Segment length; a keyframe starts every segment (passed-through video is cut at its
+    /// own keyframes: set the sender's keyframe interval to this).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(200..=10_000))]
     segment_ms: u64,
     /// Picture size, WIDTHxHEIGHT.
@@ -68,7 +92,17 @@ fn main() {
 }
 
 async fn broadcast(args: Args) -> anyhow::Result<()> {
-    pipeline::check_plugins(&args.source)?;
+    gstreamer::init().context("cannot initialise GStreamer")?;
+    let encoding = Encoding {
+        resolution: args.resolution,
+        fps: args.fps,
+        bitrate_kbps: args.bitrate_kbps,
+        segment_ms: args.segment_ms,
+        encoder: args.encoder.resolve()?,
+        transcode: args.transcode,
+    };
+    pipeline::check(&args.source, args.audio, &encoding)?;
+    let recorder = args.record.as_deref().map(Recorder::create).transpose()?;
     let key_path = args.key.clone().unwrap_or_else(key::default_path);
     let key = key::load_or_create(&key_path)?;
     let bootstrap = args.swarm.bootstrap_addrs().await?;
@@ -89,18 +123,18 @@ async fn broadcast(args: Args) -> anyhow::Result<()> {
     addrs.extend(cli::advertised_addrs(node.local_addr()));
     let ticket = Ticket::new(key.verifying_key(), &args.name, addrs);
 
-    let encoding = Encoding {
-        resolution: args.resolution,
-        fps: args.fps,
-        bitrate_kbps: args.bitrate_kbps,
-        segment_ms: args.segment_ms,
-    };
     let stop = Arc::new(AtomicBool::new(false));
+    let health = Arc::new(Health::default());
     let (tx, rx) = mpsc::channel(PUBLISH_QUEUE);
     let mut encoder = {
-        let (source, stop) = (args.source.clone(), stop.clone());
-        let segment_ms = args.segment_ms;
-        tokio::task::spawn_blocking(move || encode(&source, &encoding, segment_ms, &key, &stop, tx))
+        let input = Input {
+            source: args.source.clone(),
+            audio: args.audio,
+            encoding,
+            health: health.clone(),
+        };
+        let stop = stop.clone();
+        tokio::task::spawn_blocking(move || encode(&input, &key, &stop, tx, recorder))
     };
     let (first_tx, first_rx) = oneshot::channel();
     let publisher = tokio::spawn(publish(rx, node.publisher(), node.stats(), first_tx));
@@ -129,17 +163,25 @@ async fn broadcast(args: Args) -> anyhow::Result<()> {
     tracing::info!(name = %args.name, listen = %node.local_addr(), "broadcasting; share the ticket above");
 
     let status_done = CancellationToken::new();
-    let status = tokio::spawn(status::show(node.stats(), status_done.clone(), |now: &status::Now| {
-        // A CDN would send one copy of the stream per viewer; the source sends about one in all.
-        match now.stats["stream_bps"].as_f64() {
-            Some(bps) if bps > 0.0 => format!(
-                " · stream {:.2} Mbit/s · uploading {:.2}× it",
-                bps / 1e6,
-                now.mbps_out * 1e6 / bps
-            ),
-            _ => String::new(),
-        }
-    }));
+    for line in health.media() {
+        println!("{line}");
+    }
+    let status = tokio::spawn(status::show(
+        node.stats(),
+        status_done.clone(),
+        move |now: &status::Now| {
+            // A CDN would send one copy of the stream per viewer; the source sends about one in all.
+            let upload = match now.stats["stream_bps"].as_f64() {
+                Some(bps) if bps > 0.0 => format!(
+                    " · stream {:.2} Mbit/s · uploading {:.2}× it (a CDN: 1× per viewer)",
+                    bps / 1e6,
+                    now.mbps_out * 1e6 / bps
+                ),
+                _ => String::new(),
+            };
+            format!(" · {}{upload}", health.summary())
+        },
+    ));
     let result = tokio::select! {
         _ = cli::shutdown_signal() => {
             tracing::info!("stopping: ending the broadcast");
@@ -160,19 +202,30 @@ async fn broadcast(args: Args) -> anyhow::Result<()> {
     result
 }
 
-/// Pulls the encoder's output, cuts and signs chunks; runs on a blocking thread.
+/// What the encoding thread reads from.
+struct Input {
+    source: Source,
+    audio: Audio,
+    encoding: Encoding,
+    health: Arc<Health>,
+}
+
+/// Pulls the pipeline's output, cuts and signs chunks (and records them); runs on a
+/// blocking thread.
 fn encode(
-    source: &Source,
-    enc: &Encoding,
-    segment_ms: u64,
+    input: &Input,
     key: &SigningKey,
     stop: &AtomicBool,
     tx: mpsc::Sender<Chunk>,
+    mut recorder: Option<Recorder>,
 ) -> anyhow::Result<()> {
     let mut epoch_bytes = [0u8; 8];
     getrandom::fill(&mut epoch_bytes).map_err(|e| anyhow::anyhow!("no system randomness for the stream epoch: {e}"))?;
-    let mut chunker = Chunker::new(u64::from_le_bytes(epoch_bytes), segment_ms);
-    let send = |header, payload| -> bool {
+    let mut chunker = Chunker::new(u64::from_le_bytes(epoch_bytes), input.encoding.segment_ms);
+    let mut send = |header, payload: bytes::Bytes| -> bool {
+        if let Some(r) = &mut recorder {
+            r.write(&payload);
+        }
         match Chunk::sign(header, payload, key) {
             Ok(chunk) => tx.blocking_send(chunk).is_ok(),
             Err(e) => {
@@ -182,17 +235,25 @@ fn encode(
         }
     };
     let mut open = true;
-    let result = pipeline::run(source, enc, stop, |out| match out {
-        Output::Data(bytes) => {
-            for (header, payload) in chunker.push(bytes, now_us()) {
+    let result = pipeline::run(
+        &input.source,
+        input.audio,
+        &input.encoding,
+        &input.health,
+        stop,
+        |out| {
+            let cuts = match out {
+                Output::Data(bytes) => chunker.push(bytes, now_us()),
+                Output::Restarted => chunker.restart(now_us()),
+            };
+            for (header, payload) in cuts {
                 open &= send(header, payload);
             }
             if !open {
                 stop.store(true, Ordering::Relaxed);
             }
-        }
-        Output::Restarted => chunker.mark_discontinuity(),
-    });
+        },
+    );
     let (header, payload) = chunker.finish(now_us());
     send(header, payload);
     result

@@ -1,129 +1,43 @@
-//! The GStreamer side: a live source encoded to H.264 + AAC in MPEG-TS (x264 zerolatency, a
-//! keyframe every segment), pulled from an appsink on a plain thread.
+//! The GStreamer side: a source muxed to MPEG-TS (H.264 + AAC) and pulled from an appsink on
+//! a plain thread. H.264 and AAC input passes through untouched; anything else is encoded
+//! (a keyframe every segment). A source that stops is covered by a slate until it is back.
 
-use std::path::PathBuf;
-use std::str::FromStr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Source {
-    /// A generated picture (with the wall clock when the text plugin is installed) and tone.
-    Test,
-    /// Any media file GStreamer decodes, played in real time and looped.
-    File(PathBuf),
-}
+use crate::encoding::Encoding;
+use crate::health::Health;
+use crate::source::{Audio, OnEnd, Source};
 
-impl FromStr for Source {
-    type Err = anyhow::Error;
+/// No media from a live source for this long: the slate goes on. (A segment is a second:
+/// any longer and the viewers' players would stall before the slate reaches them.)
+const STALL_AFTER: Duration = Duration::from_secs(1);
+/// A lost source's pipeline is built again this often until it plays.
+const RECONNECT_EVERY: Duration = Duration::from_secs(1);
+const MUX_TAIL: &str = "mpegtsmux name=mux ! appsink name=sink sync=false max-buffers=256";
 
-    fn from_str(s: &str) -> anyhow::Result<Source> {
-        match s {
-            "test" => Ok(Source::Test),
-            _ => match s.strip_prefix("file:") {
-                Some(path) if !path.is_empty() => Ok(Source::File(PathBuf::from(path))),
-                _ => bail!("unknown source {s:?}: use \"test\" or \"file:PATH\""),
-            },
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Resolution {
-    pub width: u32,
-    pub height: u32,
-}
-
-impl FromStr for Resolution {
-    type Err = anyhow::Error;
-
-    fn from_str(s: &str) -> anyhow::Result<Resolution> {
-        let (w, h) = s
-            .split_once('x')
-            .ok_or_else(|| anyhow!("resolution {s:?} is not WIDTHxHEIGHT"))?;
-        let (width, height): (u32, u32) = (w.parse()?, h.parse()?);
-        if !(16..=7680).contains(&width) || !(16..=4320).contains(&height) || width % 2 == 1 || height % 2 == 1 {
-            bail!("resolution {s:?} out of range (even sizes from 16x16 to 7680x4320)");
-        }
-        Ok(Resolution { width, height })
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct Encoding {
-    pub resolution: Resolution,
-    pub fps: u32,
-    pub bitrate_kbps: u32,
-    pub segment_ms: u64,
-}
-
-const AUDIO_KBPS: u32 = 128;
-
-impl Encoding {
-    fn video_branch(&self) -> String {
-        let Resolution { width, height } = self.resolution;
-        let key_int = (u64::from(self.fps) * self.segment_ms / 1000).max(1);
-        let video_kbps = self.bitrate_kbps.saturating_sub(AUDIO_KBPS).max(100);
-        format!(
-            "videoconvert ! videoscale ! videorate ! video/x-raw,format=I420,width={width},height={height},framerate={}/1 \
-             ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max={key_int} bitrate={video_kbps} \
-             ! video/x-h264,profile=baseline ! h264parse config-interval=-1 ! queue",
-            self.fps
-        )
-    }
-
-    fn audio_branch(&self) -> String {
-        format!(
-            "audioconvert ! audioresample ! audio/x-raw,rate=48000,channels=2 ! voaacenc bitrate={} ! aacparse ! queue",
-            AUDIO_KBPS * 1000
-        )
-    }
-}
-
-/// Elements every source needs, with the Debian package that brings each.
-const NEEDED: &[(&str, &str)] = &[
-    ("x264enc", "gstreamer1.0-plugins-ugly"),
-    ("voaacenc", "gstreamer1.0-plugins-bad"),
-    ("mpegtsmux", "gstreamer1.0-plugins-bad"),
-    ("h264parse", "gstreamer1.0-plugins-bad"),
-    ("aacparse", "gstreamer1.0-plugins-good"),
-    ("videoconvert", "gstreamer1.0-plugins-base"),
-    ("audioconvert", "gstreamer1.0-plugins-base"),
-    ("appsink", "gstreamer1.0-plugins-base"),
-];
-
-/// Fails with the first missing GStreamer element and the package to install.
-pub fn check_plugins(source: &Source) -> anyhow::Result<()> {
+/// Fails with the first missing GStreamer element and the package to install, or with what
+/// else the source lacks (a display, a device, a file).
+pub fn check(source: &Source, audio: Audio, enc: &Encoding) -> anyhow::Result<()> {
     gst::init().context("cannot initialise GStreamer")?;
-    let extra: &[(&str, &str)] = match source {
-        Source::Test => &[
-            ("videotestsrc", "gstreamer1.0-plugins-base"),
-            ("audiotestsrc", "gstreamer1.0-plugins-base"),
-        ],
-        Source::File(_) => &[
-            ("decodebin", "gstreamer1.0-plugins-base"),
-            ("clocksync", "gstreamer1.0-plugins-base"),
-        ],
-    };
-    for (element, package) in NEEDED.iter().chain(extra) {
+    for (element, package) in enc.elements().into_iter().chain(source.elements(audio)) {
         if gst::ElementFactory::find(element).is_none() {
             bail!("GStreamer element {element} is missing: install {package} (scripts/setup does)");
         }
     }
-    if let Source::File(path) = source {
-        std::fs::File::open(path).with_context(|| format!("cannot open source file {}", path.display()))?;
-    }
-    Ok(())
+    source.check_available()
 }
 
 struct Running {
     pipeline: gst::Pipeline,
     sink: gst_app::AppSink,
+    bus: gst::Bus,
 }
 
 impl Drop for Running {
@@ -132,183 +46,337 @@ impl Drop for Running {
     }
 }
 
-fn build(source: &Source, enc: &Encoding) -> anyhow::Result<Running> {
-    let tail = "mpegtsmux name=mux ! appsink name=sink sync=false max-buffers=256";
+impl Running {
+    fn launch(description: &str) -> anyhow::Result<Running> {
+        let pipeline = gst::parse::launch(description)
+            .context("cannot build the GStreamer pipeline")?
+            .downcast::<gst::Pipeline>()
+            .map_err(|_| anyhow!("GStreamer did not return a pipeline"))?;
+        let sink = pipeline
+            .by_name("sink")
+            .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
+            .ok_or_else(|| anyhow!("pipeline has no appsink"))?;
+        let bus = pipeline.bus().ok_or_else(|| anyhow!("pipeline has no bus"))?;
+        Ok(Running { pipeline, sink, bus })
+    }
+
+    fn play(self, what: &str) -> anyhow::Result<Running> {
+        if self.pipeline.set_state(gst::State::Playing).is_err() {
+            let detail = self
+                .bus
+                .timed_pop_filtered(gst::ClockTime::from_seconds(1), &[gst::MessageType::Error])
+                .and_then(|m| match m.view() {
+                    gst::MessageView::Error(e) => Some(e.error().to_string()),
+                    _ => None,
+                })
+                .unwrap_or_else(|| "the pipeline would not start".into());
+            bail!("{what}: {detail}");
+        }
+        Ok(self)
+    }
+
+    /// The bus's news: `Some(Err)` on an error, `Some(Ok)` at the end of the media.
+    fn ended(&self) -> Option<Result<(), String>> {
+        while let Some(msg) = self.bus.pop() {
+            match msg.view() {
+                gst::MessageView::Error(err) => {
+                    let detail = err.debug().map(|d| format!(" ({d})")).unwrap_or_default();
+                    tracing::debug!("GStreamer: {}{detail}", err.error());
+                    return Some(Err(err.error().to_string()));
+                }
+                gst::MessageView::Eos(_) => return Some(Ok(())),
+                _ => {}
+            }
+        }
+        None
+    }
+
+    fn pull(&self, wait: Duration) -> Option<gst::Sample> {
+        self.sink
+            .try_pull_sample(gst::ClockTime::from_nseconds(wait.as_nanos() as u64))
+    }
+}
+
+fn build(source: &Source, audio: Audio, enc: &Encoding, health: &Arc<Health>) -> anyhow::Result<Running> {
     let description = match source {
         Source::Test => {
-            let Resolution { width, height } = enc.resolution;
+            let gst_caps = video_caps(enc);
             let overlay = if gst::ElementFactory::find("clockoverlay").is_some() {
                 "clockoverlay time-format=\"%H:%M:%S\" font-desc=\"Sans 36\" ! "
             } else {
                 ""
             };
             format!(
-                "videotestsrc is-live=true pattern=smpte ! video/x-raw,width={width},height={height},framerate={}/1 ! {overlay}{} ! mux. \
-                 audiotestsrc is-live=true wave=sine freq=440 volume=0.2 ! {} ! mux. {tail}",
-                enc.fps,
+                "videotestsrc is-live=true pattern=smpte ! {gst_caps} ! {overlay}{} ! mux. \
+                 audiotestsrc is-live=true wave=sine freq=440 volume=0.2 ! {} ! mux. {MUX_TAIL}",
                 enc.video_branch(),
                 enc.audio_branch()
             )
         }
-        Source::File(_) => format!("filesrc name=src ! decodebin name=dec {tail}"),
+        Source::Screen | Source::V4l2(_) => {
+            let sound = match audio {
+                Audio::Pulse => format!("pulsesrc ! {} ! mux.", enc.audio_branch()),
+                Audio::Alsa => format!("alsasrc ! {} ! mux.", enc.audio_branch()),
+                Audio::None => String::new(),
+            };
+            format!(
+                "{} ! {} ! mux. {sound} {MUX_TAIL}",
+                source.head(enc.fps),
+                enc.video_branch()
+            )
+        }
+        _ => format!("{} ! parsebin name=demux {MUX_TAIL}", source.head(enc.fps)),
     };
-    let pipeline = gst::parse::launch(&description)
-        .context("cannot build the GStreamer pipeline")?
-        .downcast::<gst::Pipeline>()
-        .map_err(|_| anyhow!("GStreamer did not return a pipeline"))?;
-    let sink = pipeline
-        .by_name("sink")
-        .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
-        .ok_or_else(|| anyhow!("pipeline has no appsink"))?;
-    if let Source::File(path) = source {
-        let src = pipeline
-            .by_name("src")
-            .ok_or_else(|| anyhow!("pipeline has no filesrc"))?;
-        src.set_property("location", path.to_string_lossy().as_ref());
-        link_decoded_pads(&pipeline, enc)?;
+    let running = Running::launch(&description)?;
+    if source.is_container() {
+        link_streams(&running.pipeline, source, enc, health.clone())?;
     }
-    Ok(Running { pipeline, sink })
+    Ok(running)
 }
 
-/// Encodes the first video and first audio stream decodebin finds, each paced to real time.
-fn link_decoded_pads(pipeline: &gst::Pipeline, enc: &Encoding) -> anyhow::Result<()> {
-    let dec = pipeline
-        .by_name("dec")
-        .ok_or_else(|| anyhow!("pipeline has no decodebin"))?;
-    let mux = pipeline
-        .by_name("mux")
-        .ok_or_else(|| anyhow!("pipeline has no muxer"))?;
-    let weak = pipeline.downgrade();
-    let (video, audio) = (enc.video_branch(), enc.audio_branch());
-    let done = Arc::new(std::sync::Mutex::new((false, false)));
-    dec.connect_pad_added(move |_, pad| {
-        let Some(pipeline) = weak.upgrade() else {
+fn video_caps(enc: &Encoding) -> String {
+    format!(
+        "video/x-raw,width={},height={},framerate={}/1",
+        enc.resolution.width, enc.resolution.height, enc.fps
+    )
+}
+
+/// The slate: a still picture and silence, encoded like any raw source.
+fn slate(enc: &Encoding) -> anyhow::Result<Running> {
+    let text = if gst::ElementFactory::find("textoverlay").is_some() {
+        "textoverlay text=\"The broadcast will resume shortly\" font-desc=\"Sans 28\" valignment=center halignment=center ! "
+    } else {
+        ""
+    };
+    let description = format!(
+        "videotestsrc is-live=true pattern=black ! {} ! {text}{} ! mux. \
+         audiotestsrc is-live=true wave=silence ! {} ! mux. {MUX_TAIL}",
+        video_caps(enc),
+        enc.video_branch(),
+        enc.audio_branch()
+    );
+    Running::launch(&description)?.play("slate")
+}
+
+/// Links the first video and the first audio stream the demuxer finds, once each stream's
+/// format is known (its first caps): H.264 and AAC pass through (unless `--transcode`),
+/// anything else is decoded and encoded.
+fn link_streams(pipeline: &gst::Pipeline, source: &Source, enc: &Encoding, health: Arc<Health>) -> anyhow::Result<()> {
+    let demux = pipeline
+        .by_name("demux")
+        .ok_or_else(|| anyhow!("pipeline has no demuxer"))?;
+    let linker = Arc::new(Linker {
+        pipeline: pipeline.downgrade(),
+        mux: pipeline
+            .by_name("mux")
+            .ok_or_else(|| anyhow!("pipeline has no muxer"))?,
+        enc: enc.clone(),
+        pace: source.needs_pacing(),
+        taken: Mutex::new((false, false)),
+        health,
+    });
+    demux.connect_pad_added(move |_, pad| {
+        if let Some(caps) = pad.current_caps() {
+            linker.take(pad, &caps);
+            return;
+        }
+        let linker = linker.clone();
+        pad.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |pad, info| {
+            if let Some(gst::PadProbeData::Event(event)) = &info.data
+                && let gst::EventView::Caps(caps) = event.view()
+            {
+                linker.take(pad, caps.caps());
+                return gst::PadProbeReturn::Remove;
+            }
+            gst::PadProbeReturn::Ok
+        });
+    });
+    Ok(())
+}
+
+/// Gives each demuxed stream its branch into the muxer.
+struct Linker {
+    pipeline: gst::glib::WeakRef<gst::Pipeline>,
+    mux: gst::Element,
+    enc: Encoding,
+    pace: bool,
+    /// Whether a video and an audio stream were taken.
+    taken: Mutex<(bool, bool)>,
+    health: Arc<Health>,
+}
+
+impl Linker {
+    fn take(&self, pad: &gst::Pad, caps: &gst::CapsRef) {
+        let Some(pipeline) = self.pipeline.upgrade() else {
             return;
         };
-        let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
-        let kind = caps.structure(0).map(|s| s.name().to_string()).unwrap_or_default();
-        let mut done = done.lock().unwrap_or_else(|e| e.into_inner());
-        let branch = if kind.starts_with("video/") && !done.0 {
-            done.0 = true;
-            format!("clocksync ! {video}")
-        } else if kind.starts_with("audio/") && !done.1 {
-            done.1 = true;
-            format!("clocksync ! {audio}")
-        } else {
-            return;
-        };
-        let linked = (|| -> anyhow::Result<()> {
+        let Some(s) = caps.structure(0) else { return };
+        let kind = s.name().to_string();
+        let (branch, what) = self.branch(&kind, s);
+        let result = (|| -> anyhow::Result<()> {
             let bin = gst::parse::bin_from_description(&branch, true)?;
             pipeline.add(&bin)?;
-            let mux_pad = mux
-                .request_pad_simple("sink_%d")
-                .ok_or_else(|| anyhow!("muxer refused a pad"))?;
-            bin.static_pad("src")
-                .ok_or_else(|| anyhow!("branch has no src"))?
-                .link(&mux_pad)?;
-            pad.link(&bin.static_pad("sink").ok_or_else(|| anyhow!("branch has no sink"))?)?;
+            let sink = bin.static_pad("sink").ok_or_else(|| anyhow!("branch has no sink"))?;
+            pad.link(&sink).with_context(|| format!("{caps} into {branch}"))?;
+            if let Some(src) = bin.static_pad("src") {
+                let mux_pad = self
+                    .mux
+                    .request_pad_simple("sink_%d")
+                    .ok_or_else(|| anyhow!("muxer refused a pad"))?;
+                if let Err(e) = src.link(&mux_pad) {
+                    self.mux.release_request_pad(&mux_pad);
+                    return Err(e).with_context(|| format!("{branch} into the muxer"));
+                }
+            }
             bin.sync_state_with_parent()?;
             Ok(())
         })();
-        if let Err(e) = linked {
-            tracing::error!("cannot encode the decoded {kind} stream: {e:#}");
+        match result {
+            Ok(()) if !what.is_empty() => {
+                tracing::info!("{what}");
+                self.health.set_media(&what);
+            }
+            Ok(()) => {}
+            Err(e) => tracing::error!("cannot take the {kind} stream: {e:#}"),
         }
-    });
-    Ok(())
+    }
+
+    /// The branch for a stream of these caps, and what it does in words (empty: dropped).
+    fn branch(&self, kind: &str, s: &gst::StructureRef) -> (String, String) {
+        let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
+        let pace = if self.pace { "clocksync ! " } else { "" };
+        let enc = &self.enc;
+        if kind.starts_with("video/") && !taken.0 {
+            taken.0 = true;
+            if kind == "video/x-h264" && !enc.transcode {
+                let profile = s.get::<&str>("profile").unwrap_or("(profile unknown)");
+                let size = match (s.get::<i32>("width"), s.get::<i32>("height")) {
+                    (Ok(w), Ok(h)) => format!("{w}x{h}"),
+                    _ => "(size unknown)".into(),
+                };
+                return (
+                    format!("{pace}{}", Encoding::video_passthrough()),
+                    format!("video: H.264 {profile} {size}, passed through"),
+                );
+            }
+            let size = enc.resolution;
+            return (
+                format!("decodebin ! {pace}{}", enc.video_branch()),
+                format!(
+                    "video: {kind}, encoded to H.264 {}x{} at {} kbit/s",
+                    size.width, size.height, enc.bitrate_kbps
+                ),
+            );
+        }
+        if kind.starts_with("audio/") && !taken.1 {
+            taken.1 = true;
+            let aac = kind == "audio/mpeg" && s.get::<i32>("mpegversion").is_ok_and(|v| v == 2 || v == 4);
+            if aac && !enc.transcode {
+                return (
+                    format!("{pace}{}", Encoding::audio_passthrough()),
+                    "audio: AAC, passed through".to_string(),
+                );
+            }
+            return (
+                format!("decodebin ! {pace}{}", enc.audio_branch()),
+                format!("audio: {kind}, encoded to AAC"),
+            );
+        }
+        // A second video, subtitles, data: taken and dropped, so the demuxer runs on.
+        ("fakesink sync=false async=false".to_string(), String::new())
+    }
 }
 
 /// What the pulling thread reports.
 pub enum Output<'a> {
     /// Muxed MPEG-TS bytes.
     Data(&'a [u8]),
-    /// The source started over (a looped file): what follows is not continuous.
+    /// What follows is other media (looped file, slate on or off): not continuous.
     Restarted,
 }
 
-/// Runs the pipeline until `stop` is set or the source ends, handing muxed bytes to `out`.
-/// A file source loops forever.
-pub fn run(source: &Source, enc: &Encoding, stop: &AtomicBool, mut out: impl FnMut(Output<'_>)) -> anyhow::Result<()> {
-    let mut running = start(source, enc)?;
-    let bus = running.pipeline.bus().ok_or_else(|| anyhow!("pipeline has no bus"))?;
-    let mut bus = bus;
+/// Runs the source until `stop` is set or it ends for good, handing muxed bytes to `out`: a
+/// file loops, a sender or device that stops is covered by the slate and waited for.
+pub fn run(
+    source: &Source,
+    audio: Audio,
+    enc: &Encoding,
+    health: &Arc<Health>,
+    stop: &AtomicBool,
+    mut out: impl FnMut(Output<'_>),
+) -> anyhow::Result<()> {
+    let start = || build(source, audio, enc, health).and_then(|r| r.play(&source.to_string()));
+    let mut main = Some(start()?);
+    let mut slate_on: Option<Running> = None;
+    let mut last_media = Instant::now();
+    let mut retry_at = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        while let Some(msg) = bus.pop() {
-            match msg.view() {
-                gst::MessageView::Error(err) => bail!("{}: {}", describe(source), err.error()),
-                gst::MessageView::Eos(_) => {
-                    if matches!(source, Source::Test) {
-                        return Ok(());
-                    }
-                    tracing::info!("{} ended: starting it over", describe(source));
-                    drop(running);
-                    running = start(source, enc)?;
-                    bus = running.pipeline.bus().ok_or_else(|| anyhow!("pipeline has no bus"))?;
+        if let Some(ended) = main.as_ref().and_then(Running::ended) {
+            main = None;
+            match (source.on_end(), ended) {
+                (OnEnd::Finish, Ok(())) => return Ok(()),
+                (OnEnd::Finish, Err(e)) => bail!("{source}: {e}"),
+                (OnEnd::Loop, Err(e)) => bail!("{source}: {e}"),
+                (OnEnd::Loop, Ok(())) => {
+                    tracing::info!("{source} ended: starting it over");
+                    main = Some(start()?);
                     out(Output::Restarted);
-                    break;
                 }
-                _ => {}
+                (OnEnd::Reconnect, ended) => {
+                    let why = ended.err().unwrap_or_else(|| "it ended".into());
+                    tracing::warn!("{source} lost ({why}): waiting for it to come back");
+                    retry_at = Instant::now() + RECONNECT_EVERY;
+                }
             }
         }
-        if let Some(sample) = running.sink.try_pull_sample(gst::ClockTime::from_mseconds(100))
-            && let Some(buffer) = sample.buffer()
-            && let Ok(map) = buffer.map_readable()
-        {
-            out(Output::Data(map.as_slice()));
+        if main.is_none() && Instant::now() >= retry_at {
+            retry_at = Instant::now() + RECONNECT_EVERY;
+            match start() {
+                Ok(running) => main = Some(running),
+                Err(e) => tracing::debug!("{source} not back yet: {e:#}"),
+            }
+        }
+        let wait = if slate_on.is_some() || main.is_none() {
+            Duration::from_millis(10)
+        } else {
+            Duration::from_millis(100)
+        };
+        if let Some(sample) = main.as_ref().and_then(|m| m.pull(wait)) {
+            if slate_on.take().is_some() {
+                tracing::info!("{source} is back: the slate is off");
+                out(Output::Restarted);
+            }
+            health.media_arrived();
+            last_media = Instant::now();
+            if let Some(buffer) = sample.buffer()
+                && let Ok(map) = buffer.map_readable()
+            {
+                out(Output::Data(map.as_slice()));
+            }
+            continue;
+        }
+        if slate_on.is_none() && source.on_end() == OnEnd::Reconnect && last_media.elapsed() >= STALL_AFTER {
+            tracing::warn!("no media from the {source} for {STALL_AFTER:?}: showing the slate");
+            health.source_lost();
+            slate_on = Some(slate(enc)?);
+            out(Output::Restarted);
+        }
+        if let Some(slate) = &slate_on {
+            if let Some(Err(e)) = slate.ended() {
+                bail!("the slate failed: {e}");
+            }
+            // What the slate has ready; the main source's pull above paces this loop.
+            while let Some(sample) = slate.pull(Duration::ZERO) {
+                if let Some(buffer) = sample.buffer()
+                    && let Ok(map) = buffer.map_readable()
+                {
+                    out(Output::Data(map.as_slice()));
+                }
+            }
+        }
+        if main.is_none() {
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
     Ok(())
-}
-
-fn start(source: &Source, enc: &Encoding) -> anyhow::Result<Running> {
-    let running = build(source, enc)?;
-    if running.pipeline.set_state(gst::State::Playing).is_err() {
-        let bus = running.pipeline.bus();
-        let detail = bus
-            .and_then(|b| b.timed_pop_filtered(gst::ClockTime::from_seconds(1), &[gst::MessageType::Error]))
-            .and_then(|m| match m.view() {
-                gst::MessageView::Error(e) => Some(e.error().to_string()),
-                _ => None,
-            })
-            .unwrap_or_else(|| "the pipeline would not start".into());
-        bail!("{}: {detail}", describe(source));
-    }
-    Ok(running)
-}
-
-fn describe(source: &Source) -> String {
-    match source {
-        Source::Test => "test source".into(),
-        Source::File(path) => format!("source file {}", path.display()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_sources_and_resolutions() {
-        assert_eq!("test".parse::<Source>().unwrap(), Source::Test);
-        assert_eq!(
-            "file:/a b.mp4".parse::<Source>().unwrap(),
-            Source::File("/a b.mp4".into())
-        );
-        assert!(
-            "camera"
-                .parse::<Source>()
-                .unwrap_err()
-                .to_string()
-                .contains("unknown source")
-        );
-        assert!("file:".parse::<Source>().is_err());
-        assert_eq!(
-            "640x360".parse::<Resolution>().unwrap(),
-            Resolution {
-                width: 640,
-                height: 360
-            }
-        );
-        assert!("641x360".parse::<Resolution>().is_err());
-        assert!("big".parse::<Resolution>().is_err());
-    }
 }

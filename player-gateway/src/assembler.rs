@@ -155,9 +155,18 @@ impl Assembler {
             let ts = chunk.header.timestamp_us;
             if Self::is_start(&chunk) {
                 if self.open.is_some() {
-                    cut += self.cut_part(Some(ts), now_us);
-                    let next_pts = first_video_pts(&chunk.payload, self.packager.video_pid());
-                    self.close_segment(next_pts, ts, now_us);
+                    // Across a discontinuity the next segment's clocks say nothing about
+                    // this one's end: it lasts as long as its own media.
+                    let (next_ts, next_pts) = if chunk.header.flags.has(ChunkFlags::DISCONTINUITY) {
+                        (None, None)
+                    } else {
+                        (Some(ts), first_video_pts(&chunk.payload, self.packager.video_pid()))
+                    };
+                    cut += self.cut_part(next_ts, now_us);
+                    let end = self.open.as_ref().map_or(ts, |o| {
+                        o.segment.start_us + o.segment.parts.iter().map(|p| (p.duration_s * 1e6) as u64).sum::<u64>()
+                    });
+                    self.close_segment(next_pts, next_ts.unwrap_or(end), now_us);
                 }
                 self.begin_segment(&chunk);
             } else if let Some(open) = &self.open
@@ -389,6 +398,22 @@ mod tests {
             .map(|s| (s.msn, markers(&s.data), s.duration_s, s.discontinuity))
             .collect();
         assert_eq!(segs, vec![(0, vec![0, 1], 0.4, false), (1, vec![0], 1.0, true)]);
+    }
+
+    #[test]
+    fn a_segment_before_other_media_lasts_as_long_as_its_own() {
+        let mut a = Assembler::default();
+        a.push(chunk(1, 0, 1_000_000, S), 0);
+        a.push(chunk(1, 1, 1_200_000, 0), 0);
+        // The source dropped; the slate starts 3 s later, flagged as other media.
+        a.push(chunk(1, 2, 4_200_000, S | ChunkFlags::DISCONTINUITY), 0);
+        a.push(chunk(1, 3, 5_200_000, S), 0);
+        let segs: Vec<(f64, bool)> = a
+            .segments()
+            .iter()
+            .map(|s| ((s.duration_s * 1000.0).round() / 1000.0, s.discontinuity))
+            .collect();
+        assert_eq!(segs, vec![(0.233, false), (1.0, true)]);
     }
 
     #[test]

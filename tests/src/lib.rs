@@ -6,4 +6,5 @@ pub mod bench;
 pub mod origin;
 pub mod player;
 pub mod process;
+pub mod pusher;
 pub mod swarm;

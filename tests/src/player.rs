@@ -156,3 +156,35 @@ fn nix_is_root() -> bool {
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
+
+/// One stream as ffprobe describes it.
+#[derive(Debug, serde::Deserialize, PartialEq)]
+pub struct StreamInfo {
+    pub codec_name: String,
+    #[serde(default)]
+    pub profile: Option<String>,
+    #[serde(default)]
+    pub width: Option<i64>,
+    #[serde(default)]
+    pub height: Option<i64>,
+}
+
+/// The streams of `url` (a playlist or a file), as ffprobe reads them.
+pub fn probe(url: &str) -> anyhow::Result<Vec<StreamInfo>> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        streams: Vec<StreamInfo>,
+    }
+    let output = Command::new("timeout")
+        .args(["30", "ffprobe", "-v", "error", "-show_entries"])
+        .args(["stream=codec_name,profile,width,height", "-of", "json", url])
+        .output()
+        .context("running ffprobe (scripts/setup installs ffmpeg)")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "ffprobe {url}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let probe: Probe = serde_json::from_slice(&output.stdout).context("ffprobe's JSON")?;
+    Ok(probe.streams)
+}

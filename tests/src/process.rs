@@ -46,12 +46,28 @@ pub struct Proc {
 
 impl Proc {
     pub fn start(dir: &Path, name: &str, program: &Path, args: &[String]) -> anyhow::Result<Proc> {
+        Proc::start_with(dir, name, program, args, Stdio::null(), &[])
+    }
+
+    /// Like `start`, reading `stdin` (another process's output, say), with `env` added.
+    pub fn start_with(
+        dir: &Path,
+        name: &str,
+        program: &Path,
+        args: &[String],
+        stdin: Stdio,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Proc> {
         let stdout = dir.join(format!("{name}.out"));
         let stderr = dir.join(format!("{name}.err"));
         let child = Command::new(program)
             .args(args)
-            .env("RUST_LOG", std::env::var("SHOAL_TEST_LOG").unwrap_or_else(|_| "info".into()))
-            .stdin(Stdio::null())
+            .env(
+                "RUST_LOG",
+                std::env::var("SHOAL_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .envs(env.iter().copied())
+            .stdin(stdin)
             .stdout(std::fs::File::create(&stdout)?)
             .stderr(std::fs::File::create(&stderr)?)
             .spawn()

@@ -2,6 +2,7 @@
 //! peers, and a gateway, wired as the test asks.
 
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -57,6 +58,19 @@ pub fn broadcaster(dir: &Path, extra: &[&str]) -> anyhow::Result<Broadcaster> {
 
 /// A broadcaster accepting QUIC connections on `listen` (to restart one where it was).
 pub fn broadcaster_on(dir: &Path, listen: &str, extra: &[&str]) -> anyhow::Result<Broadcaster> {
+    let proc = start_broadcaster(dir, listen, extra, Stdio::null(), &[])?;
+    broadcaster_ready(dir, proc)
+}
+
+/// Starts a broadcaster (reading `stdin`, with `env` added) without waiting for its ticket:
+/// the source it reads may have to be started next.
+pub fn start_broadcaster(
+    dir: &Path,
+    listen: &str,
+    extra: &[&str],
+    stdin: Stdio,
+    env: &[(&str, &str)],
+) -> anyhow::Result<Proc> {
     let ticket_file = dir.join("ticket");
     let stats = dir.join("broadcaster.json");
     let mut args = vec![
@@ -78,7 +92,12 @@ pub fn broadcaster_on(dir: &Path, listen: &str, extra: &[&str]) -> anyhow::Resul
         stats.display().to_string(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
-    let mut proc = Proc::start(dir, "broadcaster", &binary("shoal-broadcaster"), &args)?;
+    Proc::start_with(dir, "broadcaster", &binary("shoal-broadcaster"), &args, stdin, env)
+}
+
+/// Waits for a started broadcaster's ticket (printed once its source plays).
+pub fn broadcaster_ready(dir: &Path, mut proc: Proc) -> anyhow::Result<Broadcaster> {
+    let (ticket_file, stats) = (dir.join("ticket"), dir.join("broadcaster.json"));
     let ticket = proc.wait_for_line("shoal1", START_TIMEOUT)?;
     let parsed: shoal_proto::Ticket = ticket.trim().parse().context("broadcaster printed a bad ticket")?;
     let addr = parsed.addrs.first().context("ticket lists no address")?.to_string();
