@@ -1,8 +1,12 @@
 //! How the source is doing, for the performer's status line: what it carries and whether it
 //! is live or covered by the slate.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// Media speed is measured over this much wall time.
+const SPEED_SPAN: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 pub struct Health {
@@ -17,6 +21,8 @@ struct State {
     media: Vec<String>,
     /// Whether media ever came.
     playing: bool,
+    /// (when, media timestamp in ns) of recent output, for the speed against real time.
+    progress: VecDeque<(Instant, u64)>,
 }
 
 impl Health {
@@ -31,7 +37,35 @@ impl Health {
     }
 
     pub fn source_lost(&self) {
-        self.state().lost_since.get_or_insert_with(Instant::now);
+        let mut state = self.state();
+        state.lost_since.get_or_insert_with(Instant::now);
+        state.progress.clear();
+    }
+
+    /// Output stamped `media_ns` (the muxer's timestamp) came out now.
+    pub fn media_time(&self, media_ns: u64) {
+        let now = Instant::now();
+        let mut state = self.state();
+        // A timestamp going back is other media (a loop, a restart): measure afresh.
+        if state.progress.back().is_some_and(|(_, t)| media_ns < *t) {
+            state.progress.clear();
+        }
+        state.progress.push_back((now, media_ns));
+        while state
+            .progress
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > SPEED_SPAN)
+        {
+            state.progress.pop_front();
+        }
+    }
+
+    /// Media time made per wall time lately (1.0: keeping up), once two seconds are seen.
+    pub fn speed(&self) -> Option<f64> {
+        let state = self.state();
+        let ((t0, m0), (t1, m1)) = (state.progress.front()?, state.progress.back()?);
+        let wall = t1.duration_since(*t0).as_secs_f64();
+        (wall >= 2.0).then(|| (m1 - m0) as f64 / 1e9 / wall)
     }
 
     pub fn set_media(&self, what: &str) {
@@ -47,7 +81,15 @@ impl Health {
         match state.lost_since {
             Some(since) if state.playing => format!("SOURCE LOST {} s ago (slate on)", since.elapsed().as_secs()),
             Some(since) => format!("waiting for the source for {} s (slate on)", since.elapsed().as_secs()),
-            None if state.playing => "source OK".to_string(),
+            None if state.playing => {
+                drop(state);
+                match self.speed() {
+                    // Below real time for long: the encoder (or the sender) cannot keep up.
+                    Some(speed) if speed < 0.95 => format!("source OK · FALLING BEHIND: {speed:.2}× real time"),
+                    Some(speed) => format!("source OK · {speed:.2}× real time"),
+                    None => "source OK".to_string(),
+                }
+            }
             None => "starting".to_string(),
         }
     }
@@ -71,6 +113,8 @@ mod tests {
         assert_eq!(h.summary(), "source OK");
         h.source_lost();
         assert!(h.summary().starts_with("SOURCE LOST"));
+        h.media_time(0);
+        assert_eq!(h.speed(), None, "too soon to say");
         h.set_media("video: H.264 high 640x360, passed through");
         h.set_media("video: again");
         assert_eq!(h.media(), vec!["video: again".to_string()]);

@@ -348,10 +348,13 @@ pub fn run(
             }
             health.media_arrived();
             last_media = Instant::now();
-            if let Some(buffer) = sample.buffer()
-                && let Ok(map) = buffer.map_readable()
-            {
-                out(Output::Data(map.as_slice()));
+            if let Some(buffer) = sample.buffer() {
+                if let Some(t) = buffer.dts_or_pts() {
+                    health.media_time(t.nseconds());
+                }
+                if let Ok(map) = buffer.map_readable() {
+                    out(Output::Data(map.as_slice()));
+                }
             }
             continue;
         }

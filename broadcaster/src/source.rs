@@ -121,9 +121,10 @@ impl Source {
         )
     }
 
-    /// Media that arrives faster than real time unless paced (a file, a pipe fed from one).
+    /// Media that may arrive faster than real time unless paced (a file, a pipe fed from one,
+    /// a URL of a recording). Live input is stamped as it arrives, so pacing leaves it be.
     pub fn needs_pacing(&self) -> bool {
-        matches!(self, Source::File(_) | Source::Stdin)
+        matches!(self, Source::File(_) | Source::Stdin | Source::Uri(_))
     }
 
     /// GStreamer elements this source needs, with the Debian package that brings each.
