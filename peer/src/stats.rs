@@ -233,6 +233,12 @@ impl Stats {
             },
             "requests": {"sent": counters.requests_sent, "served": counters.requests_served},
             "banned": counters.banned,
+            "punch": {
+                "attempts": counters.punch_attempts,
+                "succeeded": counters.punch_succeeded,
+                "failed": counters.punch_failed,
+                "introductions": counters.introductions,
+            },
             "connections_refused": self.connections_refused.load(Relaxed),
             "slow_dropped": self.slow_dropped.load(Relaxed),
             "stream_bps": stream_bps.map(|b| b.round() as u64),

@@ -84,6 +84,12 @@ pub enum Message {
         epoch: u64,
         segment_start: Option<u64>,
     },
+    /// "Ask your neighbour `target` to dial me": the sender could not reach it directly (both
+    /// behind NATs, most likely), and both dialling at once opens a path through them.
+    Introduce { target: NodeId },
+    /// "`peer` is dialling you at once: dial it now at these addresses" (the first is where the
+    /// introducer sees it), so each side's NAT lets the other's packets in.
+    Punch { peer: NodeId, addrs: Vec<SocketAddr> },
 }
 
 /// Depth value meaning "not receiving this stripe".
@@ -100,6 +106,8 @@ const GOODBYE: u8 = 6;
 const GRAFT: u8 = 7;
 const PRUNE: u8 = 8;
 const STATUS: u8 = 9;
+const INTRODUCE: u8 = 10;
+const PUNCH: u8 = 11;
 
 impl Message {
     pub fn kind(&self) -> &'static str {
@@ -113,6 +121,8 @@ impl Message {
             Message::Graft { .. } => "graft",
             Message::Prune { .. } => "prune",
             Message::Status { .. } => "status",
+            Message::Introduce { .. } => "introduce",
+            Message::Punch { .. } => "punch",
         }
     }
 
@@ -210,6 +220,15 @@ impl Message {
                 }
                 STATUS
             }
+            Message::Introduce { target } => {
+                buf.put_slice(&target.0);
+                INTRODUCE
+            }
+            Message::Punch { peer, addrs } => {
+                buf.put_slice(&peer.0);
+                put_addrs(buf, addrs, MAX_ADDRS);
+                PUNCH
+            }
         }
     }
 
@@ -306,6 +325,13 @@ impl Message {
                     },
                 }
             }
+            INTRODUCE => Message::Introduce {
+                target: NodeId(get_array(&mut body)?),
+            },
+            PUNCH => Message::Punch {
+                peer: NodeId(get_array(&mut body)?),
+                addrs: get_addrs(&mut body, MAX_ADDRS)?,
+            },
             other => return Err(DecodeError::UnknownMessage(other)),
         };
         if body.has_remaining() {
@@ -414,6 +440,13 @@ mod tests {
             .prop_map(|peers| Message::Pex { peers }),
             any::<u8>().prop_map(|reason| Message::Goodbye { reason }),
             any::<u8>().prop_map(|stripe| Message::Graft { stripe }),
+            any::<[u8; 32]>().prop_map(|id| Message::Introduce { target: NodeId(id) }),
+            (any::<[u8; 32]>(), proptest::collection::vec(arb_addr(), 0..MAX_ADDRS)).prop_map(|(id, addrs)| {
+                Message::Punch {
+                    peer: NodeId(id),
+                    addrs,
+                }
+            }),
             any::<u8>().prop_map(|stripe| Message::Prune { stripe }),
             (
                 proptest::collection::vec(any::<u8>(), 0..MAX_STRIPES),

@@ -3,6 +3,7 @@
 
 pub mod adversary;
 pub mod bench;
+pub mod natlab;
 pub mod origin;
 pub mod player;
 pub mod process;

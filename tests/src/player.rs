@@ -17,9 +17,15 @@ pub struct Playback {
 
 /// Decodes `seconds` of `url` with ffmpeg; gives up after `seconds` + 30 s.
 pub fn ffmpeg(url: &str, seconds: u32) -> anyhow::Result<Playback> {
+    ffmpeg_in(&[], url, seconds)
+}
+
+/// `ffmpeg`, run through `prefix` (e.g. `ip netns exec NS`).
+pub fn ffmpeg_in(prefix: &[&str], url: &str, seconds: u32) -> anyhow::Result<Playback> {
     let limit = Duration::from_secs(u64::from(seconds) + 30);
     let output = Command::new("timeout")
         .arg(limit.as_secs().to_string())
+        .args(prefix)
         .args([
             "ffmpeg",
             "-hide_banner",

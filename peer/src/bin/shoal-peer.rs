@@ -15,10 +15,17 @@ struct Args {
     ticket: TicketArgs,
     #[command(flatten)]
     swarm: SwarmArgs,
+    /// This machine is reachable from anywhere (a server): serve as rendezvous and first hop
+    /// for broadcasters and viewers behind NAT, keeping many more neighbours (at least 64).
+    #[arg(long)]
+    public: bool,
     /// TOML file with any of these flags as keys (flags on the command line win).
     #[arg(long, value_name = "FILE")]
     config: Option<std::path::PathBuf>,
 }
+
+/// Neighbours a `--public` relay keeps at least.
+const PUBLIC_NEIGHBOURS: usize = 64;
 
 fn main() {
     let args: Args = cli::parse();
@@ -28,12 +35,18 @@ fn main() {
 async fn relay(args: Args) -> anyhow::Result<()> {
     let ticket = args.ticket.load()?;
     let dial = cli::dial_list(&ticket, args.swarm.bootstrap_addrs().await?, args.swarm.no_discovery);
+    let mut core = args.swarm.core_config();
+    if args.public {
+        // Everyone behind a NAT meets here first and learns of each other through it.
+        core.limits.max_neighbours = core.limits.max_neighbours.max(PUBLIC_NEIGHBOURS);
+        core.limits.max_incoming_connections = core.limits.max_incoming_connections.max(PUBLIC_NEIGHBOURS);
+    }
     let node = Node::spawn(NodeConfig {
         stream_key: ticket.stream_key,
         listen: args.swarm.listen,
         dial,
         upload_kbps: args.swarm.upload_kbps,
-        core: args.swarm.core_config(),
+        core,
         stats_json: args.swarm.stats_json.clone(),
     })
     .await?;

@@ -9,6 +9,7 @@
 
 mod guard;
 mod neighbours;
+mod punch;
 mod tree;
 mod types;
 
@@ -74,6 +75,10 @@ pub struct State {
     missing: BTreeMap<u64, Instant>,
     /// Seq → (neighbour asked, when).
     requested: HashMap<u64, (NodeId, Instant)>,
+    /// Address learnt by peer exchange → (the neighbour that told us, the node there).
+    introduced: HashMap<SocketAddr, (NodeId, NodeId)>,
+    /// Peers we are punching towards, since when.
+    punching: HashMap<NodeId, Instant>,
     /// (broadcaster timestamp, bytes) of recent new chunks, for the stream rate.
     recent_bytes: VecDeque<(u64, usize)>,
     first_chunk_us: Option<u64>,
@@ -116,6 +121,8 @@ impl State {
             backfilled: false,
             missing: BTreeMap::new(),
             requested: HashMap::default(),
+            introduced: HashMap::default(),
+            punching: HashMap::default(),
             recent_bytes: VecDeque::new(),
             first_chunk_us: None,
             repair_tokens: None,
@@ -241,7 +248,9 @@ impl State {
                     n.segment_start = segment_start.map(|s| (epoch, s));
                 }
             }
-            Message::Pex { peers } => self.on_pex(peers),
+            Message::Pex { peers } => self.on_pex(from, peers),
+            Message::Introduce { target } => self.on_introduce(from, target),
+            Message::Punch { peer, addrs } => self.on_punch(peer, &addrs, now),
             Message::Goodbye { .. } => {
                 self.neighbours.remove(&from);
                 self.forget_in_trees(from);
@@ -594,6 +603,7 @@ impl State {
 
     fn on_tick(&mut self, now: Instant) {
         self.banned.retain(|_, until| *until > now);
+        self.expire_punches(now);
         if self
             .last_have
             .is_none_or(|t| now.duration_since(t) >= self.config.have_interval)

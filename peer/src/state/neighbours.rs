@@ -96,6 +96,7 @@ impl State {
             self.actions.push(Action::Disconnect { id, reason: "banned" });
             return;
         }
+        self.note_punch_success(id);
         if self.neighbours.contains_key(&id) {
             self.actions.push(Action::Disconnect {
                 id,
@@ -160,6 +161,9 @@ impl State {
 
     pub(super) fn on_dial_failed(&mut self, addr: SocketAddr, now: Instant) {
         self.dialling.remove(&addr);
+        if self.punch_after_failed_dial(addr, now) {
+            return;
+        }
         self.passive.retain(|p| p.1 != addr);
         self.failed_dials.insert(addr, now);
     }
@@ -181,7 +185,7 @@ impl State {
         }
     }
 
-    pub(super) fn on_pex(&mut self, peers: Vec<PeerInfo>) {
+    pub(super) fn on_pex(&mut self, from: NodeId, peers: Vec<PeerInfo>) {
         if !self.config.discovery {
             return;
         }
@@ -195,6 +199,10 @@ impl State {
             self.learn(&peer.addrs);
             if let Some(entry) = self.passive.iter_mut().find(|p| peer.addrs.first() == Some(&p.1)) {
                 entry.0 = Some(peer.node_id);
+                // Who told us, in case it takes both of us dialling at once (punch.rs).
+                if self.introduced.len() < self.config.passive_max {
+                    self.introduced.insert(entry.1, (from, peer.node_id));
+                }
             }
         }
     }
@@ -230,14 +238,15 @@ impl State {
         let info = |id: NodeId, passive: Option<SocketAddr>| {
             let addrs = match passive {
                 Some(addr) => vec![addr],
-                None => self
-                    .neighbours
-                    .get(&id)?
-                    .listen
-                    .iter()
-                    .copied()
-                    .take(MAX_ADDRS)
-                    .collect(),
+                // Where we see it first: behind a NAT, that is the address others can use
+                // (its own list holds only its private ones).
+                None => {
+                    let n = self.neighbours.get(&id)?;
+                    std::iter::once(n.addr)
+                        .chain(n.listen.iter().copied().filter(|a| *a != n.addr))
+                        .take(MAX_ADDRS)
+                        .collect()
+                }
             };
             Some(PeerInfo { node_id: id, addrs })
         };
@@ -357,6 +366,8 @@ impl State {
             .is_none_or(|t| now.duration_since(t) >= self.config.pex_interval)
         {
             self.last_pex = Some(now);
+            let passive = &self.passive;
+            self.introduced.retain(|addr, _| passive.iter().any(|p| p.1 == *addr));
             let ids: Vec<NodeId> = self.neighbours.keys().copied().collect();
             if let Some(to) = ids.choose(&mut self.rng).copied() {
                 let peers = self.pex_sample(Some(to));

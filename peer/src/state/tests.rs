@@ -2,7 +2,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use shoal_proto::message::{NO_DEPTH, SeqRange};
-use shoal_proto::{ChunkFlags, Message, NodeId};
+use shoal_proto::{ChunkFlags, Message, NodeId, PeerInfo};
 
 use super::*;
 use crate::limits::Limits;
@@ -618,4 +618,88 @@ fn stripes_spread_at_the_source_when_nobody_declared_an_upload() {
     // one of them leaving cuts one stripe, not the whole stream.
     let actions = control(&mut s, 2, Message::Graft { stripe: 1 }, now);
     assert_eq!(sends(&actions), vec![(node(1), Message::Prune { stripe: 1 })]);
+}
+
+fn dials(actions: &[Action]) -> Vec<SocketAddr> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Dial(addr) => Some(*addr),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_failed_dial_is_retried_as_a_punch_through_the_introducer() {
+    let now = Instant::now();
+    // A (node 0) hears of B (node 2) from R (node 1), and cannot reach it.
+    let mut a = state_with(&[1], now);
+    let far = SocketAddr::from(([198, 18, 0, 3], 4000));
+    control(
+        &mut a,
+        1,
+        Message::Pex {
+            peers: vec![PeerInfo {
+                node_id: node(2),
+                addrs: vec![far],
+            }],
+        },
+        now,
+    );
+    let actions: Vec<_> = a.handle(Event::DialFailed { addr: far }, now).collect();
+    assert_eq!(sends(&actions), vec![(node(1), Message::Introduce { target: node(2) })]);
+    assert_eq!(dials(&actions), vec![far], "dials again at once");
+    // The second failure is a failure: no introduction loop.
+    let actions: Vec<_> = a.handle(Event::DialFailed { addr: far }, now).collect();
+    assert!(actions.is_empty(), "{actions:?}");
+
+    // R, connected to both (A is node 3 from here on: node 0 is always "me"), tells B
+    // where it sees A.
+    let mut r = state_with(&[3, 2], now);
+    let actions = control(&mut r, 3, Message::Introduce { target: node(2) }, now);
+    assert_eq!(
+        sends(&actions),
+        vec![(
+            node(2),
+            Message::Punch {
+                peer: node(3),
+                addrs: vec![addr(3)]
+            }
+        )]
+    );
+    // Nobody is introduced to a stranger.
+    assert!(sends(&control(&mut r, 3, Message::Introduce { target: node(9) }, now)).is_empty());
+
+    // B dials A back; when A's connection arrives, the punch worked.
+    let mut b = state_with(&[1], now);
+    let actions = control(
+        &mut b,
+        1,
+        Message::Punch {
+            peer: node(3),
+            addrs: vec![addr(3)],
+        },
+        now,
+    );
+    assert_eq!(dials(&actions), vec![addr(3)]);
+    up(&mut b, 3, now);
+    assert_eq!((b.counters().punch_attempts, b.counters().punch_succeeded), (1, 1));
+}
+
+#[test]
+fn punches_are_bounded_and_time_out() {
+    let now = Instant::now();
+    let mut b = state_with(&[1], now);
+    let mut dialled = 0;
+    for i in 10..60u8 {
+        let msg = Message::Punch {
+            peer: node(i),
+            addrs: vec![addr(i), addr(i + 100), addr(i + 150)],
+        };
+        dialled += dials(&control(&mut b, 1, msg, now)).len();
+    }
+    assert_eq!(dialled, 4 * 2, "four punches in flight, two addresses each");
+    b.handle(Event::Tick, now + Duration::from_secs(11)).count();
+    assert_eq!(b.counters().punch_failed, 4);
 }

@@ -192,4 +192,10 @@ pub struct Counters {
     pub parent_changes: u64,
     /// Neighbours dropped for saying nothing for too long.
     pub silent_dropped: u64,
+    /// Hole punching: punches started (as the dialler or the dialled), connected, timed out,
+    /// and introductions made for two neighbours.
+    pub punch_attempts: u64,
+    pub punch_succeeded: u64,
+    pub punch_failed: u64,
+    pub introductions: u64,
 }

@@ -1,0 +1,36 @@
+//! The NAT lab (tests/src/natlab.rs): a broadcaster and three viewers behind their own NATs,
+//! one public relay. Runs where network namespaces can be made (root, as in CI); elsewhere it
+//! says why and checks nothing.
+
+use shoal_tests::natlab;
+use shoal_tests::process::test_dir;
+
+#[test]
+fn viewers_behind_nats_play_and_cone_nats_connect_directly() {
+    if let Some(why) = natlab::unavailable() {
+        eprintln!("natlab skipped: {why}");
+        return;
+    }
+    let dir = test_dir("natlab");
+    let report = natlab::run_lab(&dir, 25).unwrap();
+    eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
+    for viewer in ["viewer-a", "viewer-b", "viewer-c"] {
+        let v = &report[viewer];
+        assert!(v["played_s"].as_f64().unwrap() >= 5.0, "{viewer} did not play: {v}");
+        assert_eq!(v["play_errors"], serde_json::json!([]), "{viewer}: {v}");
+    }
+    // The two cone-NAT viewers punched through to each other: data both ways, no relay.
+    let from = |viewer: &str, site: &str| report[viewer]["bytes_in_from"][site].as_u64().unwrap_or(0);
+    assert!(from("viewer-a", "viewer-b") > 0, "{report}");
+    assert!(from("viewer-b", "viewer-a") > 0, "{report}");
+    assert!(
+        report["viewer-a"]["punch"]["succeeded"].as_u64().unwrap() >= 1,
+        "{report}"
+    );
+    assert!(report["relay_introductions"].as_u64().unwrap() >= 1, "{report}");
+    // Behind the symmetric NAT nothing punches through: it plays through the relay.
+    for site in ["viewer-a", "viewer-b", "broadcaster"] {
+        assert_eq!(from("viewer-c", site), 0, "{report}");
+    }
+    assert!(from("viewer-c", "relay") > 0, "{report}");
+}
