@@ -90,6 +90,12 @@ fn run(cmd: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Gives `dev` in `ns` an address and brings it up.
+fn address(ns: &str, dev: &str, cidr: &str) -> anyhow::Result<()> {
+    run(&["ip", "-n", ns, "addr", "add", cidr, "dev", dev])?;
+    run(&["ip", "-n", ns, "link", "set", dev, "up"])
+}
+
 impl Lab {
     fn ns(&self, name: &str) -> String {
         format!("{}-{name}", self.prefix)
@@ -147,42 +153,12 @@ impl Lab {
                 "ip", "link", "add", "wan", "netns", &router, "type", "veth", "peer", "name", &port, "netns", &public,
             ])?;
             run(&["ip", "-n", &public, "link", "set", &port, "master", "br0", "up"])?;
-            run(&[
-                "ip",
-                "-n",
-                &router,
-                "addr",
-                "add",
-                &format!("198.18.0.{}/24", n + 1),
-                "dev",
-                "wan",
-            ])?;
-            run(&["ip", "-n", &router, "link", "set", "wan", "up"])?;
+            address(&router, "wan", &format!("198.18.0.{}/24", n + 1))?;
             run(&[
                 "ip", "link", "add", "lan", "netns", &router, "type", "veth", "peer", "name", "eth0", "netns", &host,
             ])?;
-            run(&[
-                "ip",
-                "-n",
-                &router,
-                "addr",
-                "add",
-                &format!("198.19.{n}.1/24"),
-                "dev",
-                "lan",
-            ])?;
-            run(&["ip", "-n", &router, "link", "set", "lan", "up"])?;
-            run(&[
-                "ip",
-                "-n",
-                &host,
-                "addr",
-                "add",
-                &format!("198.19.{n}.2/24"),
-                "dev",
-                "eth0",
-            ])?;
-            run(&["ip", "-n", &host, "link", "set", "eth0", "up"])?;
+            address(&router, "lan", &format!("198.19.{n}.1/24"))?;
+            address(&host, "eth0", &format!("198.19.{n}.2/24"))?;
             run(&[
                 "ip",
                 "-n",
