@@ -235,6 +235,7 @@ fn encode(
         }
     };
     let mut open = true;
+    let mut keyframes = KeyframeWatch::new(input.encoding.segment_ms);
     let result = pipeline::run(
         &input.source,
         input.audio,
@@ -247,6 +248,9 @@ fn encode(
                 Output::Restarted => chunker.restart(now_us()),
             };
             for (header, payload) in cuts {
+                if header.flags.has(ChunkFlags::SEGMENT_START) {
+                    keyframes.segment_started(header.timestamp_us);
+                }
                 open &= send(header, payload);
             }
             if !open {
@@ -257,6 +261,41 @@ fn encode(
     let (header, payload) = chunker.finish(now_us());
     send(header, payload);
     result
+}
+
+/// Segments are cut at the input's keyframes: passed-through video from a sender with a long
+/// keyframe interval (OBS's default is several seconds) makes long segments and every viewer
+/// that much further behind. Says so, now and then.
+struct KeyframeWatch {
+    segment_us: u64,
+    last_start_us: Option<u64>,
+    warned_at_us: Option<u64>,
+}
+
+impl KeyframeWatch {
+    fn new(segment_ms: u64) -> Self {
+        KeyframeWatch {
+            segment_us: segment_ms * 1000,
+            last_start_us: None,
+            warned_at_us: None,
+        }
+    }
+
+    fn segment_started(&mut self, at_us: u64) {
+        let Some(last) = self.last_start_us.replace(at_us) else {
+            return;
+        };
+        let gap_us = at_us.saturating_sub(last);
+        let recently = self.warned_at_us.is_some_and(|w| at_us.saturating_sub(w) < 60_000_000);
+        if gap_us > 2 * self.segment_us && !recently {
+            self.warned_at_us = Some(at_us);
+            tracing::warn!(
+                "the input has a keyframe only every {:.1} s: set the sender's keyframe interval to {:.1} s (OBS: Keyframe Interval), or add --transcode; viewers are that much further behind",
+                gap_us as f64 / 1e6,
+                self.segment_us as f64 / 1e6
+            );
+        }
+    }
 }
 
 /// Hands chunks to the swarm and logs what the source uploads now and then.

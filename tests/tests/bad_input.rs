@@ -16,6 +16,9 @@ use shoal_tests::process::{binary, test_dir};
 fn fails_with(program: &str, args: &[&str], envs: &[(&str, &Path)], dir: &Path, needle: &str) -> String {
     let mut child = Command::new(binary(program))
         .args(args)
+        // No display unless a case gives one (the screen source needs it).
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
         .envs(envs.iter().map(|(k, v)| (*k, *v)))
         .env("RUST_LOG", "warn")
         .current_dir(dir)
@@ -144,6 +147,39 @@ fn a_key_file_that_is_shared_or_not_a_key_is_refused() {
         &dir,
         "does not hold a shoal stream key",
     );
+}
+
+#[test]
+fn hardware_the_machine_lacks_is_named() {
+    let dir = test_dir("no-hardware");
+    fails_with(
+        "shoal-broadcaster",
+        &["--key", "b.key", "--source", "v4l2:/dev/video-none"],
+        &[],
+        &dir,
+        "no camera at /dev/video-none",
+    );
+    fails_with(
+        "shoal-broadcaster",
+        &["--key", "b.key", "--source", "screen"],
+        &[],
+        &dir,
+        "screen capture needs an X display",
+    );
+    // (Where VA-API exists, asking for it is fine: this case is about machines without it.)
+    let vaapi = Command::new("gst-inspect-1.0")
+        .args(["--exists", "vaapih264enc"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !vaapi {
+        fails_with(
+            "shoal-broadcaster",
+            &["--key", "b.key", "--encoder", "vaapi"],
+            &[],
+            &dir,
+            "--encoder vaapi: no VA-API H.264 encoder",
+        );
+    }
 }
 
 #[test]
