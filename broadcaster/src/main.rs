@@ -122,6 +122,11 @@ async fn broadcast(args: Args) -> anyhow::Result<()> {
     let mut addrs = bootstrap;
     addrs.extend(cli::advertised_addrs(node.local_addr()));
     let ticket = Ticket::new(key.verifying_key(), &args.name, addrs);
+    let dht_done = CancellationToken::new();
+    if let Some(dht) = args.swarm.dht()? {
+        let (key, addrs) = (key.clone(), ticket.addrs.clone());
+        tokio::spawn(shoal_peer::dht::publish(dht, key, addrs, dht_done.clone()));
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     let health = Arc::new(Health::default());
@@ -194,6 +199,7 @@ async fn broadcast(args: Args) -> anyhow::Result<()> {
         }
     };
     status_done.cancel();
+    dht_done.cancel();
     let _ = status.await;
     // Let the end-of-stream chunk reach the neighbours before saying goodbye.
     let _ = tokio::time::timeout(Duration::from_secs(3), publisher).await;

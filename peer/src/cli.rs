@@ -22,6 +22,14 @@ pub struct SwarmArgs {
     /// A peer to dial besides the ticket's addresses; repeat for several. Re-dialled until it answers.
     #[arg(long, value_name = "HOST:PORT")]
     pub bootstrap: Vec<String>,
+    /// Find the swarm through the BitTorrent Mainline DHT: the broadcaster publishes its
+    /// addresses there, signed by the stream key; everyone else looks them up, so a ticket
+    /// needs no address. (Your address becomes visible to anyone with the stream key.)
+    #[arg(long)]
+    pub dht: bool,
+    /// DHT nodes to start from instead of the public DHT's (a private DHT); implies --dht.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub dht_bootstrap: Vec<String>,
     /// Dial only the --bootstrap peers: ignore the ticket's addresses (fixed chains, locked-down kiosks).
     #[arg(long)]
     pub no_discovery: bool,
@@ -43,6 +51,14 @@ pub struct SwarmArgs {
 }
 
 impl SwarmArgs {
+    /// The DHT node, if `--dht` or `--dht-bootstrap` asked for one.
+    pub fn dht(&self) -> anyhow::Result<Option<mainline::async_dht::AsyncDht>> {
+        if !self.dht && self.dht_bootstrap.is_empty() {
+            return Ok(None);
+        }
+        crate::dht::join(&self.dht_bootstrap).map(Some)
+    }
+
     /// Resolves the `--bootstrap` peers (names allowed), failing with the one that does not resolve.
     pub async fn bootstrap_addrs(&self) -> anyhow::Result<Vec<SocketAddr>> {
         let mut out = Vec::new();
@@ -96,6 +112,15 @@ impl TicketArgs {
 }
 
 /// Which addresses to dial: the bootstrap peers, plus the ticket's unless discovery is off.
+/// Fails when nothing says where the swarm is: no address in the ticket, no `--bootstrap`,
+/// no DHT.
+pub fn check_reachable(ticket: &Ticket, args: &SwarmArgs) -> anyhow::Result<()> {
+    if ticket.addrs.is_empty() && args.bootstrap.is_empty() && !args.dht && args.dht_bootstrap.is_empty() {
+        anyhow::bail!("the ticket lists no address: add --dht to look the stream up, or --bootstrap HOST:PORT");
+    }
+    Ok(())
+}
+
 pub fn dial_list(ticket: &Ticket, bootstrap: Vec<SocketAddr>, no_discovery: bool) -> Vec<SocketAddr> {
     let mut dial = bootstrap;
     if !no_discovery {

@@ -2,6 +2,7 @@
 //! drives it over real connections, and the command-line plumbing shared by every binary.
 
 pub mod cli;
+pub mod dht;
 pub mod limits;
 pub mod link;
 #[cfg(feature = "netem")]

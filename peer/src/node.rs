@@ -46,8 +46,13 @@ pub struct NodeConfig {
 pub enum Input {
     Event(Event),
     Linked(LinkHandle),
-    Unlinked { node_id: NodeId, conn_id: usize },
+    Unlinked {
+        node_id: NodeId,
+        conn_id: usize,
+    },
     Publish(Chunk),
+    /// Addresses found elsewhere (the DHT), to dial like a ticket's.
+    Discovered(Vec<SocketAddr>),
 }
 
 pub struct Node {
@@ -163,6 +168,15 @@ impl Node {
         Publisher(self.inputs.clone())
     }
 
+    /// Where to hand addresses found elsewhere (the DHT): the node dials them like a ticket's.
+    pub fn peer_finder(&self) -> impl Fn(Vec<SocketAddr>) + Send + 'static {
+        let inputs = self.inputs.clone();
+        move |addrs| {
+            // A full queue drops this lookup's answer; the next lookup brings it again.
+            let _ = inputs.try_send(Input::Discovered(addrs));
+        }
+    }
+
     /// Says goodbye to every neighbour, closes the endpoint and waits for the tasks.
     pub async fn shutdown(self) {
         self.cancel.cancel();
@@ -238,6 +252,10 @@ async fn run_core(
         let event = match input {
             Input::Event(event) => event,
             Input::Publish(chunk) => Event::Publish(Arc::new(chunk)),
+            Input::Discovered(addrs) => {
+                core.add_peers(&addrs);
+                continue;
+            }
             Input::Linked(link) => {
                 if links.contains_key(&link.node_id) {
                     link.conn.close(close::DUPLICATE.into(), b"already connected");

@@ -54,6 +54,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         )
     })?;
     let http_addr = listener.local_addr()?;
+    cli::check_reachable(&ticket, &args.swarm)?;
+    let dht = args.swarm.dht()?;
     let dial = cli::dial_list(&ticket, args.swarm.bootstrap_addrs().await?, args.swarm.no_discovery);
     let mut core = args.swarm.core_config();
     core.deliver = true;
@@ -68,6 +70,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     .await?;
     let gateway = Gateway::new(ticket.name.clone(), args.latency, node.stats());
     let cancel = CancellationToken::new();
+    if let Some(dht) = dht {
+        let finder = node.peer_finder();
+        tokio::spawn(shoal_peer::dht::follow(dht, ticket.stream_key, finder, cancel.clone()));
+    }
     let mut deliveries = node.take_deliveries().context("node gives no deliveries")?;
     let feeder = {
         let gateway = gateway.clone();

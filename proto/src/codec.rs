@@ -87,13 +87,13 @@ pub(crate) fn get_addr(buf: &mut impl Buf) -> Result<SocketAddr, DecodeError> {
     Ok(SocketAddr::new(ip, get_u16(buf)?))
 }
 
-pub(crate) fn put_addrs(buf: &mut impl BufMut, addrs: &[SocketAddr], max: usize) {
+pub fn put_addrs(buf: &mut impl BufMut, addrs: &[SocketAddr], max: usize) {
     let addrs = &addrs[..addrs.len().min(max)];
     buf.put_u8(addrs.len() as u8);
     addrs.iter().for_each(|a| put_addr(buf, a));
 }
 
-pub(crate) fn get_addrs(buf: &mut impl Buf, max: usize) -> Result<Vec<SocketAddr>, DecodeError> {
+pub fn get_addrs(buf: &mut impl Buf, max: usize) -> Result<Vec<SocketAddr>, DecodeError> {
     let n = get_count(buf, "address list", max)?;
     (0..n).map(|_| get_addr(buf)).collect()
 }

@@ -184,6 +184,23 @@ pub fn gateway_in_swarm(dir: &Path, ticket_file: &Path, bootstrap: &str) -> anyh
     start_gateway(dir, args, "127.0.0.1:0", stats)
 }
 
+/// A gateway given only `ticket_file` and `extra` flags (how it finds the swarm is up to them).
+pub fn gateway_with(dir: &Path, ticket_file: &Path, extra: &[&str]) -> anyhow::Result<Gateway> {
+    let stats = dir.join("gateway.json");
+    let mut args: Vec<String> = [
+        "--ticket-file",
+        &ticket_file.display().to_string(),
+        "--listen",
+        "127.0.0.1:0",
+        "--stats-json",
+        &stats.display().to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    start_gateway(dir, args, "127.0.0.1:0", stats)
+}
+
 fn start_gateway(dir: &Path, mut args: Vec<String>, http: &str, stats: PathBuf) -> anyhow::Result<Gateway> {
     args.extend(["--http".to_string(), http.to_string()]);
     let mut proc = Proc::start(dir, "gateway", &binary("shoal-gateway"), &args)?;

@@ -150,6 +150,20 @@ fn a_key_file_that_is_shared_or_not_a_key_is_refused() {
 }
 
 #[test]
+fn a_ticket_with_no_address_and_nothing_else_is_named() {
+    let dir = test_dir("bare-ticket");
+    let key = SigningKey::from_bytes(&[7; 32]).verifying_key();
+    let bare = Ticket::new(key, "bare", vec![]).to_string();
+    fails_with(
+        "shoal-gateway",
+        &["--ticket", &bare, "--http", "127.0.0.1:0"],
+        &[],
+        &dir,
+        "the ticket lists no address: add --dht",
+    );
+}
+
+#[test]
 fn hardware_the_machine_lacks_is_named() {
     let dir = test_dir("no-hardware");
     fails_with(

@@ -34,6 +34,8 @@ fn main() {
 
 async fn relay(args: Args) -> anyhow::Result<()> {
     let ticket = args.ticket.load()?;
+    cli::check_reachable(&ticket, &args.swarm)?;
+    let dht = args.swarm.dht()?;
     let dial = cli::dial_list(&ticket, args.swarm.bootstrap_addrs().await?, args.swarm.no_discovery);
     let mut core = args.swarm.core_config();
     if args.public {
@@ -57,6 +59,15 @@ async fn relay(args: Args) -> anyhow::Result<()> {
         node.node_id().short()
     );
     let status_done = CancellationToken::new();
+    if let Some(dht) = dht {
+        let finder = node.peer_finder();
+        tokio::spawn(shoal_peer::dht::follow(
+            dht,
+            ticket.stream_key,
+            finder,
+            status_done.clone(),
+        ));
+    }
     let status = tokio::spawn(status::show(node.stats(), status_done.clone(), status::nothing));
     cli::shutdown_signal().await;
     status_done.cancel();
