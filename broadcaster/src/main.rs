@@ -51,6 +51,10 @@ struct Args {
     /// CPU; re-encode to change its bitrate or size).
     #[arg(long)]
     transcode: bool,
+    /// Announce the stream on the local network (mDNS): `shoal-gateway --lan` finds it with
+    /// no ticket typed in.
+    #[arg(long)]
+    lan: bool,
     /// Also write what is broadcast to this MPEG-TS file, as it goes.
     #[arg(long, value_name = "PATH")]
     record: Option<PathBuf>,
@@ -165,6 +169,15 @@ async fn broadcast(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("cannot write ticket file {}", path.display()))?;
     }
     println!("{ticket}");
+    let _announcement = if args.lan {
+        Some(shoal_peer::lan::announce(
+            &ticket,
+            node.local_addr().port(),
+            &node.node_id().short(),
+        )?)
+    } else {
+        None
+    };
     tracing::info!(name = %args.name, listen = %node.local_addr(), "broadcasting; share the ticket above");
 
     let status_done = CancellationToken::new();

@@ -97,6 +97,11 @@ pub struct TicketArgs {
 }
 
 impl TicketArgs {
+    /// Whether a ticket was given at all.
+    pub fn given(&self) -> bool {
+        self.ticket.is_some() || self.ticket_file.is_some()
+    }
+
     pub fn load(&self) -> anyhow::Result<Ticket> {
         match (&self.ticket, &self.ticket_file) {
             (Some(text), _) => text.parse().context("--ticket is not a valid shoal ticket"),

@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod dht;
+pub mod lan;
 pub mod limits;
 pub mod link;
 #[cfg(feature = "netem")]

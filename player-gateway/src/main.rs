@@ -35,6 +35,10 @@ struct Args {
     latency: Latency,
     #[command(flatten)]
     swarm: SwarmArgs,
+    /// Find the stream on the local network (mDNS) when no ticket is given — the one there,
+    /// or the one called NAME — and announce it there for others.
+    #[arg(long, value_name = "NAME", num_args = 0..=1, default_missing_value = "")]
+    lan: Option<String>,
     /// TOML file with any of these flags as keys (flags on the command line win).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -45,8 +49,21 @@ fn main() {
     cli::run(|| serve(args));
 }
 
+/// How long `--lan` looks for a stream before giving up.
+const LAN_SEARCH: Duration = Duration::from_secs(10);
+
 async fn serve(args: Args) -> anyhow::Result<()> {
-    let ticket = args.ticket.load()?;
+    let ticket = match &args.lan {
+        Some(name) if !args.ticket.given() => {
+            let name = (!name.is_empty()).then(|| name.clone());
+            eprintln!("looking for streams on the local network…");
+            let found =
+                tokio::task::spawn_blocking(move || shoal_peer::lan::find(name.as_deref(), LAN_SEARCH)).await??;
+            eprintln!("found \"{}\" on the local network", found.ticket.name);
+            found.ticket
+        }
+        _ => args.ticket.load()?,
+    };
     let listener = tokio::net::TcpListener::bind(args.http).await.with_context(|| {
         format!(
             "cannot serve HTTP on {} (is another gateway running? pick another --http)",
@@ -70,6 +87,15 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     .await?;
     let gateway = Gateway::new(ticket.name.clone(), args.latency, node.stats());
     let cancel = CancellationToken::new();
+    // Kiosks on this network can join through us too.
+    let _announcement = match &args.lan {
+        Some(_) => Some(shoal_peer::lan::announce(
+            &ticket,
+            node.local_addr().port(),
+            &node.node_id().short(),
+        )?),
+        None => None,
+    };
     if let Some(dht) = dht {
         let finder = node.peer_finder();
         tokio::spawn(shoal_peer::dht::follow(dht, ticket.stream_key, finder, cancel.clone()));

@@ -58,6 +58,50 @@ pub fn unavailable() -> Option<String> {
     None
 }
 
+/// One empty network namespace with only loopback (multicast on), removed with everything
+/// in it when dropped: for tests that must not reach any real network (mDNS).
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> anyhow::Result<Netns> {
+        let name = format!("shoal{}-{tag}", std::process::id());
+        run(&["ip", "netns", "add", &name])?;
+        let ns = Netns { name };
+        run(&["ip", "-n", &ns.name, "link", "set", "lo", "multicast", "on", "up"])?;
+        Ok(ns)
+    }
+
+    /// Starts a shoal binary inside.
+    pub fn start(&self, dir: &Path, name: &str, program: &str, args: &[&str]) -> anyhow::Result<Proc> {
+        let mut full = vec![
+            "netns".to_string(),
+            "exec".into(),
+            self.name.clone(),
+            binary(program).display().to_string(),
+        ];
+        full.extend(args.iter().map(|a| a.to_string()));
+        Proc::start(dir, name, Path::new("ip"), &full)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        remove_namespace(&self.name);
+    }
+}
+
+/// Kills what runs in `ns` and deletes it.
+fn remove_namespace(ns: &str) {
+    if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = Command::new("kill").args(["-9", pid]).status();
+        }
+    }
+    let _ = Command::new("ip").args(["netns", "del", ns]).status();
+}
+
 /// The namespaces of one lab; removed, with everything running in them, when dropped.
 struct Lab {
     prefix: String,
@@ -69,12 +113,7 @@ impl Drop for Lab {
     fn drop(&mut self) {
         self.procs.clear(); // Ctrl-C, then SIGKILL, each
         for ns in self.namespaces.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "pids", ns]).output().map(|out| {
-                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    let _ = Command::new("kill").args(["-9", pid]).status();
-                }
-            });
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            remove_namespace(ns);
         }
     }
 }
