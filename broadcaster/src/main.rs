@@ -128,8 +128,9 @@ async fn broadcast(args: Args) -> anyhow::Result<()> {
     let ticket = Ticket::new(key.verifying_key(), &args.name, addrs);
     let dht_done = CancellationToken::new();
     if let Some(dht) = args.swarm.dht()? {
-        let (key, addrs) = (key.clone(), ticket.addrs.clone());
-        tokio::spawn(shoal_peer::dht::publish(dht, key, addrs, dht_done.clone()));
+        let (key, addrs, stats) = (key.clone(), ticket.addrs.clone(), node.stats());
+        let public = move || stats.public_addrs();
+        tokio::spawn(shoal_peer::dht::publish(dht, key, addrs, public, dht_done.clone()));
     }
 
     let stop = Arc::new(AtomicBool::new(false));

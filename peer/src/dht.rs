@@ -22,6 +22,8 @@ const REPUBLISH_EVERY: Duration = Duration::from_secs(10 * 60);
 /// Until something is found, look again this often; then now and then for changes.
 const LOOKUP_RETRY: Duration = Duration::from_secs(3);
 const LOOKUP_EVERY: Duration = Duration::from_secs(5 * 60);
+/// How often the broadcaster checks whether its public addresses changed.
+const CHANGE_CHECK: Duration = Duration::from_secs(15);
 
 /// Joins the DHT: the public one, or the nodes given (a private or test network).
 pub fn join(bootstrap: &[String]) -> anyhow::Result<AsyncDht> {
@@ -43,10 +45,30 @@ pub fn decode(mut value: &[u8]) -> anyhow::Result<Vec<SocketAddr>> {
     get_addrs(&mut value, MAX_PUBLISHED).map_err(|e| anyhow::anyhow!("a malformed DHT item: {e}"))
 }
 
-/// Publishes `addrs` under the stream key until cancelled (the broadcaster).
-pub async fn publish(dht: AsyncDht, key: SigningKey, addrs: Vec<SocketAddr>, cancel: CancellationToken) {
-    let value = encode(&addrs);
+/// Publishes `addrs`, and the public addresses `public` reports once neighbours tell them,
+/// under the stream key until cancelled (the broadcaster).
+pub async fn publish(
+    dht: AsyncDht,
+    key: SigningKey,
+    addrs: Vec<SocketAddr>,
+    public: impl Fn() -> Vec<SocketAddr> + Send,
+    cancel: CancellationToken,
+) {
+    let mut published: Option<(Vec<SocketAddr>, tokio::time::Instant)> = None;
     loop {
+        // Public addresses first: they are what viewers elsewhere can reach.
+        let mut all = public();
+        all.extend(addrs.iter().filter(|a| !all.contains(a)).copied().collect::<Vec<_>>());
+        let due = published
+            .as_ref()
+            .is_none_or(|(before, at)| *before != all || at.elapsed() >= REPUBLISH_EVERY);
+        if !due {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(CHANGE_CHECK) => continue,
+            }
+        }
+        let value = encode(&all);
         // Seconds since 1970 always grow: a restarted broadcaster's item replaces the old one.
         let seq = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -55,11 +77,12 @@ pub async fn publish(dht: AsyncDht, key: SigningKey, addrs: Vec<SocketAddr>, can
         let wait = match dht.put_mutable(item, None).await {
             Ok(outcome) => {
                 tracing::info!(
-                    addresses = addrs.len(),
+                    addresses = ?all,
                     stored_on = outcome.stored_at,
                     "published the swarm's addresses on the DHT"
                 );
-                REPUBLISH_EVERY
+                published = Some((all, tokio::time::Instant::now()));
+                CHANGE_CHECK
             }
             Err(e) => {
                 tracing::warn!("cannot publish on the DHT yet: {e}");

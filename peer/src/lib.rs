@@ -9,6 +9,7 @@ pub mod link;
 #[cfg(feature = "netem")]
 pub mod netem;
 pub mod node;
+pub mod observed;
 pub mod pacer;
 pub mod seqset;
 pub mod sim;

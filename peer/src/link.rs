@@ -141,6 +141,8 @@ async fn read_message(recv: &mut quinn::RecvStream, buf: &mut BytesMut) -> anyho
 pub struct LinkHandle {
     pub node_id: NodeId,
     pub listen: Vec<SocketAddr>,
+    /// Where it sees us (its HELLO says).
+    pub observed: Option<SocketAddr>,
     pub outbound: bool,
     pub conn: quinn::Connection,
     pub control: mpsc::Sender<Message>,
@@ -176,6 +178,7 @@ pub async fn start(
     let handle = LinkHandle {
         node_id: peer.node_id,
         listen: peer.listen.clone(),
+        observed: peer.observed,
         outbound,
         conn: conn.clone(),
         control: control_tx,

@@ -268,6 +268,12 @@ async fn run_core(
                     outbound: link.outbound,
                 };
                 tracing::info!(neighbour = %link.node_id.short(), addr = %link.conn.remote_address(), "neighbour up");
+                if let Some(seen) = link.observed
+                    && !core.config().listen.contains(&seen)
+                    && stats.observed_at(seen, link.node_id)
+                {
+                    tracing::info!(%seen, "neighbours see this node at {seen}: its address beyond this network's NAT");
+                }
                 links.insert(link.node_id, link);
                 event
             }

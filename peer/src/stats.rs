@@ -77,6 +77,8 @@ pub struct Stats {
     connections_refused: AtomicU64,
     /// Neighbours dropped for not taking the chunks pushed to them.
     slow_dropped: AtomicU64,
+    /// Where neighbours see this node.
+    observed: Mutex<crate::observed::Observed>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -97,6 +99,7 @@ impl Stats {
             live: Mutex::default(),
             connections_refused: AtomicU64::new(0),
             slow_dropped: AtomicU64::new(0),
+            observed: Mutex::default(),
             limits,
         })
     }
@@ -152,6 +155,16 @@ impl Stats {
         if let Some(link) = link {
             link.bytes_out.fetch_add(n, Relaxed);
         }
+    }
+
+    /// Neighbour `by` sees this node at `addr`; true when enough agree for the first time.
+    pub fn observed_at(&self, addr: SocketAddr, by: NodeId) -> bool {
+        lock(&self.observed).report(addr, by)
+    }
+
+    /// This node's addresses as neighbours see them (its public ones, behind a NAT).
+    pub fn public_addrs(&self) -> Vec<SocketAddr> {
+        lock(&self.observed).confirmed()
     }
 
     /// Records that a chunk stamped `timestamp_us` (broadcaster clock) is now held verified;
@@ -233,6 +246,7 @@ impl Stats {
             },
             "requests": {"sent": counters.requests_sent, "served": counters.requests_served},
             "banned": counters.banned,
+            "public_addrs": self.public_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             "punch": {
                 "attempts": counters.punch_attempts,
                 "succeeded": counters.punch_succeeded,

@@ -354,6 +354,8 @@ pub fn run_lab(dir: &Path, seconds: u64) -> anyhow::Result<Value> {
                 "bytes_in_from": by_site,
                 "direct_share": if total > 0 { ((total - via_relay) as f64 / total as f64 * 1000.0).round() / 1000.0 } else { 0.0 },
                 "punch": st["punch"],
+                // Where its neighbours agree they see it: its NAT's public address.
+                "public_addrs": st["public_addrs"],
             }),
         );
     }

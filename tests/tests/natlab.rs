@@ -33,4 +33,13 @@ fn viewers_behind_nats_play_and_cone_nats_connect_directly() {
         assert_eq!(from("viewer-c", site), 0, "{report}");
     }
     assert!(from("viewer-c", "relay") > 0, "{report}");
+    // Neighbours told each viewer where they see it: behind the cone NAT that is one address
+    // (the router's, the port kept); behind the symmetric NAT each saw another port.
+    let public = |viewer: &str| report[viewer]["public_addrs"].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        public("viewer-a"),
+        vec![serde_json::json!("198.18.0.3:7100")],
+        "{report}"
+    );
+    assert!(public("viewer-c").is_empty(), "{report}");
 }
