@@ -265,25 +265,25 @@ pub fn run_lab(dir: &Path, seconds: u64) -> anyhow::Result<Value> {
         "broadcaster",
         "broadcaster",
         "shoal-broadcaster",
-        &[
-            "--source",
-            "test",
-            "--resolution",
-            "640x360",
-            "--bitrate-kbps",
-            "800",
-            "--listen",
-            &format!("0.0.0.0:{NODE_PORT}"),
-            "--bootstrap",
-            &format!("{RELAY}:{RELAY_PORT}"),
-            "--ticket-file",
-            &s(&ticket),
-            "--key",
-            &s(&dir.join("stream.key")),
-            "--stats-json",
-            &s(&stats("broadcaster")),
-        ]
-        .map(String::from),
+        &crate::swarm::TEST_STREAM
+            .iter()
+            .map(|a| a.to_string())
+            .chain(
+                [
+                    "--listen",
+                    &format!("0.0.0.0:{NODE_PORT}"),
+                    "--bootstrap",
+                    &format!("{RELAY}:{RELAY_PORT}"),
+                    "--ticket-file",
+                    &s(&ticket),
+                    "--key",
+                    &s(&dir.join("stream.key")),
+                    "--stats-json",
+                    &s(&stats("broadcaster")),
+                ]
+                .map(String::from),
+            )
+            .collect::<Vec<_>>(),
     )?;
     lab.procs[broadcaster].wait_for_line("shoal1", Duration::from_secs(30))?;
     let relay = lab.spawn(

@@ -12,6 +12,15 @@ use crate::process::{Proc, binary, read_stats};
 /// Small, cheap test stream: two of these run side by side on two cores.
 pub const TEST_RESOLUTION: &str = "640x360";
 pub const TEST_BITRATE_KBPS: &str = "800";
+/// Broadcaster flags for that test stream.
+pub const TEST_STREAM: [&str; 6] = [
+    "--source",
+    "test",
+    "--resolution",
+    TEST_RESOLUTION,
+    "--bitrate-kbps",
+    TEST_BITRATE_KBPS,
+];
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub struct Node {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use shoal_tests::natlab::{self, Netns};
 use shoal_tests::player;
 use shoal_tests::process::test_dir;
+use shoal_tests::swarm::TEST_STREAM;
 
 #[test]
 fn a_gateway_finds_the_stream_on_the_lan_with_no_ticket() {
@@ -22,19 +23,7 @@ fn a_gateway_finds_the_stream_on_the_lan_with_no_ticket() {
             &dir,
             "broadcaster",
             "shoal-broadcaster",
-            &[
-                "--source",
-                "test",
-                "--resolution",
-                "640x360",
-                "--bitrate-kbps",
-                "800",
-                "--name",
-                "stage one",
-                "--key",
-                &key,
-                "--lan",
-            ],
+            &[&TEST_STREAM[..], &["--name", "stage one", "--key", &key, "--lan"]].concat(),
         )
         .unwrap();
     b.wait_for_line("shoal1", Duration::from_secs(20)).unwrap();
