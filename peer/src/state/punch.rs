@@ -39,7 +39,7 @@ impl State {
             to: introducer,
             msg: Message::Introduce { target },
         });
-        self.dialling.insert(addr, now);
+        // Not counted among the dials in flight: finding other neighbours goes on meanwhile.
         self.actions.push(Action::Dial(addr));
         true
     }
