@@ -30,22 +30,14 @@ impl Health {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn media_arrived(&self) {
+    /// Output came from the source now, stamped `media_ns` (the muxer's timestamp) if it has
+    /// one.
+    pub fn media_arrived(&self, media_ns: Option<u64>) {
+        let now = Instant::now();
         let mut state = self.state();
         state.lost_since = None;
         state.playing = true;
-    }
-
-    pub fn source_lost(&self) {
-        let mut state = self.state();
-        state.lost_since.get_or_insert_with(Instant::now);
-        state.progress.clear();
-    }
-
-    /// Output stamped `media_ns` (the muxer's timestamp) came out now.
-    pub fn media_time(&self, media_ns: u64) {
-        let now = Instant::now();
-        let mut state = self.state();
+        let Some(media_ns) = media_ns else { return };
         // A timestamp going back is other media (a loop, a restart): measure afresh.
         if state.progress.back().is_some_and(|(_, t)| media_ns < *t) {
             state.progress.clear();
@@ -58,6 +50,12 @@ impl Health {
         {
             state.progress.pop_front();
         }
+    }
+
+    pub fn source_lost(&self) {
+        let mut state = self.state();
+        state.lost_since.get_or_insert_with(Instant::now);
+        state.progress.clear();
     }
 
     /// Media time made per wall time lately (1.0: keeping up), once two seconds are seen.
@@ -109,12 +107,11 @@ mod tests {
         assert_eq!(h.summary(), "starting");
         h.source_lost();
         assert!(h.summary().starts_with("waiting for the source"));
-        h.media_arrived();
+        h.media_arrived(Some(0));
         assert_eq!(h.summary(), "source OK");
+        assert_eq!(h.speed(), None, "too soon to say");
         h.source_lost();
         assert!(h.summary().starts_with("SOURCE LOST"));
-        h.media_time(0);
-        assert_eq!(h.speed(), None, "too soon to say");
         h.set_media("video: H.264 high 640x360, passed through");
         h.set_media("video: again");
         assert_eq!(h.media(), vec!["video: again".to_string()]);

@@ -23,9 +23,8 @@ const RECONNECT_EVERY: Duration = Duration::from_secs(1);
 const MUX_TAIL: &str = "mpegtsmux name=mux ! appsink name=sink sync=false max-buffers=256";
 
 /// Fails with the first missing GStreamer element and the package to install, or with what
-/// else the source lacks (a display, a device, a file).
+/// else the source lacks (a display, a device, a file). GStreamer must be initialised.
 pub fn check(source: &Source, audio: Audio, enc: &Encoding) -> anyhow::Result<()> {
-    gst::init().context("cannot initialise GStreamer")?;
     for (element, package) in enc.elements().into_iter().chain(source.elements(audio)) {
         if gst::ElementFactory::find(element).is_none() {
             bail!("GStreamer element {element} is missing: install {package} (scripts/setup does)");
@@ -287,6 +286,15 @@ impl Linker {
     }
 }
 
+/// Hands a pulled sample's muxed bytes to `out`.
+fn hand_out(sample: &gst::Sample, out: &mut impl FnMut(Output<'_>)) {
+    if let Some(buffer) = sample.buffer()
+        && let Ok(map) = buffer.map_readable()
+    {
+        out(Output::Data(map.as_slice()));
+    }
+}
+
 /// What the pulling thread reports.
 pub enum Output<'a> {
     /// Muxed MPEG-TS bytes.
@@ -346,16 +354,9 @@ pub fn run(
                 tracing::info!("{source} is back: the slate is off");
                 out(Output::Restarted);
             }
-            health.media_arrived();
+            health.media_arrived(sample.buffer().and_then(|b| b.dts_or_pts()).map(|t| t.nseconds()));
             last_media = Instant::now();
-            if let Some(buffer) = sample.buffer() {
-                if let Some(t) = buffer.dts_or_pts() {
-                    health.media_time(t.nseconds());
-                }
-                if let Ok(map) = buffer.map_readable() {
-                    out(Output::Data(map.as_slice()));
-                }
-            }
+            hand_out(&sample, &mut out);
             continue;
         }
         if slate_on.is_none() && source.on_end() == OnEnd::Reconnect && last_media.elapsed() >= STALL_AFTER {
@@ -370,11 +371,7 @@ pub fn run(
             }
             // What the slate has ready; the main source's pull above paces this loop.
             while let Some(sample) = slate.pull(Duration::ZERO) {
-                if let Some(buffer) = sample.buffer()
-                    && let Ok(map) = buffer.map_readable()
-                {
-                    out(Output::Data(map.as_slice()));
-                }
+                hand_out(&sample, &mut out);
             }
         }
         if main.is_none() {

@@ -51,9 +51,14 @@ pub struct SwarmArgs {
 }
 
 impl SwarmArgs {
+    /// `--dht`, or `--dht-bootstrap` (which implies it).
+    fn wants_dht(&self) -> bool {
+        self.dht || !self.dht_bootstrap.is_empty()
+    }
+
     /// The DHT node, if `--dht` or `--dht-bootstrap` asked for one.
     pub fn dht(&self) -> anyhow::Result<Option<mainline::async_dht::AsyncDht>> {
-        if !self.dht && self.dht_bootstrap.is_empty() {
+        if !self.wants_dht() {
             return Ok(None);
         }
         crate::dht::join(&self.dht_bootstrap).map(Some)
@@ -120,7 +125,7 @@ impl TicketArgs {
 /// Fails when nothing says where the swarm is: no address in the ticket, no `--bootstrap`,
 /// no DHT.
 pub fn check_reachable(ticket: &Ticket, args: &SwarmArgs) -> anyhow::Result<()> {
-    if ticket.addrs.is_empty() && args.bootstrap.is_empty() && !args.dht && args.dht_bootstrap.is_empty() {
+    if ticket.addrs.is_empty() && args.bootstrap.is_empty() && !args.wants_dht() {
         anyhow::bail!("the ticket lists no address: add --dht to look the stream up, or --bootstrap HOST:PORT");
     }
     Ok(())

@@ -75,15 +75,20 @@ impl Netns {
 
     /// Starts a shoal binary inside.
     pub fn start(&self, dir: &Path, name: &str, program: &str, args: &[&str]) -> anyhow::Result<Proc> {
-        let mut full = vec![
-            "netns".to_string(),
-            "exec".into(),
-            self.name.clone(),
-            binary(program).display().to_string(),
-        ];
-        full.extend(args.iter().map(|a| a.to_string()));
-        Proc::start(dir, name, Path::new("ip"), &full)
+        start_in(&self.name, dir, name, program, args)
     }
+}
+
+/// Starts the shoal binary `program` inside namespace `ns`.
+fn start_in(ns: &str, dir: &Path, name: &str, program: &str, args: &[impl AsRef<str>]) -> anyhow::Result<Proc> {
+    let mut full = vec![
+        "netns".to_string(),
+        "exec".into(),
+        ns.to_string(),
+        binary(program).display().to_string(),
+    ];
+    full.extend(args.iter().map(|a| a.as_ref().to_string()));
+    Proc::start(dir, name, Path::new("ip"), &full)
 }
 
 impl Drop for Netns {
@@ -227,15 +232,7 @@ impl Lab {
     }
 
     fn spawn(&mut self, dir: &Path, site: &str, name: &str, program: &str, args: &[String]) -> anyhow::Result<usize> {
-        let ns = self.ns(site);
-        let mut full = vec![
-            "netns".to_string(),
-            "exec".into(),
-            ns,
-            binary(program).display().to_string(),
-        ];
-        full.extend(args.iter().cloned());
-        self.procs.push(Proc::start(dir, name, Path::new("ip"), &full)?);
+        self.procs.push(start_in(&self.ns(site), dir, name, program, args)?);
         Ok(self.procs.len() - 1)
     }
 }

@@ -59,6 +59,15 @@ pub(super) struct Neighbour {
 }
 
 impl Neighbour {
+    /// Where others can reach it, best first: the address we see it at (behind a NAT, its
+    /// public one; its own list holds only private ones), then those it listens on.
+    pub fn reachable_addrs(&self) -> Vec<SocketAddr> {
+        std::iter::once(self.addr)
+            .chain(self.listen.iter().copied().filter(|a| *a != self.addr))
+            .take(MAX_ADDRS)
+            .collect()
+    }
+
     pub fn new(addr: SocketAddr, listen: Vec<SocketAddr>, stripes: u8) -> Self {
         Neighbour {
             addr,
@@ -238,15 +247,7 @@ impl State {
         let info = |id: NodeId, passive: Option<SocketAddr>| {
             let addrs = match passive {
                 Some(addr) => vec![addr],
-                // Where we see it first: behind a NAT, that is the address others can use
-                // (its own list holds only its private ones).
-                None => {
-                    let n = self.neighbours.get(&id)?;
-                    std::iter::once(n.addr)
-                        .chain(n.listen.iter().copied().filter(|a| *a != n.addr))
-                        .take(MAX_ADDRS)
-                        .collect()
-                }
+                None => self.neighbours.get(&id)?.reachable_addrs(),
             };
             Some(PeerInfo { node_id: id, addrs })
         };

@@ -7,7 +7,6 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use shoal_proto::message::MAX_ADDRS;
 use shoal_proto::{Message, NodeId};
 
 use super::{Action, State};
@@ -50,9 +49,9 @@ impl State {
         if from == target || !self.neighbours.contains_key(&target) {
             return;
         }
-        let Some(n) = self.neighbours.get(&from) else { return };
-        let mut addrs = vec![n.addr];
-        addrs.extend(n.listen.iter().filter(|a| **a != n.addr).take(MAX_ADDRS - 1));
+        let Some(addrs) = self.neighbours.get(&from).map(|n| n.reachable_addrs()) else {
+            return;
+        };
         self.counters.introductions += 1;
         self.actions.push(Action::Send {
             to: target,
