@@ -7,6 +7,7 @@ mod key;
 mod pipeline;
 mod recorder;
 mod source;
+mod ticket;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,12 +17,12 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use ed25519_dalek::SigningKey;
+use shoal_peer::Node;
 use shoal_peer::cli::{self, SwarmArgs};
 use shoal_peer::node::Publisher;
-use shoal_peer::stats::{now_us, write_atomically_text};
+use shoal_peer::stats::now_us;
 use shoal_peer::status;
-use shoal_peer::{Node, NodeConfig};
-use shoal_proto::{Chunk, ChunkFlags, Ticket};
+use shoal_proto::{Chunk, ChunkFlags};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +32,7 @@ use crate::health::Health;
 use crate::pipeline::Output;
 use crate::recorder::Recorder;
 use crate::source::{Audio, Source};
+use crate::ticket::Tickets;
 
 /// Stream a live source to a shoal swarm: encode, cut into signed chunks, seed the peers.
 #[derive(Parser, Debug)]
@@ -110,25 +112,22 @@ async fn broadcast(args: Args) -> anyhow::Result<()> {
     let key_path = args.key.clone().unwrap_or_else(key::default_path);
     let key = key::load_or_create(&key_path)?;
     let bootstrap = args.swarm.bootstrap_addrs().await?;
-    let node = Node::spawn(NodeConfig {
-        stream_key: key.verifying_key(),
-        listen: args.swarm.listen,
-        dial: bootstrap.clone(),
-        upload_kbps: args.swarm.upload_kbps,
-        core: shoal_peer::state::Config {
-            source: true,
-            ..args.swarm.core_config()
-        },
-        stats_json: args.swarm.stats_json.clone(),
-    })
-    .await?;
+    let core = shoal_peer::state::Config {
+        source: true,
+        ..args.swarm.core_config()
+    };
+    let node = Node::spawn(args.swarm.node_config(key.verifying_key(), bootstrap.clone(), core)).await?;
 
-    let mut addrs = bootstrap;
-    addrs.extend(cli::advertised_addrs(node.local_addr()));
-    let ticket = Ticket::new(key.verifying_key(), &args.name, addrs);
+    let tickets = Tickets {
+        key: key.verifying_key(),
+        name: args.name.clone(),
+        bootstrap,
+        local: cli::advertised_addrs(node.local_addr()),
+        file: args.ticket_file.clone(),
+    };
     let dht_done = CancellationToken::new();
     if let Some(dht) = args.swarm.dht()? {
-        let (key, addrs, stats) = (key.clone(), ticket.addrs.clone(), node.stats());
+        let (key, addrs, stats) = (key.clone(), tickets.make(&[]).addrs, node.stats());
         let public = move || stats.public_addrs();
         tokio::spawn(shoal_peer::dht::publish(dht, key, addrs, public, dht_done.clone()));
     }
@@ -165,11 +164,9 @@ async fn broadcast(args: Args) -> anyhow::Result<()> {
             return Ok(());
         }
     }
-    if let Some(path) = &args.ticket_file {
-        write_atomically_text(path, &format!("{ticket}\n"))
-            .with_context(|| format!("cannot write ticket file {}", path.display()))?;
-    }
-    println!("{ticket}");
+    let public = node.stats().public_addrs();
+    let ticket = tickets.make(&public);
+    tickets.hand_out(&ticket)?;
     let _announcement = if args.lan {
         Some(shoal_peer::lan::announce(
             &ticket,
@@ -182,6 +179,7 @@ async fn broadcast(args: Args) -> anyhow::Result<()> {
     tracing::info!(name = %args.name, listen = %node.local_addr(), "broadcasting; share the ticket above");
 
     let status_done = CancellationToken::new();
+    tokio::spawn(tickets.follow(node.stats(), public, status_done.clone()));
     for line in health.media() {
         println!("{line}");
     }

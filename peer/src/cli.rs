@@ -30,6 +30,10 @@ pub struct SwarmArgs {
     /// DHT nodes to start from instead of the public DHT's (a private DHT); implies --dht.
     #[arg(long, value_name = "HOST:PORT")]
     pub dht_bootstrap: Vec<String>,
+    /// Do not ask the router to forward a port to this node (by default it is asked through
+    /// PCP, NAT-PMP or UPnP-IGD, so peers outside can dial in; not when listening on loopback).
+    #[arg(long)]
+    pub no_port_mapping: bool,
     /// Dial only the --bootstrap peers: ignore the ticket's addresses (fixed chains, locked-down kiosks).
     #[arg(long)]
     pub no_discovery: bool,
@@ -74,6 +78,24 @@ impl SwarmArgs {
             out.extend(addrs.next());
         }
         Ok(out)
+    }
+
+    /// The node these flags describe, for `stream_key`, dialling `dial`.
+    pub fn node_config(
+        &self,
+        stream_key: ed25519_dalek::VerifyingKey,
+        dial: Vec<SocketAddr>,
+        core: state::Config,
+    ) -> crate::NodeConfig {
+        crate::NodeConfig {
+            stream_key,
+            listen: self.listen,
+            dial,
+            upload_kbps: self.upload_kbps,
+            core,
+            stats_json: self.stats_json.clone(),
+            port_mapping: !self.no_port_mapping,
+        }
     }
 
     pub fn core_config(&self) -> state::Config {

@@ -11,6 +11,7 @@ pub mod netem;
 pub mod node;
 pub mod observed;
 pub mod pacer;
+pub mod portmap;
 pub mod seqset;
 pub mod sim;
 pub mod state;

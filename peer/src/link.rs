@@ -50,7 +50,8 @@ pub mod close {
 pub struct Identity {
     pub node_id: NodeId,
     pub stream_key: VerifyingKey,
-    pub listen: Vec<SocketAddr>,
+    /// Where this node accepts connections; grows when the router maps a port to it.
+    pub listen: tokio::sync::watch::Receiver<Vec<SocketAddr>>,
 }
 
 /// The neighbour's side of a finished handshake.
@@ -70,7 +71,7 @@ pub async fn handshake(
         version: PROTOCOL_VERSION,
         node_id: me.node_id,
         stream_key: me.stream_key.to_bytes(),
-        listen: me.listen.clone(),
+        listen: me.listen.borrow().clone(),
         observed: Some(conn.remote_address()),
     };
     let exchange = async {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use shoal_proto::{Chunk, Message, NodeId};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +40,8 @@ pub struct NodeConfig {
     pub upload_kbps: Option<u64>,
     pub core: state::Config,
     pub stats_json: Option<PathBuf>,
+    /// Ask the router to forward a public port here (PCP, NAT-PMP, UPnP-IGD).
+    pub port_mapping: bool,
 }
 
 /// What reaches the node loop.
@@ -53,6 +55,8 @@ pub enum Input {
     Publish(Chunk),
     /// Addresses found elsewhere (the DHT), to dial like a ticket's.
     Discovered(Vec<SocketAddr>),
+    /// The public address the router now forwards to this node, if any.
+    Mapped(Option<SocketAddr>),
 }
 
 pub struct Node {
@@ -80,10 +84,11 @@ impl Node {
         let (delivery_tx, delivery_rx) = mpsc::channel(DELIVERY_QUEUE);
 
         let listen = crate::cli::advertised_addrs(local_addr);
+        let (listen_tx, listen_rx) = watch::channel(listen.clone());
         let identity = Identity {
             node_id,
             stream_key: config.stream_key,
-            listen: listen.clone(),
+            listen: listen_rx,
         };
         let shared = Shared {
             stream_key: config.stream_key,
@@ -113,6 +118,7 @@ impl Node {
             deliver.then_some(delivery_tx),
             stats.clone(),
             dialer,
+            listen_tx,
         ));
         tasks.spawn(accept(
             endpoint.clone(),
@@ -126,6 +132,14 @@ impl Node {
                 addr,
                 identity.clone(),
                 shared.clone(),
+                cancel.clone(),
+            ));
+        }
+        if config.port_mapping && crate::portmap::applies(local_addr) {
+            tasks.spawn(crate::portmap::run(
+                local_addr,
+                inputs.clone(),
+                stats.clone(),
                 cancel.clone(),
             ));
         }
@@ -235,6 +249,7 @@ async fn run_core(
     deliveries: Option<mpsc::Sender<Chunk>>,
     stats: Arc<Stats>,
     dialer: Dialer,
+    listen: watch::Sender<Vec<SocketAddr>>,
 ) {
     let cancel = dialer.cancel.clone();
     let mut links: HashMap<NodeId, LinkHandle> = HashMap::new();
@@ -254,6 +269,11 @@ async fn run_core(
             Input::Publish(chunk) => Event::Publish(Arc::new(chunk)),
             Input::Discovered(addrs) => {
                 core.add_peers(&addrs);
+                continue;
+            }
+            Input::Mapped(external) => {
+                core.set_mapped(external);
+                listen.send_replace(core.config().listen.clone());
                 continue;
             }
             Input::Linked(link) => {

@@ -79,6 +79,7 @@ pub struct Stats {
     slow_dropped: AtomicU64,
     /// Where neighbours see this node.
     observed: Mutex<crate::observed::Observed>,
+    mapping: Mutex<Option<crate::portmap::Mapping>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -100,6 +101,7 @@ impl Stats {
             connections_refused: AtomicU64::new(0),
             slow_dropped: AtomicU64::new(0),
             observed: Mutex::default(),
+            mapping: Mutex::default(),
             limits,
         })
     }
@@ -162,9 +164,25 @@ impl Stats {
         lock(&self.observed).report(addr, by)
     }
 
-    /// This node's addresses as neighbours see them (its public ones, behind a NAT).
+    /// This node's addresses beyond its NAT: the one its router maps to it, then the ones
+    /// its neighbours agree they see it at.
     pub fn public_addrs(&self) -> Vec<SocketAddr> {
-        lock(&self.observed).confirmed()
+        let mut addrs: Vec<SocketAddr> = self.mapping().map(|m| m.external).into_iter().collect();
+        for addr in lock(&self.observed).confirmed() {
+            if !addrs.contains(&addr) {
+                addrs.push(addr);
+            }
+        }
+        addrs
+    }
+
+    /// What the router forwards to this node, if it does.
+    pub fn mapping(&self) -> Option<crate::portmap::Mapping> {
+        *lock(&self.mapping)
+    }
+
+    pub fn set_mapping(&self, mapping: Option<crate::portmap::Mapping>) {
+        *lock(&self.mapping) = mapping;
     }
 
     /// Records that a chunk stamped `timestamp_us` (broadcaster clock) is now held verified;
@@ -247,6 +265,7 @@ impl Stats {
             "requests": {"sent": counters.requests_sent, "served": counters.requests_served},
             "banned": counters.banned,
             "public_addrs": self.public_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "port_mapping": self.mapping().map(|m| json!({"external": m.external.to_string(), "protocol": m.protocol})),
             "punch": {
                 "attempts": counters.punch_attempts,
                 "succeeded": counters.punch_succeeded,

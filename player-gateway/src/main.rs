@@ -77,12 +77,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let mut core = args.swarm.core_config();
     core.deliver = true;
     let mut node = Node::spawn(NodeConfig {
-        stream_key: ticket.stream_key,
-        listen: args.swarm.listen,
-        dial,
-        upload_kbps: args.swarm.upload_kbps,
-        core,
+        // The gateway serves its counters at /stats.json and writes them itself.
         stats_json: None,
+        ..args.swarm.node_config(ticket.stream_key, dial, core)
     })
     .await?;
     let gateway = Gateway::new(ticket.name.clone(), args.latency, node.stats());

@@ -178,7 +178,7 @@ impl Adversary {
         let me = Identity {
             node_id,
             stream_key: self.ticket.stream_key,
-            listen: vec![],
+            listen: tokio::sync::watch::channel(vec![]).1,
         };
         let (_peer, send, recv, _buf) = link::handshake(conn, &me, true).await?;
         Ok(Control { send, _recv: recv })

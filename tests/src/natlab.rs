@@ -3,6 +3,10 @@
 //! three viewers behind their own NATs — two port-restricted cone NATs (nftables masquerade)
 //! and one symmetric NAT (masquerade random). Then: does every viewer play, who connected to
 //! whom, and how much came straight from another NATed peer rather than through the relay.
+//!
+//! The port-mapping lab is smaller: a broadcaster behind a router running miniupnpd (PCP,
+//! NAT-PMP and UPnP-IGD, or only some), one viewer behind a cone NAT, no relay: the viewer
+//! reaches the broadcaster only if the router forwards a port to it and the ticket says where.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,6 +18,13 @@ use serde_json::{Value, json};
 use crate::player;
 use crate::process::{Proc, binary, read_stats};
 
+/// The public segment of the NAT lab (198.18.0.0/24).
+const PUBLIC: &str = "198.18.0";
+/// The public segment of the port-mapping lab. miniupnpd refuses to map on a router whose
+/// outside address is private or reserved (198.18.0.0/15 and every documentation range
+/// included), so this lab's "internet" uses an ordinary-looking prefix; it exists only
+/// inside namespaces that have no link to the host or any real network.
+const MAPPING_PUBLIC: &str = "11.22.33";
 /// The relay's address on the public segment.
 const RELAY: &str = "198.18.0.10";
 const RELAY_PORT: u16 = 7000;
@@ -21,7 +32,7 @@ const RELAY_PORT: u16 = 7000;
 const NODE_PORT: u16 = 7100;
 
 /// The NATs: name, kind, and the role of the host behind it.
-const SITES: [(&str, Nat); 4] = [
+const SITES: &[(&str, Nat)] = &[
     ("broadcaster", Nat::Cone),
     ("viewer-a", Nat::Cone),
     ("viewer-b", Nat::Cone),
@@ -110,6 +121,9 @@ fn remove_namespace(ns: &str) {
 /// The namespaces of one lab; removed, with everything running in them, when dropped.
 struct Lab {
     prefix: String,
+    /// The public segment's /24, as "a.b.c"; router n is at a.b.c.(n + 1).
+    public: &'static str,
+    sites: &'static [(&'static str, Nat)],
     namespaces: Vec<String>,
     procs: Vec<Proc>,
 }
@@ -177,18 +191,30 @@ impl Lab {
         Ok(())
     }
 
-    /// The public segment, and each site's router and host.
-    fn build() -> anyhow::Result<Lab> {
+    /// The public segment (`public`.0/24, the namespace "pub" at .10), and each site's
+    /// router and host.
+    fn build(public_net: &'static str, sites: &'static [(&'static str, Nat)]) -> anyhow::Result<Lab> {
         let mut lab = Lab {
             prefix: format!("shoal{}", std::process::id()),
+            public: public_net,
+            sites,
             namespaces: Vec::new(),
             procs: Vec::new(),
         };
         let public = lab.add_ns("pub")?;
         run(&["ip", "-n", &public, "link", "add", "br0", "type", "bridge"])?;
-        run(&["ip", "-n", &public, "addr", "add", &format!("{RELAY}/24"), "dev", "br0"])?;
+        run(&[
+            "ip",
+            "-n",
+            &public,
+            "addr",
+            "add",
+            &format!("{public_net}.10/24"),
+            "dev",
+            "br0",
+        ])?;
         run(&["ip", "-n", &public, "link", "set", "br0", "up"])?;
-        for (i, (site, nat)) in SITES.iter().enumerate() {
+        for (i, (site, nat)) in sites.iter().enumerate() {
             let n = i + 1;
             let router = lab.add_ns(&format!("r{n}"))?;
             let host = lab.add_ns(site)?;
@@ -197,7 +223,7 @@ impl Lab {
                 "ip", "link", "add", "wan", "netns", &router, "type", "veth", "peer", "name", &port, "netns", &public,
             ])?;
             run(&["ip", "-n", &public, "link", "set", &port, "master", "br0", "up"])?;
-            address(&router, "wan", &format!("198.18.0.{}/24", n + 1))?;
+            address(&router, "wan", &format!("{public_net}.{}/24", n + 1))?;
             run(&[
                 "ip", "link", "add", "lan", "netns", &router, "type", "veth", "peer", "name", "eth0", "netns", &host,
             ])?;
@@ -235,54 +261,133 @@ impl Lab {
         self.procs.push(start_in(&self.ns(site), dir, name, program, args)?);
         Ok(self.procs.len() - 1)
     }
+
+    /// Starts the broadcaster (test stream, `dir`/ticket, `dir`/broadcaster.json) in its site
+    /// with `extra` flags, and waits for its ticket.
+    fn start_broadcaster(&mut self, dir: &Path, extra: &[String]) -> anyhow::Result<usize> {
+        let mut args: Vec<String> = crate::swarm::TEST_STREAM.iter().map(|a| a.to_string()).collect();
+        args.extend(
+            [
+                "--listen",
+                &format!("0.0.0.0:{NODE_PORT}"),
+                "--ticket-file",
+                &dir.join("ticket").display().to_string(),
+                "--key",
+                &dir.join("stream.key").display().to_string(),
+                "--stats-json",
+                &dir.join("broadcaster.json").display().to_string(),
+            ]
+            .map(String::from),
+        );
+        args.extend_from_slice(extra);
+        let i = self.spawn(dir, "broadcaster", "broadcaster", "shoal-broadcaster", &args)?;
+        self.procs[i].wait_for_line("shoal1", Duration::from_secs(30))?;
+        Ok(i)
+    }
+
+    /// Starts a gateway in `site` (stats in `dir`/`site`.json, player on the site's
+    /// 127.0.0.1:8080) with the broadcaster's ticket file, and waits for it to serve.
+    fn start_viewer(&mut self, dir: &Path, site: &str) -> anyhow::Result<()> {
+        let args = [
+            "--ticket-file",
+            &dir.join("ticket").display().to_string(),
+            "--listen",
+            &format!("0.0.0.0:{NODE_PORT}"),
+            "--http",
+            "127.0.0.1:8080",
+            "--stats-json",
+            &dir.join(format!("{site}.json")).display().to_string(),
+        ]
+        .map(String::from);
+        let i = self.spawn(dir, site, site, "shoal-gateway", &args)?;
+        self.procs[i].wait_for_line("open http://", Duration::from_secs(20))?;
+        Ok(())
+    }
+
+    /// Which site an address belongs to, as seen from the public segment or inside a site.
+    fn site_of(&self, addr: &str) -> String {
+        let ip = addr.rsplit_once(':').map_or(addr, |(ip, _)| ip);
+        if ip == format!("{}.10", self.public) {
+            return "relay".into();
+        }
+        for (i, (site, _)) in self.sites.iter().enumerate() {
+            if ip == format!("{}.{}", self.public, i + 2) || ip == format!("198.19.{}.2", i + 1) {
+                return (*site).into();
+            }
+        }
+        format!("unknown {ip}")
+    }
+
+    /// Runs miniupnpd on the router of site `index`, answering `offer` on its LAN side, with
+    /// the nftables chains it adds its forwarding rules to.
+    fn serve_port_mapping(&mut self, dir: &Path, index: usize, offer: Offer) -> anyhow::Result<()> {
+        if !Path::new(MINIUPNPD).exists() {
+            bail!("{MINIUPNPD} is missing: install miniupnpd-nftables (scripts/setup does)");
+        }
+        let router = self.ns(&format!("r{}", index + 1));
+        Lab::nft(
+            &router,
+            "table inet miniupnpd {\n\
+               chain miniupnpd { }\n\
+               chain prerouting_miniupnpd { }\n\
+               chain postrouting_miniupnpd { }\n\
+               chain forward { type filter hook forward priority 0; policy accept; jump miniupnpd; }\n\
+               chain prerouting { type nat hook prerouting priority -100; policy accept; jump prerouting_miniupnpd; }\n\
+               chain postrouting { type nat hook postrouting priority 100; policy accept; jump postrouting_miniupnpd; }\n\
+             }\n",
+        )?;
+        let yes = |on: bool| if on { "yes" } else { "no" };
+        let conf = dir.join("miniupnpd.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "ext_ifname=wan\nlistening_ip=lan\nport=5000\n\
+                 enable_upnp={}\nenable_natpmp={}\n\
+                 secure_mode=yes\nsystem_uptime=no\n\
+                 upnp_table_name=miniupnpd\nupnp_nat_table_name=miniupnpd\n\
+                 lease_file={}\n\
+                 allow 1024-65535 198.19.0.0/16 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n",
+                yes(offer.upnp),
+                yes(offer.pcp_nat_pmp),
+                dir.join("miniupnpd.leases").display()
+            ),
+        )?;
+        let args: Vec<String> = [
+            "netns",
+            "exec",
+            &router,
+            MINIUPNPD,
+            "-d",
+            "-f",
+            &conf.display().to_string(),
+            "-P",
+            &dir.join("miniupnpd.pid").display().to_string(),
+        ]
+        .map(String::from)
+        .to_vec();
+        self.procs.push(Proc::start(dir, "miniupnpd", Path::new("ip"), &args)?);
+        Ok(())
+    }
 }
 
-/// Which site an address belongs to, as seen from the public segment or inside a site.
-fn site_of(addr: &str) -> String {
-    let ip = addr.rsplit_once(':').map_or(addr, |(ip, _)| ip);
-    if ip == RELAY {
-        return "relay".into();
-    }
-    for (i, (site, _)) in SITES.iter().enumerate() {
-        if ip == format!("198.18.0.{}", i + 2) || ip == format!("198.19.{}.2", i + 1) {
-            return (*site).into();
-        }
-    }
-    format!("unknown {ip}")
+/// Where Debian's miniupnpd-nftables puts the daemon (scripts/setup installs it).
+const MINIUPNPD: &str = "/usr/sbin/miniupnpd";
+
+/// What the lab's router offers for port mapping.
+#[derive(Clone, Copy, Debug)]
+pub struct Offer {
+    pub upnp: bool,
+    /// miniupnpd answers both on one switch.
+    pub pcp_nat_pmp: bool,
 }
 
 /// Builds the lab, streams for `seconds`, checks every viewer with ffmpeg, and reports.
 pub fn run_lab(dir: &Path, seconds: u64) -> anyhow::Result<Value> {
-    let mut lab = Lab::build()?;
+    let mut lab = Lab::build(PUBLIC, SITES)?;
     let ticket = dir.join("ticket");
     let stats = |name: &str| -> PathBuf { dir.join(format!("{name}.json")) };
     let s = |p: &Path| p.display().to_string();
-    let broadcaster = lab.spawn(
-        dir,
-        "broadcaster",
-        "broadcaster",
-        "shoal-broadcaster",
-        &crate::swarm::TEST_STREAM
-            .iter()
-            .map(|a| a.to_string())
-            .chain(
-                [
-                    "--listen",
-                    &format!("0.0.0.0:{NODE_PORT}"),
-                    "--bootstrap",
-                    &format!("{RELAY}:{RELAY_PORT}"),
-                    "--ticket-file",
-                    &s(&ticket),
-                    "--key",
-                    &s(&dir.join("stream.key")),
-                    "--stats-json",
-                    &s(&stats("broadcaster")),
-                ]
-                .map(String::from),
-            )
-            .collect::<Vec<_>>(),
-    )?;
-    lab.procs[broadcaster].wait_for_line("shoal1", Duration::from_secs(30))?;
+    lab.start_broadcaster(dir, &["--bootstrap".into(), format!("{RELAY}:{RELAY_PORT}")])?;
     let relay = lab.spawn(
         dir,
         "pub",
@@ -303,24 +408,7 @@ pub fn run_lab(dir: &Path, seconds: u64) -> anyhow::Result<Value> {
     let started = Instant::now();
     let viewers: Vec<&str> = SITES[1..].iter().map(|(site, _)| *site).collect();
     for viewer in &viewers {
-        let i = lab.spawn(
-            dir,
-            viewer,
-            viewer,
-            "shoal-gateway",
-            &[
-                "--ticket-file",
-                &s(&ticket),
-                "--listen",
-                &format!("0.0.0.0:{NODE_PORT}"),
-                "--http",
-                "127.0.0.1:8080",
-                "--stats-json",
-                &s(&stats(viewer)),
-            ]
-            .map(String::from),
-        )?;
-        lab.procs[i].wait_for_line("open http://", Duration::from_secs(20))?;
+        lab.start_viewer(dir, viewer)?;
     }
     std::thread::sleep(Duration::from_secs(seconds).saturating_sub(started.elapsed()));
 
@@ -335,7 +423,7 @@ pub fn run_lab(dir: &Path, seconds: u64) -> anyhow::Result<Value> {
             let bytes = n["bytes_in"].as_u64().unwrap_or(0);
             total += bytes;
             if n["connected"] == true || bytes > 0 {
-                let site = site_of(n["addr"].as_str().unwrap_or_default());
+                let site = lab.site_of(n["addr"].as_str().unwrap_or_default());
                 let entry = by_site.entry(site).or_insert(json!(0));
                 *entry = json!(entry.as_u64().unwrap_or(0) + bytes);
             }
@@ -362,4 +450,69 @@ pub fn run_lab(dir: &Path, seconds: u64) -> anyhow::Result<Value> {
         relay_stats["punch"]["introductions"].clone(),
     );
     Ok(Value::Object(report))
+}
+
+/// The port-mapping lab's sites: the broadcaster's router maps ports, the viewer's does not.
+const MAPPING_SITES: &[(&str, Nat)] = &[("broadcaster", Nat::Cone), ("viewer", Nat::Cone)];
+/// How long the broadcaster may take to get a mapping and list it in its ticket.
+const MAPPING_WITHIN: Duration = Duration::from_secs(20);
+
+/// Builds the port-mapping lab with `offer` on the broadcaster's router, waits for the
+/// ticket to list the mapped address, has the viewer play through it, and reports.
+pub fn run_mapping_lab(dir: &Path, offer: Offer) -> anyhow::Result<Value> {
+    let mut lab = Lab::build(MAPPING_PUBLIC, MAPPING_SITES)?;
+    lab.serve_port_mapping(dir, 0, offer)?;
+    let ticket_file = dir.join("ticket");
+    let stats = |name: &str| -> PathBuf { dir.join(format!("{name}.json")) };
+    let broadcaster = lab.start_broadcaster(dir, &[])?;
+    let first: shoal_proto::Ticket = std::fs::read_to_string(&ticket_file)?.trim().parse()?;
+
+    // The router's outside address, with whatever port it gave.
+    let outside = format!("{MAPPING_PUBLIC}.2");
+    let started = Instant::now();
+    let ticket = loop {
+        let text = std::fs::read_to_string(&ticket_file).unwrap_or_default();
+        if let Ok(t) = text.trim().parse::<shoal_proto::Ticket>()
+            && t.addrs.iter().any(|a| a.ip().to_string() == outside)
+        {
+            break t;
+        }
+        if started.elapsed() > MAPPING_WITHIN {
+            bail!(
+                "the ticket never listed a mapped address ({outside}:…) in {MAPPING_WITHIN:?}: {text}\nbroadcaster:\n{}",
+                lab.procs[broadcaster].stderr_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let listed_after = started.elapsed(); // counted from the first ticket
+
+    lab.start_viewer(dir, "viewer")?;
+    std::thread::sleep(Duration::from_secs(6));
+    let play = player::ffmpeg_in(
+        &["ip", "netns", "exec", &lab.ns("viewer")],
+        "http://127.0.0.1:8080/live.m3u8",
+        5,
+    )?;
+    let viewer_stats = read_stats(&stats("viewer"));
+    let mut connected_to = Vec::new();
+    for n in viewer_stats["neighbours"].as_array().into_iter().flatten() {
+        if n["bytes_in"].as_u64().unwrap_or(0) > 0 {
+            connected_to.push(json!({"addr": n["addr"], "site": lab.site_of(n["addr"].as_str().unwrap_or_default()), "bytes_in": n["bytes_in"]}));
+        }
+    }
+    let broadcaster_stats = read_stats(&stats("broadcaster"));
+    Ok(json!({
+        "offer": format!("{offer:?}"),
+        "port_mapping": broadcaster_stats["port_mapping"],
+        "first_ticket_addrs": first.addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "ticket_addrs": ticket.addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "listed_after_ms": listed_after.as_millis() as u64,
+        "viewer": {
+            "played_s": (play.seconds * 10.0).round() / 10.0,
+            "play_errors": play.errors,
+            "startup_ms": viewer_stats["startup_ms"],
+            "received_from": connected_to,
+        },
+    }))
 }

@@ -43,3 +43,49 @@ fn viewers_behind_nats_play_and_cone_nats_connect_directly() {
     );
     assert!(public("viewer-c").is_empty(), "{report}");
 }
+
+/// The broadcaster's router maps ports (miniupnpd); nothing else in the lab would let the
+/// viewer behind another NAT reach it: no relay, and its own NAT lets nothing in unasked.
+fn plays_through_a_mapped_port(offer: natlab::Offer, protocol: &str) {
+    if let Some(why) = natlab::unavailable() {
+        eprintln!("natlab skipped: {why}");
+        return;
+    }
+    let dir = test_dir(&format!("portmap-{protocol}"));
+    let report = natlab::run_mapping_lab(&dir, offer).unwrap();
+    eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
+    assert_eq!(report["port_mapping"]["protocol"], protocol, "{report}");
+    let external = report["port_mapping"]["external"].as_str().unwrap();
+    // The mapped address leads the outside ones in the ticket (after no relay: none here).
+    assert_eq!(report["ticket_addrs"][0], external, "{report}");
+    let v = &report["viewer"];
+    assert!(v["played_s"].as_f64().unwrap() >= 4.0, "{report}");
+    assert_eq!(v["play_errors"], serde_json::json!([]), "{report}");
+    let from = v["received_from"].as_array().unwrap();
+    assert!(
+        from.iter().any(|n| n["addr"] == external && n["site"] == "broadcaster"),
+        "the viewer got the stream through the mapped port: {report}"
+    );
+}
+
+#[test]
+fn a_viewer_reaches_a_broadcaster_behind_nat_through_a_pcp_mapping() {
+    plays_through_a_mapped_port(
+        natlab::Offer {
+            upnp: true,
+            pcp_nat_pmp: true,
+        },
+        "PCP",
+    );
+}
+
+#[test]
+fn a_viewer_reaches_a_broadcaster_behind_nat_through_a_upnp_mapping() {
+    plays_through_a_mapped_port(
+        natlab::Offer {
+            upnp: true,
+            pcp_nat_pmp: false,
+        },
+        "UPnP",
+    );
+}

@@ -2,9 +2,9 @@
 //! its neighbours, uploading as much as `--upload-kbps` allows.
 
 use clap::Parser;
+use shoal_peer::Node;
 use shoal_peer::cli::{self, SwarmArgs, TicketArgs};
 use shoal_peer::status;
-use shoal_peer::{Node, NodeConfig};
 use tokio_util::sync::CancellationToken;
 
 /// Relay a shoal stream: verify every chunk and pass it on to other viewers.
@@ -43,15 +43,7 @@ async fn relay(args: Args) -> anyhow::Result<()> {
         core.limits.max_neighbours = core.limits.max_neighbours.max(PUBLIC_NEIGHBOURS);
         core.limits.max_incoming_connections = core.limits.max_incoming_connections.max(PUBLIC_NEIGHBOURS);
     }
-    let node = Node::spawn(NodeConfig {
-        stream_key: ticket.stream_key,
-        listen: args.swarm.listen,
-        dial,
-        upload_kbps: args.swarm.upload_kbps,
-        core,
-        stats_json: args.swarm.stats_json.clone(),
-    })
-    .await?;
+    let node = Node::spawn(args.swarm.node_config(ticket.stream_key, dial, core)).await?;
     println!(
         "relaying \"{}\" on {} as node {}",
         ticket.name,

@@ -64,6 +64,8 @@ pub struct State {
     last_pex: Option<Instant>,
     last_rotation: Option<Instant>,
     /// Addresses given at start: asked again for peers when the neighbours feed us nothing.
+    /// The public address the router forwards to this node, first in `config.listen`.
+    mapped: Option<SocketAddr>,
     bootstrap: Vec<SocketAddr>,
     /// Seqs stored since the last HAVE round.
     unannounced: Vec<u64>,
@@ -114,6 +116,7 @@ impl State {
             last_status_at: None,
             last_pex: None,
             last_rotation: None,
+            mapped: None,
             bootstrap: Vec::new(),
             unannounced: Vec::new(),
             last_have: None,
@@ -188,6 +191,20 @@ impl State {
 
     pub fn is_banned(&self, id: &NodeId, now: Instant) -> bool {
         self.banned.get(id).is_some_and(|until| *until > now)
+    }
+
+    /// The router now forwards `external` to this node (or no longer does): it heads the
+    /// addresses this node tells others, and is never dialled as someone else's.
+    pub fn set_mapped(&mut self, external: Option<SocketAddr>) {
+        if let Some(old) = self.mapped.take() {
+            self.config.listen.retain(|a| *a != old);
+        }
+        if let Some(addr) = external
+            && !self.config.listen.contains(&addr)
+        {
+            self.config.listen.insert(0, addr);
+            self.mapped = Some(addr);
+        }
     }
 
     /// Adds addresses to dial (bootstrap peers, a ticket's addresses).
