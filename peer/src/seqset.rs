@@ -59,6 +59,11 @@ impl SeqSet {
             .is_some_and(|w| w & (1 << ((seq - self.base) % 64)) != 0)
     }
 
+    /// No seq at all (words only ever gain bits until cleared).
+    pub fn is_empty(&self) -> bool {
+        self.words.iter().all(|w| *w == 0)
+    }
+
     pub fn clear(&mut self) {
         self.words.clear();
     }

@@ -22,6 +22,9 @@ const STARVING_AFTER: Duration = Duration::from_secs(4);
 const ORPHAN_EXTRA: usize = 4;
 /// Least time between two neighbours let go to make room for better ones.
 const ROTATE_INTERVAL: Duration = Duration::from_secs(2);
+/// How long a starving newcomer keeps out a neighbour that lied about its place in the trees.
+/// (Short: an honest node looks the same while the whole stream is stalled.)
+const LIAR_BAN: Duration = Duration::from_secs(30);
 /// Peers sent in one PEX message.
 const PEX_SAMPLE: usize = 8;
 /// How long an address that failed to answer is not dialled again.
@@ -52,6 +55,8 @@ pub(super) struct Neighbour {
     pub fresh: Option<std::time::Instant>,
     /// When it last sent anything at all.
     pub heard: Option<std::time::Instant>,
+    /// When it became a neighbour.
+    pub since: Option<std::time::Instant>,
     /// What it may still send us before it counts as flooding (`guard.rs`).
     pub control_budget: Bucket,
     pub request_budget: Bucket,
@@ -81,6 +86,7 @@ impl Neighbour {
             parent_failures: 0,
             fresh: None,
             heard: None,
+            since: None,
             control_budget: Bucket::default(),
             request_budget: Bucket::default(),
             stale_budget: Bucket::default(),
@@ -121,6 +127,12 @@ impl State {
             self.config.limits.max_neighbours
         };
         if !outbound && self.neighbours.len() >= limit {
+            // A neighbour that claims a place in the trees and never showed a chunk gives way.
+            if let Some(liar) = self.liars(now).first().copied() {
+                self.evict(liar, "no chunks");
+            }
+        }
+        if !outbound && self.neighbours.len() >= limit {
             // Full: hand the newcomer other peers to try, then hang up (HyParView).
             self.learn(&listen);
             let peers = self.pex_sample(Some(id));
@@ -134,6 +146,7 @@ impl State {
         self.passive.retain(|p| !listen.contains(&p.1));
         let mut neighbour = Neighbour::new(addr, listen, self.config.stripes);
         neighbour.heard = Some(now);
+        neighbour.since = Some(now);
         self.neighbours.insert(id, neighbour);
         self.send_status_to(id);
         // Tell the newcomer what we hold, so it can start from us.
@@ -261,6 +274,21 @@ impl State {
 
     /// Lets the least useful neighbour go, at most once per `ROTATE_INTERVAL`; true if it was
     /// time (whether or not one could be let go).
+    /// Neighbours that claim a place in the trees but showed no chunk (`claims_without_proof`).
+    fn liars(&self, now: Instant) -> Vec<NodeId> {
+        self.neighbours
+            .iter()
+            .filter(|(_, n)| self.claims_without_proof(n, now))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    fn evict(&mut self, id: NodeId, reason: &'static str) {
+        self.neighbours.remove(&id);
+        self.forget_in_trees(id);
+        self.actions.push(Action::Disconnect { id, reason });
+    }
+
     fn rotate_out_one(&mut self, now: Instant) -> bool {
         if self
             .last_rotation
@@ -329,6 +357,14 @@ impl State {
         // repaired by its trees instead: dropping neighbours then only makes churn worse.)
         let starving =
             !self.config.source && self.last_new_chunk.is_none() && now.duration_since(self.started) > STARVING_AFTER;
+        if starving {
+            // Landed among liars (they dial whoever they hear of): shed them, and keep them off
+            // for a while, so room is left for peers that can feed us.
+            for liar in self.liars(now) {
+                self.evict(liar, "no chunks");
+                self.banned.insert(liar, now + LIAR_BAN);
+            }
+        }
         if starving && self.rotate_out_one(now) {
             let bootstrap = self.bootstrap.clone();
             for addr in &bootstrap {

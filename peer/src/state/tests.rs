@@ -703,3 +703,40 @@ fn punches_are_bounded_and_time_out() {
     b.handle(Event::Tick, now + Duration::from_secs(11)).count();
     assert_eq!(b.counters().punch_failed, 4);
 }
+
+#[test]
+fn stripes_go_to_different_neighbours_until_one_delivers() {
+    let now = Instant::now();
+    let mut s = state_with(&[1, 2], now);
+    control(&mut s, 1, status(vec![1, 1], 4), now);
+    control(&mut s, 2, status(vec![1, 1], 4), now);
+    let _ = s.handle(Event::Tick, now).count();
+    let parents = s.parents();
+    assert!(parents[0].is_some() && parents[1].is_some());
+    assert_ne!(parents[0], parents[1], "one black hole would have taken both stripes");
+}
+
+#[test]
+fn a_neighbour_claiming_a_depth_without_a_chunk_is_no_parent_and_a_starving_newcomer_sheds_it() {
+    let t0 = Instant::now();
+    let mut s = state_with(&[1], t0);
+    // Next to the source with room for 64, it says; and never announces a chunk.
+    let liar = status(vec![1, 1], 64);
+    control(&mut s, 1, liar.clone(), t0);
+    let later = t0 + Duration::from_millis(1500);
+    control(&mut s, 1, liar.clone(), later);
+    let _ = s.handle(Event::Tick, later).count();
+    assert_eq!(s.parents(), vec![None, None], "not trusted as a parent after a second");
+    // Still nothing received after 4 s: the liar goes, and is kept off for a while.
+    let starving = t0 + Duration::from_secs(5);
+    control(&mut s, 1, liar, starving);
+    let actions: Vec<_> = s.handle(Event::Tick, starving).collect();
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Disconnect { id, reason: "no chunks" } if *id == node(1))),
+        "{actions:?}"
+    );
+    assert!(s.is_banned(&node(1), starving));
+    assert_eq!(s.neighbours().count(), 0);
+}

@@ -19,6 +19,9 @@ const GRAFT_TIMEOUT: Duration = Duration::from_millis(1500);
 const PARENT_COOLDOWN: Duration = Duration::from_secs(5);
 /// A neighbour counts as on the stream if it announced a fresh chunk this recently.
 const FRESH_WITHIN: Duration = Duration::from_secs(2);
+/// A neighbour that claims a place in the trees has shown a chunk by now: it announces what it
+/// gets every `have_interval`, and a newcomer lacks everything.
+const PROOF_WITHIN: Duration = Duration::from_secs(1);
 /// Least time between two moves of one stripe to a closer parent.
 const CLIMB_INTERVAL: Duration = Duration::from_secs(3);
 /// After finding no better parent, how long before looking again.
@@ -335,7 +338,7 @@ impl State {
                     continue;
                 }
             }
-            if let Some(candidate) = self.best_parent(s) {
+            if let Some(candidate) = self.best_parent(s, now) {
                 self.stripes[s].parent = Some(candidate);
                 self.stripes[s].parent_active = Some(now);
                 self.stripes[s].delivering = false;
@@ -427,14 +430,35 @@ impl State {
         }
     }
 
-    /// The neighbour nearest the source in stripe `s` with room for a child.
-    fn best_parent(&self, s: usize) -> Option<NodeId> {
+    /// Claims a place in the trees yet has shown no chunk since it became a neighbour: a liar.
+    /// (An honest node claims a depth only once its parent delivers, and announces what it
+    /// holds to every new neighbour at once; a child of ours holds what we sent it.)
+    pub(super) fn claims_without_proof(&self, n: &super::neighbours::Neighbour, now: Instant) -> bool {
+        n.fresh.is_none()
+            && n.has.is_empty()
+            && n.depths.iter().any(|d| *d < MAX_DEPTH)
+            && n.since.is_some_and(|t| now.duration_since(t) > PROOF_WITHIN)
+    }
+
+    /// The neighbour nearest the source in stripe `s` with room for a child. Stripes are
+    /// spread over neighbours not yet proven: one that takes GRAFTs for every stripe and
+    /// delivers nothing (a black hole claiming to sit next to the source) would otherwise hold
+    /// a newcomer's whole stream until each stripe times out; spread, the stripes that do flow
+    /// show which neighbours are on the stream.
+    fn best_parent(&self, s: usize, now: Instant) -> Option<NodeId> {
         let mine: Vec<NodeId> = self.stripes[s].children.clone();
+        let unproven = |id: &NodeId| {
+            self.stripes
+                .iter()
+                .filter(|t| t.parent == Some(*id) && !t.delivering)
+                .count()
+        };
         self.neighbours
             .iter()
             .filter(|(id, n)| {
                 n.depths[s] < MAX_DEPTH
                     && self.is_fresh(n)
+                    && !self.claims_without_proof(n, now)
                     && n.free_slots > 0
                     && !mine.contains(id)
                     && !self.cooldown.contains_key(&(**id, s as u8))
@@ -442,6 +466,7 @@ impl State {
             .min_by_key(|(id, n)| {
                 (
                     n.parent_failures,
+                    unproven(id),
                     n.depths[s],
                     u16::MAX - n.free_slots,
                     n.unanswered,
