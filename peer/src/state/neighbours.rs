@@ -127,12 +127,6 @@ impl State {
             self.config.limits.max_neighbours
         };
         if !outbound && self.neighbours.len() >= limit {
-            // A neighbour that claims a place in the trees and never showed a chunk gives way.
-            if let Some(liar) = self.liars(now).first().copied() {
-                self.evict(liar, "no chunks");
-            }
-        }
-        if !outbound && self.neighbours.len() >= limit {
             // Full: hand the newcomer other peers to try, then hang up (HyParView).
             self.learn(&listen);
             let peers = self.pex_sample(Some(id));

@@ -430,13 +430,18 @@ impl State {
         }
     }
 
-    /// Claims a place in the trees yet has shown no chunk since it became a neighbour: a liar.
-    /// (An honest node claims a depth only once its parent delivers, and announces what it
-    /// holds to every new neighbour at once; a child of ours holds what we sent it.)
+    /// Claims a place in the trees nearer the source than ours yet has shown no chunk since it
+    /// became a neighbour: a liar. An honest node claims a depth only once its parent
+    /// delivers, announces what it holds to every new neighbour at once, and, nearer the
+    /// source, gets chunks before us and announces them; a child of ours holds what we sent.
+    /// (One deeper than us may never have had a chunk we lacked: no proof either way.)
     pub(super) fn claims_without_proof(&self, n: &super::neighbours::Neighbour, now: Instant) -> bool {
         n.fresh.is_none()
             && n.has.is_empty()
-            && n.depths.iter().any(|d| *d < MAX_DEPTH)
+            && n.depths
+                .iter()
+                .enumerate()
+                .any(|(s, d)| *d < MAX_DEPTH && *d < self.depth(s))
             && n.since.is_some_and(|t| now.duration_since(t) > PROOF_WITHIN)
     }
 
