@@ -268,14 +268,7 @@ impl State {
             Message::Pex { peers } => self.on_pex(from, peers),
             Message::Introduce { target } => self.on_introduce(from, target),
             Message::Punch { peer, addrs } => self.on_punch(peer, &addrs, now),
-            Message::Goodbye { .. } => {
-                self.neighbours.remove(&from);
-                self.forget_in_trees(from);
-                self.actions.push(Action::Disconnect {
-                    id: from,
-                    reason: "goodbye",
-                });
-            }
+            Message::Goodbye { .. } => self.evict(from, "goodbye"),
             // HELLO is the driver's; CANCEL is not acted on by this core yet.
             _ => {}
         }

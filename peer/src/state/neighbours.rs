@@ -277,7 +277,8 @@ impl State {
             .collect()
     }
 
-    fn evict(&mut self, id: NodeId, reason: &'static str) {
+    /// Drops neighbour `id` from the view and the trees, and hangs up on it.
+    pub(super) fn evict(&mut self, id: NodeId, reason: &'static str) {
         self.neighbours.remove(&id);
         self.forget_in_trees(id);
         self.actions.push(Action::Disconnect { id, reason });
@@ -292,9 +293,7 @@ impl State {
         }
         self.last_rotation = Some(now);
         if let Some(id) = self.least_useful_neighbour() {
-            self.neighbours.remove(&id);
-            self.forget_in_trees(id);
-            self.actions.push(Action::Disconnect { id, reason: "full" });
+            self.evict(id, "full");
         }
         true
     }
