@@ -7,7 +7,7 @@ use clap::Parser;
 // mimalloc does that markedly faster than the system allocator.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use shoal_peer::sim::{Sim, SimConfig, parse_upload_mix};
+use shoal_peer::sim::{CpuConfig, Sim, SimConfig, parse_upload_mix};
 
 /// Simulate a shoal swarm: the real swarm core, a modelled network, one JSON line of results.
 #[derive(Parser, Debug)]
@@ -54,6 +54,22 @@ struct Args {
     fps: u64,
     #[arg(long, default_value_t = 1000)]
     segment_ms: u64,
+    /// Run every node on one machine with this many cores, as scripts/bench-swarm does
+    /// (0: every node has a machine of its own).
+    #[arg(long, default_value_t = 0)]
+    cpu_cores: usize,
+    /// Cores' worth of that machine taken by other programs (the encoder, the gateway).
+    #[arg(long, default_value_t = 0.0)]
+    cpu_other: f64,
+    /// CPU µs one wake-up of a node costs before any work.
+    #[arg(long, default_value_t = 42.0)]
+    cpu_wake_us: f64,
+    /// CPU µs a received chunk costs, with its forwarding and transport.
+    #[arg(long, default_value_t = 465.0)]
+    cpu_chunk_us: f64,
+    /// CPU µs a received control message costs, with its transport.
+    #[arg(long, default_value_t = 40.0)]
+    cpu_message_us: f64,
 }
 
 fn main() {
@@ -65,6 +81,10 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if a.cpu_cores > 0 && !(0.0..a.cpu_cores as f64).contains(&a.cpu_other) {
+        eprintln!("error: --cpu-other must be at least 0 and less than --cpu-cores");
+        std::process::exit(2);
+    }
     if !(0.0..1.0).contains(&a.loss) || !(0.0..1.0).contains(&a.malicious) || a.churn_per_min < 0.0 || a.peers == 0 {
         eprintln!("error: --loss and --malicious must be in [0, 1), --churn-per-min ≥ 0, --peers ≥ 1");
         std::process::exit(2);
@@ -85,6 +105,13 @@ fn main() {
         seed: a.seed,
         fps: a.fps,
         segment_ms: a.segment_ms,
+        cpu: (a.cpu_cores > 0).then_some(CpuConfig {
+            cores: a.cpu_cores,
+            other_cores: a.cpu_other,
+            wake_us: a.cpu_wake_us,
+            chunk_us: a.cpu_chunk_us,
+            message_us: a.cpu_message_us,
+        }),
         ..SimConfig::default()
     };
     println!("{}", Sim::new(cfg).run());

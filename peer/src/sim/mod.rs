@@ -4,6 +4,7 @@
 //! peers and late joiners included. Metrics are observed here, not reported by the peers.
 
 mod calendar;
+mod cpu;
 mod encoder;
 mod evil;
 mod uplink;
@@ -22,6 +23,8 @@ use shoal_proto::{Message, NodeId};
 
 use crate::state::{self, Action, Event, Reject, State};
 use calendar::Calendar;
+pub use cpu::CpuConfig;
+use cpu::{Cpu, Work};
 use encoder::Encoder;
 use evil::Evil;
 use uplink::{PACKET_BYTES, Payload, Uplink};
@@ -49,6 +52,8 @@ pub struct SimConfig {
     pub join_spread_s: u64,
     /// How long a vanished neighbour takes to notice (the nodes' QUIC idle timeout).
     pub detect_ms: u64,
+    /// Every node shares this machine's cores (None: each has its own).
+    pub cpu: Option<CpuConfig>,
 }
 
 impl Default for SimConfig {
@@ -71,6 +76,7 @@ impl Default for SimConfig {
             segment_ms: 1000,
             join_spread_s: 10,
             detect_ms: crate::transport::IDLE_TIMEOUT.as_millis() as u64,
+            cpu: None,
         }
     }
 }
@@ -119,6 +125,24 @@ struct Node {
     sent_control: u64,
     /// Chunks emitted after its startup that it held within the deadline.
     on_time: u64,
+    /// What waits for a core (only with a shared CPU).
+    inbox: Vec<Item>,
+    cpu: CpuState,
+    cpu_us: f64,
+}
+
+/// Work a node does when it gets a core.
+#[derive(Debug)]
+enum Item {
+    Tick,
+    Arrive { from: usize, payload: Payload },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum CpuState {
+    Idle,
+    Queued,
+    Running,
 }
 
 #[derive(Debug)]
@@ -126,11 +150,32 @@ enum Ev {
     Frame,
     Tick(usize),
     TxDone(usize),
-    Arrive { to: usize, from: usize, payload: Payload },
-    Connect { from: usize, to: usize },
-    DialFailed { node: usize, addr: SocketAddr },
-    Down { node: usize, peer: usize },
-    Close { node: usize, peer: usize },
+    Arrive {
+        to: usize,
+        from: usize,
+        payload: Payload,
+    },
+    Connect {
+        from: usize,
+        to: usize,
+    },
+    DialFailed {
+        node: usize,
+        addr: SocketAddr,
+    },
+    Down {
+        node: usize,
+        peer: usize,
+    },
+    Close {
+        node: usize,
+        peer: usize,
+    },
+    /// A node's slice on the shared CPU ends: what it took from its inbox takes effect.
+    Ran {
+        node: usize,
+        items: Vec<Item>,
+    },
     Churn,
     Join(usize),
 }
@@ -162,6 +207,7 @@ pub struct Sim {
     forged_delivered: u64,
     actions: Vec<Action>,
     scratch: BytesMut,
+    cpu: Option<Cpu>,
 }
 
 fn node_id(index: usize) -> NodeId {
@@ -203,6 +249,7 @@ impl Sim {
             forged_delivered: 0,
             actions: Vec::new(),
             scratch: BytesMut::new(),
+            cpu: cfg.cpu.clone().map(Cpu::new),
             cfg,
         };
         let bitrate = sim.cfg.bitrate_kbps as f64 * 1000.0;
@@ -267,6 +314,9 @@ impl Sim {
             sent_data: 0,
             sent_control: 0,
             on_time: 0,
+            inbox: Vec::new(),
+            cpu: CpuState::Idle,
+            cpu_us: 0.0,
         });
         self.by_addr.insert(addr, index);
         if source {
@@ -322,12 +372,13 @@ impl Sim {
                 if !self.nodes[n].online {
                     return;
                 }
-                match &mut self.nodes[n].role {
-                    Role::Honest(_) => self.feed(n, Event::Tick),
-                    Role::Evil(evil) => {
-                        let out = evil.tick();
-                        self.evil_out(n, out);
+                if self.cpu.is_some() {
+                    // A tick still waiting for a core is not doubled.
+                    if !self.nodes[n].inbox.iter().any(|i| matches!(i, Item::Tick)) {
+                        self.give_work(n, Item::Tick);
                     }
+                } else {
+                    self.tick(n);
                 }
                 self.schedule(self.now + TICK_US, Ev::Tick(n));
             }
@@ -335,7 +386,32 @@ impl Sim {
                 self.nodes[n].uplink.busy = false;
                 self.transmit(n);
             }
+            Ev::Arrive { to, from, payload } if self.cpu.is_some() => {
+                if self.nodes[to].online {
+                    self.give_work(to, Item::Arrive { from, payload });
+                }
+            }
             Ev::Arrive { to, from, payload } => self.arrive(to, from, payload),
+            Ev::Ran { node, items } => {
+                if let Some(cpu) = &mut self.cpu {
+                    cpu.release();
+                }
+                for item in items {
+                    match item {
+                        Item::Tick if self.nodes[node].online => self.tick(node),
+                        Item::Tick => {}
+                        Item::Arrive { from, payload } => self.arrive(node, from, payload),
+                    }
+                }
+                self.nodes[node].cpu = CpuState::Idle;
+                if !self.nodes[node].inbox.is_empty() {
+                    self.nodes[node].cpu = CpuState::Queued;
+                    if let Some(cpu) = &mut self.cpu {
+                        cpu.wake(node);
+                    }
+                }
+                self.run_cpu();
+            }
             Ev::Connect { from, to } => {
                 if !self.nodes[from].online {
                     return;
@@ -394,6 +470,63 @@ impl Sim {
                 }
                 self.schedule(self.now + 1_000_000, Ev::Churn);
             }
+        }
+    }
+
+    fn tick(&mut self, n: usize) {
+        match &mut self.nodes[n].role {
+            Role::Honest(_) => self.feed(n, Event::Tick),
+            Role::Evil(evil) => {
+                let out = evil.tick();
+                self.evil_out(n, out);
+            }
+        }
+    }
+
+    /// Puts work in a node's inbox for its next slice on the shared CPU.
+    fn give_work(&mut self, n: usize, item: Item) {
+        let node = &mut self.nodes[n];
+        node.inbox.push(item);
+        if node.cpu == CpuState::Idle {
+            node.cpu = CpuState::Queued;
+            if let Some(cpu) = &mut self.cpu {
+                cpu.wake(n);
+            }
+            self.run_cpu();
+        }
+    }
+
+    /// Gives free cores to queued nodes; each takes all its waiting work.
+    fn run_cpu(&mut self) {
+        let Some(cpu) = &mut self.cpu else { return };
+        while let Some(n) = cpu.dispatch() {
+            let node = &mut self.nodes[n];
+            if !node.online {
+                // Gone while it waited: a killed process takes no CPU.
+                node.inbox.clear();
+                node.cpu = CpuState::Idle;
+                cpu.release();
+                continue;
+            }
+            let items = std::mem::take(&mut node.inbox);
+            let mut work = Work::default();
+            for item in &items {
+                match item {
+                    Item::Arrive {
+                        payload: Payload::Chunk(..),
+                        ..
+                    } => work.chunks += 1,
+                    Item::Arrive {
+                        payload: Payload::Control(messages),
+                        ..
+                    } => work.messages += messages.len() as u64,
+                    Item::Tick => {}
+                }
+            }
+            let (cost, held) = cpu.slice(work);
+            node.cpu_us += cost;
+            node.cpu = CpuState::Running;
+            self.queue.push(self.now + held, Ev::Ran { node: n, items });
         }
     }
 
@@ -731,6 +864,13 @@ impl Sim {
             "expired_in_queue": self.nodes.iter().map(|n| n.uplink.expired).sum::<u64>(),
             "nodes_total": self.nodes.len() - 1,
             "source_upload_bps": source.upload_bps as u64,
+            "cpu": self.cpu.as_ref().map(|cpu| {
+                let peers = self.nodes.iter().skip(1).filter(|n| n.joined_us > 0 || n.online);
+                let (busy, seconds) = peers.fold((0.0, 0.0), |(b, s), n| {
+                    (b + n.cpu_us, s + n.left_us.unwrap_or(end).saturating_sub(n.joined_us) as f64 / 1e6)
+                });
+                cpu.report(end, busy, seconds)
+            }),
             "wall_s": round(wall.as_secs_f64(), 2),
         })
     }
