@@ -54,7 +54,9 @@ fn main() -> std::io::Result<()> {
     let wall = Instant::now();
     let other = std::thread::spawn(move || bounce(&b, a_addr, false));
     let mine = bounce(&a, b_addr, true)?;
-    let theirs = other.join().map_err(|_| std::io::Error::other("the other thread panicked"))??;
+    let theirs = other
+        .join()
+        .map_err(|_| std::io::Error::other("the other thread panicked"))??;
     println!(
         "datagram ping-pong: {:.1} µs of CPU per wake-up, receive and send ({:.1} µs wall per hop)",
         (mine + theirs) / 2.0,

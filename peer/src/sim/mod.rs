@@ -846,7 +846,7 @@ impl Sim {
                 .unwrap_or(0)
                 / 1000
         };
-        json!({
+        let mut report = json!({
             "peers": self.cfg.peers,
             "duration_s": self.cfg.duration_s,
             "delivery_ratio": round(on_time as f64 / expected.max(1) as f64, 5),
@@ -864,15 +864,19 @@ impl Sim {
             "expired_in_queue": self.nodes.iter().map(|n| n.uplink.expired).sum::<u64>(),
             "nodes_total": self.nodes.len() - 1,
             "source_upload_bps": source.upload_bps as u64,
-            "cpu": self.cpu.as_ref().map(|cpu| {
-                let peers = self.nodes.iter().skip(1).filter(|n| n.joined_us > 0 || n.online);
-                let (busy, seconds) = peers.fold((0.0, 0.0), |(b, s), n| {
-                    (b + n.cpu_us, s + n.left_us.unwrap_or(end).saturating_sub(n.joined_us) as f64 / 1e6)
-                });
-                cpu.report(end, busy, seconds)
-            }),
             "wall_s": round(wall.as_secs_f64(), 2),
-        })
+        });
+        if let Some(cpu) = &self.cpu {
+            let peers = self.nodes.iter().skip(1).filter(|n| n.joined_us > 0 || n.online);
+            let (busy, seconds) = peers.fold((0.0, 0.0), |(b, s), n| {
+                (
+                    b + n.cpu_us,
+                    s + n.left_us.unwrap_or(end).saturating_sub(n.joined_us) as f64 / 1e6,
+                )
+            });
+            report["cpu"] = cpu.report(end, busy, seconds);
+        }
+        report
     }
 
     fn histogram_pct(&self, q: f64) -> u64 {
