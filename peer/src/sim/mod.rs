@@ -127,7 +127,8 @@ struct Node {
     on_time: u64,
     /// What waits for a core (only with a shared CPU).
     inbox: Vec<Item>,
-    cpu: CpuState,
+    /// Queued for a core or running on one: new work waits for the next slice.
+    on_cpu: bool,
     cpu_us: f64,
 }
 
@@ -136,13 +137,6 @@ struct Node {
 enum Item {
     Tick,
     Arrive { from: usize, payload: Payload },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum CpuState {
-    Idle,
-    Queued,
-    Running,
 }
 
 #[derive(Debug)]
@@ -315,7 +309,7 @@ impl Sim {
             sent_control: 0,
             on_time: 0,
             inbox: Vec::new(),
-            cpu: CpuState::Idle,
+            on_cpu: false,
             cpu_us: 0.0,
         });
         self.by_addr.insert(addr, index);
@@ -403,12 +397,9 @@ impl Sim {
                         Item::Arrive { from, payload } => self.arrive(node, from, payload),
                     }
                 }
-                self.nodes[node].cpu = CpuState::Idle;
+                self.nodes[node].on_cpu = false;
                 if !self.nodes[node].inbox.is_empty() {
-                    self.nodes[node].cpu = CpuState::Queued;
-                    if let Some(cpu) = &mut self.cpu {
-                        cpu.wake(node);
-                    }
+                    self.queue_for_cpu(node);
                 }
                 self.run_cpu();
             }
@@ -485,14 +476,17 @@ impl Sim {
 
     /// Puts work in a node's inbox for its next slice on the shared CPU.
     fn give_work(&mut self, n: usize, item: Item) {
-        let node = &mut self.nodes[n];
-        node.inbox.push(item);
-        if node.cpu == CpuState::Idle {
-            node.cpu = CpuState::Queued;
-            if let Some(cpu) = &mut self.cpu {
-                cpu.wake(n);
-            }
+        self.nodes[n].inbox.push(item);
+        if !self.nodes[n].on_cpu {
+            self.queue_for_cpu(n);
             self.run_cpu();
+        }
+    }
+
+    fn queue_for_cpu(&mut self, n: usize) {
+        self.nodes[n].on_cpu = true;
+        if let Some(cpu) = &mut self.cpu {
+            cpu.wake(n);
         }
     }
 
@@ -504,7 +498,7 @@ impl Sim {
             if !node.online {
                 // Gone while it waited: a killed process takes no CPU.
                 node.inbox.clear();
-                node.cpu = CpuState::Idle;
+                node.on_cpu = false;
                 cpu.release();
                 continue;
             }
@@ -525,7 +519,6 @@ impl Sim {
             }
             let (cost, held) = cpu.slice(work);
             node.cpu_us += cost;
-            node.cpu = CpuState::Running;
             self.queue.push(self.now + held, Ev::Ran { node: n, items });
         }
     }

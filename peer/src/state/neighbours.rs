@@ -266,8 +266,6 @@ impl State {
             .collect()
     }
 
-    /// Lets the least useful neighbour go, at most once per `ROTATE_INTERVAL`; true if it was
-    /// time (whether or not one could be let go).
     /// Neighbours that claim a place in the trees but showed no chunk (`claims_without_proof`).
     fn liars(&self, now: Instant) -> Vec<NodeId> {
         self.neighbours
@@ -284,6 +282,8 @@ impl State {
         self.actions.push(Action::Disconnect { id, reason });
     }
 
+    /// Lets the least useful neighbour go, at most once per `ROTATE_INTERVAL`; true if it was
+    /// time (whether or not one could be let go).
     fn rotate_out_one(&mut self, now: Instant) -> bool {
         if self
             .last_rotation

@@ -560,17 +560,8 @@ fn a_neighbour_silent_too_long_is_dropped_and_its_stripe_freed() {
     let t = now + Duration::from_millis(2_600);
     control(&mut s, 2, status(vec![1, 1], 2), t);
     let actions: Vec<_> = s.handle(Event::Tick, t).collect();
-    assert!(
-        actions
-            .iter()
-            .any(|a| matches!(a, Action::Disconnect { id, reason: "silent" } if *id == node(1))),
-        "{actions:?}"
-    );
-    assert!(
-        !actions
-            .iter()
-            .any(|a| matches!(a, Action::Disconnect { id, .. } if *id == node(2)))
-    );
+    assert_eq!(disconnected_for(&actions, 1), Some("silent"), "{actions:?}");
+    assert_eq!(disconnected_for(&actions, 2), None);
     assert_eq!(s.children(), 0);
     assert_eq!(s.counters().silent_dropped, 1);
 }
@@ -731,12 +722,7 @@ fn a_neighbour_claiming_a_depth_without_a_chunk_is_no_parent_and_a_starving_newc
     let starving = t0 + Duration::from_secs(5);
     control(&mut s, 1, liar, starving);
     let actions: Vec<_> = s.handle(Event::Tick, starving).collect();
-    assert!(
-        actions
-            .iter()
-            .any(|a| matches!(a, Action::Disconnect { id, reason: "no chunks" } if *id == node(1))),
-        "{actions:?}"
-    );
+    assert_eq!(disconnected_for(&actions, 1), Some("no chunks"), "{actions:?}");
     assert!(s.is_banned(&node(1), starving));
     assert_eq!(s.neighbours().count(), 0);
 }
