@@ -18,10 +18,10 @@ use anyhow::Context;
 use clap::Parser;
 use ed25519_dalek::SigningKey;
 use shoal_peer::Node;
-use shoal_peer::cli::{self, SwarmArgs};
-use shoal_peer::node::Publisher;
-use shoal_peer::stats::now_us;
-use shoal_peer::status;
+use shoal_peer::net::node::Publisher;
+use shoal_peer::net::stats::now_us;
+use shoal_peer::ops::cli::{self, SwarmArgs};
+use shoal_peer::ops::status;
 use shoal_proto::{Chunk, ChunkFlags};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -122,14 +122,20 @@ async fn broadcast(args: Args) -> anyhow::Result<()> {
         key: key.verifying_key(),
         name: args.name.clone(),
         bootstrap,
-        local: cli::advertised_addrs(node.local_addr()),
+        local: shoal_peer::net::transport::advertised_addrs(node.local_addr()),
         file: args.ticket_file.clone(),
     };
     let dht_done = CancellationToken::new();
     if let Some(dht) = args.swarm.dht()? {
         let (key, addrs, stats) = (key.clone(), tickets.make(&[]).addrs, node.stats());
         let public = move || stats.public_addrs();
-        tokio::spawn(shoal_peer::dht::publish(dht, key, addrs, public, dht_done.clone()));
+        tokio::spawn(shoal_peer::discovery::dht::publish(
+            dht,
+            key,
+            addrs,
+            public,
+            dht_done.clone(),
+        ));
     }
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -168,7 +174,7 @@ async fn broadcast(args: Args) -> anyhow::Result<()> {
     let ticket = tickets.make(&public);
     tickets.hand_out(&ticket)?;
     let _announcement = if args.lan {
-        Some(shoal_peer::lan::announce(
+        Some(shoal_peer::discovery::lan::announce(
             &ticket,
             node.local_addr().port(),
             &node.node_id().short(),
@@ -188,7 +194,7 @@ async fn broadcast(args: Args) -> anyhow::Result<()> {
         status_done.clone(),
         move |now: &status::Now| {
             // A CDN would send one copy of the stream per viewer; the source sends about one in all.
-            let upload = match now.stats["stream_bps"].as_f64() {
+            let upload = match now.stats.stream_bps.map(|bps| bps as f64) {
                 Some(bps) if bps > 0.0 => format!(
                     " · stream {:.2} Mbit/s · uploading {:.2}× it (a CDN: 1× per viewer)",
                     bps / 1e6,
@@ -320,7 +326,7 @@ impl KeyframeWatch {
 async fn publish(
     mut rx: mpsc::Receiver<Chunk>,
     publisher: Publisher,
-    stats: Arc<shoal_peer::stats::Stats>,
+    stats: Arc<shoal_peer::net::stats::Stats>,
     first: oneshot::Sender<()>,
 ) {
     let mut first = Some(first);

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ed25519_dalek::VerifyingKey;
-use shoal_peer::stats::{Stats, write_atomically_text};
+use shoal_peer::net::stats::{Stats, write_atomically_text};
 use shoal_proto::Ticket;
 use tokio_util::sync::CancellationToken;
 

@@ -1,27 +1,17 @@
-//! The shoal swarm: the sans-IO `State` that decides what to send where, the quinn node that
-//! drives it over real connections, and the command-line plumbing shared by every binary.
+//! The shoal swarm over real networks: the quinn node that drives the sans-IO core
+//! (`shoal-core`) over QUIC, the ways peers find each other, and what every binary shares for
+//! running it (flags, stats, the status line, logging). Grouped by layer, each using only the
+//! ones listed before it:
+//!
+//! - `discovery`: Mainline DHT, mDNS on the LAN, port mapping, addresses neighbours see;
+//!   services that find addresses, knowing nothing of the node;
+//! - `net`: the QUIC endpoint, one task set per neighbour link, the node loop that owns the
+//!   core, and the counters they keep;
+//! - `ops`: the status line, logging, command-line plumbing.
 
-pub mod cli;
-pub mod dht;
-pub mod lan;
-pub mod limits;
-pub mod link;
-#[cfg(feature = "netem")]
-pub mod netem;
-pub mod node;
-pub mod observed;
-pub mod pacer;
-pub mod portmap;
-pub mod seqset;
-pub mod sim;
-pub mod state;
-pub mod stats;
-pub mod status;
-pub mod transport;
-pub mod window;
+pub mod discovery;
+pub mod net;
+pub mod ops;
 
-#[cfg(test)]
-pub(crate) mod testing;
-
-pub use node::{Node, NodeConfig};
-pub use state::{Action, Event, State};
+pub use net::node::{Node, NodeConfig, Publisher};
+pub use shoal_core::{Action, Event, State, limits, state};

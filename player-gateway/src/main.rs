@@ -2,7 +2,9 @@
 //! so VLC, a browser, a kiosk or ffmpeg can play it.
 
 mod assembler;
+mod gateway;
 mod http;
+mod metrics;
 mod packager;
 mod playlist;
 
@@ -12,13 +14,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use shoal_peer::cli::{self, SwarmArgs, TicketArgs};
-use shoal_peer::stats::{now_us, spawn_writer};
-use shoal_peer::status;
+use shoal_peer::net::stats::{now_us, spawn_writer};
+use shoal_peer::ops::cli::{self, SwarmArgs, TicketArgs};
+use shoal_peer::ops::status;
 use shoal_peer::{Node, NodeConfig};
 use tokio_util::sync::CancellationToken;
 
-use crate::http::Gateway;
+use crate::gateway::Gateway;
 use crate::playlist::Latency;
 
 /// Watch a shoal stream: join its swarm and serve it as HLS to any player on this machine.
@@ -58,7 +60,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             let name = (!name.is_empty()).then(|| name.clone());
             eprintln!("looking for streams on the local network…");
             let found =
-                tokio::task::spawn_blocking(move || shoal_peer::lan::find(name.as_deref(), LAN_SEARCH)).await??;
+                tokio::task::spawn_blocking(move || shoal_peer::discovery::lan::find(name.as_deref(), LAN_SEARCH))
+                    .await??;
             eprintln!("found \"{}\" on the local network", found.ticket.name);
             found.ticket
         }
@@ -86,7 +89,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     // Kiosks on this network can join through us too.
     let _announcement = match &args.lan {
-        Some(_) => Some(shoal_peer::lan::announce(
+        Some(_) => Some(shoal_peer::discovery::lan::announce(
             &ticket,
             node.local_addr().port(),
             &node.node_id().short(),
@@ -95,7 +98,12 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     };
     if let Some(dht) = dht {
         let finder = node.peer_finder();
-        tokio::spawn(shoal_peer::dht::follow(dht, ticket.stream_key, finder, cancel.clone()));
+        tokio::spawn(shoal_peer::discovery::dht::follow(
+            dht,
+            ticket.stream_key,
+            finder,
+            cancel.clone(),
+        ));
     }
     let mut deliveries = node.take_deliveries().context("node gives no deliveries")?;
     let feeder = {
@@ -123,12 +131,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let server = tokio::spawn(async move { server.await });
     let status = tokio::spawn(status::show(node.stats(), cancel.clone(), move |_: &status::Now| {
         let s = status_gateway.snapshot();
-        let behind = s["segment_latency_ms"]["p50"]
-            .as_f64()
-            .map_or("–".to_string(), status::duration);
+        let behind = s.segment_latency_ms.p50.map_or("–".to_string(), status::duration);
         format!(
             " · {} segments served, ready {behind} after the broadcaster",
-            s["segments"]["published"]
+            s.segments.published
         )
     }));
     cli::shutdown_signal().await;

@@ -2,6 +2,7 @@
 //! little MPEG-TS knowledge that chunking and HLS packaging share. No I/O, no async.
 
 pub mod chunk;
+pub mod close;
 pub mod codec;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -8,8 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::{BufMut, Bytes, BytesMut};
 use ed25519_dalek::SigningKey;
-use shoal_peer::link::{self, Identity, close};
+use shoal_peer::net::link::{self, Identity};
 use shoal_proto::chunk::MAX_CHUNK_WIRE;
+use shoal_proto::close;
 use shoal_proto::message::SeqRange;
 use shoal_proto::{Chunk, Message, NodeId, Ticket};
 use tokio::time::{Instant, timeout};
@@ -118,7 +119,7 @@ impl Adversary {
         chunks: usize,
         within: Duration,
     ) -> anyhow::Result<Adversary> {
-        let endpoint = shoal_peer::transport::endpoint("127.0.0.1:0".parse()?, &Default::default())?;
+        let endpoint = shoal_peer::net::transport::endpoint("127.0.0.1:0".parse()?, &Default::default())?;
         let mut adversary = Adversary {
             ticket: ticket.clone(),
             target,
@@ -169,7 +170,7 @@ impl Adversary {
 
     async fn dial(&self) -> anyhow::Result<quinn::Connection> {
         self.endpoint
-            .connect(self.target, shoal_peer::transport::SERVER_NAME)?
+            .connect(self.target, shoal_peer::net::transport::SERVER_NAME)?
             .await
             .context("connecting to the target peer")
     }
@@ -362,7 +363,7 @@ impl Adversary {
             let attempts: Vec<_> = (0..batch)
                 .filter_map(|_| {
                     self.endpoint
-                        .connect(self.target, shoal_peer::transport::SERVER_NAME)
+                        .connect(self.target, shoal_peer::net::transport::SERVER_NAME)
                         .ok()
                 })
                 .map(|connecting| timeout(Duration::from_secs(2), connecting))

@@ -11,7 +11,7 @@ use anyhow::Context;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
-use shoal_peer::stats::fine_bucket_bound_ms as bucket_ms;
+use shoal_peer::net::stats::fine_bucket_bound_ms as bucket_ms;
 
 use crate::swarm::{self, Node};
 

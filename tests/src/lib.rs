@@ -8,4 +8,5 @@ pub mod origin;
 pub mod player;
 pub mod process;
 pub mod pusher;
+pub mod skip;
 pub mod swarm;

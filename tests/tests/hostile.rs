@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use shoal_peer::link::close;
+use shoal_proto::close;
 use shoal_tests::adversary::{Adversary, Attack, node_id};
 use shoal_tests::player::ffmpeg;
 use shoal_tests::process::test_dir;

@@ -4,17 +4,17 @@
 
 use std::time::Duration;
 
-use shoal_tests::natlab::{self, Netns};
+use shoal_tests::natlab::Netns;
 use shoal_tests::player;
 use shoal_tests::process::test_dir;
+use shoal_tests::skip;
 use shoal_tests::swarm::TEST_STREAM;
 
 #[test]
 fn a_gateway_finds_the_stream_on_the_lan_with_no_ticket() {
-    if let Some(why) = natlab::unavailable() {
-        eprintln!("lan test skipped: {why}");
+    let Some(()) = skip::unless_namespaces("lan::a_gateway_finds_the_stream_on_the_lan_with_no_ticket") else {
         return;
-    }
+    };
     let dir = test_dir("lan");
     let ns = Netns::new("lan").unwrap();
     let key = dir.join("stream.key").display().to_string();

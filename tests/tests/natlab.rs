@@ -1,16 +1,16 @@
 //! The NAT lab (tests/src/natlab.rs): a broadcaster and three viewers behind their own NATs,
 //! one public relay. Runs where network namespaces can be made (root, as in CI); elsewhere it
-//! says why and checks nothing.
+//! records a skip by name, which `scripts/test` reports.
 
 use shoal_tests::natlab;
 use shoal_tests::process::test_dir;
+use shoal_tests::skip;
 
 #[test]
 fn viewers_behind_nats_play_and_cone_nats_connect_directly() {
-    if let Some(why) = natlab::unavailable() {
-        eprintln!("natlab skipped: {why}");
+    let Some(()) = skip::unless_namespaces("natlab::viewers_behind_nats_play_and_cone_nats_connect_directly") else {
         return;
-    }
+    };
     let dir = test_dir("natlab");
     let report = natlab::run_lab(&dir, 25).unwrap();
     eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
@@ -47,10 +47,9 @@ fn viewers_behind_nats_play_and_cone_nats_connect_directly() {
 /// The broadcaster's router maps ports (miniupnpd); nothing else in the lab would let the
 /// viewer behind another NAT reach it: no relay, and its own NAT lets nothing in unasked.
 fn plays_through_a_mapped_port(offer: natlab::Offer, protocol: &str) {
-    if let Some(why) = natlab::unavailable() {
-        eprintln!("natlab skipped: {why}");
+    let Some(()) = skip::unless_namespaces(&format!("natlab::plays_through_a_mapped_port_{protocol}")) else {
         return;
-    }
+    };
     let dir = test_dir(&format!("portmap-{protocol}"));
     let report = natlab::run_mapping_lab(&dir, offer).unwrap();
     eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());

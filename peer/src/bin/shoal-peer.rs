@@ -3,8 +3,8 @@
 
 use clap::Parser;
 use shoal_peer::Node;
-use shoal_peer::cli::{self, SwarmArgs, TicketArgs};
-use shoal_peer::status;
+use shoal_peer::ops::cli::{self, SwarmArgs, TicketArgs};
+use shoal_peer::ops::status;
 use tokio_util::sync::CancellationToken;
 
 /// Relay a shoal stream: verify every chunk and pass it on to other viewers.
@@ -53,7 +53,7 @@ async fn relay(args: Args) -> anyhow::Result<()> {
     let status_done = CancellationToken::new();
     if let Some(dht) = dht {
         let finder = node.peer_finder();
-        tokio::spawn(shoal_peer::dht::follow(
+        tokio::spawn(shoal_peer::discovery::dht::follow(
             dht,
             ticket.stream_key,
             finder,

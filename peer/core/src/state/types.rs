@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shoal_proto::{Chunk, Message, NodeId};
+use shoal_proto::{Chunk, ChunkHeader, Message, NodeId, close};
 
 use crate::limits::Limits;
 
@@ -166,11 +166,71 @@ pub enum Action {
     },
     /// A new verified chunk for the local consumer.
     Deliver(Arc<Chunk>),
+    /// What became of a chunk a neighbour sent: drivers measure latency and duplicates by it.
+    Judged {
+        from: NodeId,
+        header: ChunkHeader,
+        verdict: Verdict,
+    },
     Dial(SocketAddr),
     Disconnect {
         id: NodeId,
-        reason: &'static str,
+        reason: DisconnectReason,
     },
+}
+
+/// A received chunk's fate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Newly held.
+    New,
+    /// Held already; `from_parent` if its stripe's parent sent it again.
+    Duplicate { from_parent: bool },
+    /// Older than the window: refused.
+    Late,
+}
+
+/// Why the core hangs up on a neighbour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// Banned (or this node itself, dialled by mistake).
+    Banned,
+    /// Already a neighbour under this node ID.
+    Duplicate,
+    /// No room: it was handed other peers to try, or let go to make room for better ones.
+    Full,
+    /// It said GOODBYE.
+    Goodbye,
+    /// Claimed a place in the trees with no chunk to show while this node starved.
+    NoChunks,
+    /// Said nothing for longer than any neighbour may.
+    Silent,
+    /// Sent what honest peers never do: banned.
+    Rejected(Reject),
+}
+
+impl DisconnectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DisconnectReason::Banned => "banned",
+            DisconnectReason::Duplicate => "duplicate",
+            DisconnectReason::Full => "full",
+            DisconnectReason::Goodbye => "goodbye",
+            DisconnectReason::NoChunks => "no chunks",
+            DisconnectReason::Silent => "silent",
+            DisconnectReason::Rejected(reject) => reject.as_str(),
+        }
+    }
+
+    /// The QUIC close code that tells the neighbour why.
+    pub fn close_code(self) -> u32 {
+        match self {
+            DisconnectReason::Goodbye => close::GOODBYE,
+            DisconnectReason::Full | DisconnectReason::Duplicate => close::DUPLICATE,
+            DisconnectReason::Silent => close::SLOW,
+            DisconnectReason::Banned | DisconnectReason::NoChunks | DisconnectReason::Rejected(_) => close::BANNED,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -1,5 +1,5 @@
 //! A node's counters, shared between its tasks: bytes by kind and by neighbour, chunk
-//! verdicts, latency samples; rendered as the `--stats-json` / `/stats.json` object.
+//! verdicts, latency samples; read as one `Snapshot`, the `--stats-json` / `/stats.json` object.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -8,12 +8,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use shoal_proto::NodeId;
 use tokio_util::sync::CancellationToken;
 
-use crate::limits::Limits;
-use crate::state::{Counters, State};
+use shoal_core::limits::{self, Limits};
+use shoal_core::state::{Counters, State};
+
+use crate::discovery::observed::{Mapping, Observed};
 
 /// Latency samples kept for percentiles: the most recent ones (≈ 2 min at 30 chunks/s).
 const LATENCY_SAMPLES: usize = 4096;
@@ -37,8 +39,11 @@ struct Totals {
 }
 
 impl Totals {
-    fn json(&self) -> Value {
-        json!({"data": self.data.load(Relaxed), "control": self.control.load(Relaxed)})
+    fn read(&self) -> ByKind {
+        ByKind {
+            data: self.data.load(Relaxed),
+            control: self.control.load(Relaxed),
+        }
     }
 }
 
@@ -78,8 +83,8 @@ pub struct Stats {
     /// Neighbours dropped for not taking the chunks pushed to them.
     slow_dropped: AtomicU64,
     /// Where neighbours see this node.
-    observed: Mutex<crate::observed::Observed>,
-    mapping: Mutex<Option<crate::portmap::Mapping>>,
+    observed: Mutex<Observed>,
+    mapping: Mutex<Option<Mapping>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -177,11 +182,11 @@ impl Stats {
     }
 
     /// What the router forwards to this node, if it does.
-    pub fn mapping(&self) -> Option<crate::portmap::Mapping> {
+    pub fn mapping(&self) -> Option<Mapping> {
         *lock(&self.mapping)
     }
 
-    pub fn set_mapping(&self, mapping: Option<crate::portmap::Mapping>) {
+    pub fn set_mapping(&self, mapping: Option<Mapping>) {
         *lock(&self.mapping) = mapping;
     }
 
@@ -225,7 +230,7 @@ impl Stats {
         self.bytes_out.data.load(Relaxed)
     }
 
-    pub fn snapshot(&self) -> Value {
+    pub fn snapshot(&self) -> Snapshot {
         let CoreView {
             counters,
             startup,
@@ -233,68 +238,224 @@ impl Stats {
             sources,
             depths,
         } = lock(&self.core).clone();
-        let neighbours: Vec<Value> = lock(&self.links)
+        let neighbours = lock(&self.links)
             .iter()
-            .map(|l| {
-                json!({
-                    "node_id": l.node_id.to_hex(),
-                    "addr": l.addr.to_string(),
-                    "connected": l.connected.load(Relaxed),
-                    "source": sources.contains(&l.node_id),
-                    "bytes_in": l.bytes_in.load(Relaxed),
-                    "bytes_out": l.bytes_out.load(Relaxed),
-                })
+            .map(|l| NeighbourStats {
+                node_id: l.node_id.to_hex(),
+                addr: l.addr,
+                connected: l.connected.load(Relaxed),
+                source: sources.contains(&l.node_id),
+                bytes_in: l.bytes_in.load(Relaxed),
+                bytes_out: l.bytes_out.load(Relaxed),
             })
             .collect();
         let samples: Vec<f64> = lock(&self.latency_ms).iter().copied().collect();
-        json!({
-            "node_id": self.node_id.to_hex(),
-            "neighbours": neighbours,
-            "bytes_in": self.bytes_in.json(),
-            "bytes_out": self.bytes_out.json(),
-            "chunks": {
-                "verified": counters.verified,
-                "verified_bytes": counters.verified_bytes,
-                "published": counters.published,
-                "published_bytes": counters.published_bytes,
-                "duplicate_bytes": counters.duplicate_bytes,
-                "rejected": counters.rejected,
-                "duplicate": counters.duplicate,
-                "late": counters.late,
+        Snapshot {
+            node_id: self.node_id.to_hex(),
+            neighbours,
+            bytes_in: self.bytes_in.read(),
+            bytes_out: self.bytes_out.read(),
+            chunks: ChunkCounts {
+                verified: counters.verified,
+                verified_bytes: counters.verified_bytes,
+                published: counters.published,
+                published_bytes: counters.published_bytes,
+                duplicate: counters.duplicate,
+                duplicate_bytes: counters.duplicate_bytes,
+                late: counters.late,
+                rejected: counters.rejected.iter().map(|(k, n)| (k.to_string(), *n)).collect(),
             },
-            "requests": {"sent": counters.requests_sent, "served": counters.requests_served},
-            "banned": counters.banned,
-            "public_addrs": self.public_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-            "port_mapping": self.mapping().map(|m| json!({"external": m.external.to_string(), "protocol": m.protocol})),
-            "punch": {
-                "attempts": counters.punch_attempts,
-                "succeeded": counters.punch_succeeded,
-                "failed": counters.punch_failed,
-                "introductions": counters.introductions,
+            requests: Requests {
+                sent: counters.requests_sent,
+                served: counters.requests_served,
             },
-            "connections_refused": self.connections_refused.load(Relaxed),
-            "slow_dropped": self.slow_dropped.load(Relaxed),
-            "stream_bps": stream_bps.map(|b| b.round() as u64),
-            "depths": depths,
-            "limits": {
-                "window_s": self.limits.window.as_secs(),
-                "max_neighbours": self.limits.max_neighbours,
-                "max_incoming_connections": self.limits.max_incoming_connections,
-                "control_queue": self.limits.control_queue,
-                "chunk_queue": self.limits.chunk_queue,
-                "receive_window": self.limits.receive_window,
-                "send_window": self.limits.send_window,
-                "max_frame": crate::limits::MAX_FRAME,
-                "max_chunk": crate::limits::MAX_CHUNK_WIRE,
-                // What this node should stay under at the stream rate it measured.
-                "memory_bound_bytes": stream_bps.map(|b| self.limits.memory_bound(b as u64)),
+            banned: counters.banned,
+            public_addrs: self.public_addrs(),
+            port_mapping: self.mapping().map(|m| PortMapping {
+                external: m.external,
+                protocol: m.protocol.to_string(),
+            }),
+            punch: Punch {
+                attempts: counters.punch_attempts,
+                succeeded: counters.punch_succeeded,
+                failed: counters.punch_failed,
+                introductions: counters.introductions,
             },
-            "latency_ms": percentiles(samples),
-            "latency_histogram_ms": lock(&self.latency_histogram).json(),
-            "live_chunks": lock(&self.live).map(|(epoch, first, newest)| json!({"epoch": epoch, "first_seq": first, "newest_seq": newest})),
-            "startup_ms": startup.map(|d| d.as_millis() as u64),
-        })
+            connections_refused: self.connections_refused.load(Relaxed),
+            slow_dropped: self.slow_dropped.load(Relaxed),
+            stream_bps: stream_bps.map(|b| b.round() as u64),
+            depths,
+            limits: LimitsView {
+                window_s: self.limits.window.as_secs(),
+                max_neighbours: self.limits.max_neighbours,
+                max_incoming_connections: self.limits.max_incoming_connections,
+                control_queue: self.limits.control_queue,
+                chunk_queue: self.limits.chunk_queue,
+                receive_window: self.limits.receive_window,
+                send_window: self.limits.send_window,
+                max_frame: limits::MAX_FRAME,
+                max_chunk: limits::MAX_CHUNK_WIRE,
+                memory_bound_bytes: stream_bps.map(|b| self.limits.memory_bound(b as u64)),
+            },
+            latency_ms: percentiles(samples),
+            latency_histogram_ms: lock(&self.latency_histogram).view(),
+            live_chunks: lock(&self.live).map(|(epoch, first_seq, newest_seq)| LiveChunks {
+                epoch,
+                first_seq,
+                newest_seq,
+            }),
+            startup_ms: startup.map(|d| d.as_millis() as u64),
+        }
     }
+}
+
+/// A node's stats at one moment: what `--stats-json`, `/stats.json`, `/metrics`, the status
+/// line and the benchmarks read (the keys are DESIGN.md's contract).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub node_id: String,
+    /// Connected neighbours and the most recently closed ones.
+    pub neighbours: Vec<NeighbourStats>,
+    pub bytes_in: ByKind,
+    pub bytes_out: ByKind,
+    pub chunks: ChunkCounts,
+    pub requests: Requests,
+    /// Neighbours banned for forgeries, floods or lies.
+    pub banned: u64,
+    /// This node's addresses beyond its NAT: the mapped one, then those neighbours agree on.
+    pub public_addrs: Vec<SocketAddr>,
+    pub port_mapping: Option<PortMapping>,
+    pub punch: Punch,
+    /// Incoming connections turned away because `max_incoming_connections` were open.
+    pub connections_refused: u64,
+    /// Neighbours dropped for not taking the chunks pushed to them.
+    pub slow_dropped: u64,
+    /// The stream's rate as measured, bit/s.
+    pub stream_bps: Option<u64>,
+    /// Hops from the broadcaster per stripe (255: cut off).
+    pub depths: Vec<u8>,
+    pub limits: LimitsView,
+    /// Chunk timestamp → held verified, over recent chunks emitted since this node started.
+    pub latency_ms: Percentiles,
+    pub latency_histogram_ms: HistogramView,
+    /// The seqs of chunks emitted since start that this node holds (a benchmark's denominator).
+    pub live_chunks: Option<LiveChunks>,
+    /// Start → a whole keyframe segment held.
+    pub startup_ms: Option<u64>,
+}
+
+impl Snapshot {
+    pub fn connected_neighbours(&self) -> usize {
+        self.neighbours.iter().filter(|n| n.connected).count()
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NeighbourStats {
+    pub node_id: String,
+    pub addr: SocketAddr,
+    pub connected: bool,
+    /// It is the broadcaster.
+    pub source: bool,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct ByKind {
+    pub data: u64,
+    pub control: u64,
+}
+
+impl ByKind {
+    pub fn total(&self) -> u64 {
+        self.data + self.control
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ChunkCounts {
+    /// Received from neighbours, verified and new (and their wire bytes).
+    pub verified: u64,
+    pub verified_bytes: u64,
+    /// Produced by this node (the broadcaster).
+    pub published: u64,
+    pub published_bytes: u64,
+    pub duplicate: u64,
+    pub duplicate_bytes: u64,
+    /// Older than the window.
+    pub late: u64,
+    /// Refused, by reason.
+    pub rejected: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct Requests {
+    pub sent: u64,
+    pub served: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PortMapping {
+    pub external: SocketAddr,
+    pub protocol: String,
+}
+
+/// Hole punching: punches started, connected, timed out, and introductions made.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct Punch {
+    pub attempts: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub introductions: u64,
+}
+
+/// The bounds this node keeps (`shoal_core::limits`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LimitsView {
+    pub window_s: u64,
+    pub max_neighbours: usize,
+    pub max_incoming_connections: usize,
+    pub control_queue: usize,
+    pub chunk_queue: usize,
+    pub receive_window: u64,
+    pub send_window: u64,
+    pub max_frame: usize,
+    pub max_chunk: usize,
+    /// What this node should stay under at the stream rate it measured.
+    pub memory_bound_bytes: Option<u64>,
+}
+
+/// Percentiles in ms (none when there are no samples).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Percentiles {
+    pub p50: Option<f64>,
+    pub p95: Option<f64>,
+    pub p99: Option<f64>,
+}
+
+/// Every chunk's latency since start, in Prometheus' cumulative buckets and fine ones.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct HistogramView {
+    pub buckets: Vec<Bucket>,
+    pub count: u64,
+    pub sum_ms: f64,
+    /// Fine log-spaced counts by bucket number (`fine_bucket`): they add up across nodes.
+    pub fine: BTreeMap<u32, u64>,
+}
+
+/// Samples at most `le_ms` (all of them where `le_ms` is none).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct Bucket {
+    pub le_ms: Option<f64>,
+    pub count: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct LiveChunks {
+    pub epoch: u64,
+    pub first_seq: u64,
+    pub newest_seq: u64,
 }
 
 /// Upper bounds (ms) of the latency histogram's buckets; one more counts everything.
@@ -343,29 +504,43 @@ impl Histogram {
     }
 
     /// Buckets in order, the last one (`le_ms` null) counting every sample.
-    fn json(&self) -> Value {
-        let buckets: Vec<Value> = LATENCY_BUCKETS_MS
+    fn view(&self) -> HistogramView {
+        let buckets = LATENCY_BUCKETS_MS
             .iter()
             .zip(self.counts)
-            .map(|(bound, count)| json!({"le_ms": bound, "count": count}))
-            .chain([json!({"le_ms": null, "count": self.count})])
+            .map(|(bound, count)| Bucket {
+                le_ms: Some(*bound),
+                count,
+            })
+            .chain([Bucket {
+                le_ms: None,
+                count: self.count,
+            }])
             .collect();
-        let fine: serde_json::Map<String, Value> = self.fine.iter().map(|(k, n)| (k.to_string(), json!(n))).collect();
-        json!({"buckets": buckets, "count": self.count, "sum_ms": self.sum_ms, "fine": fine})
+        HistogramView {
+            buckets,
+            count: self.count,
+            sum_ms: self.sum_ms,
+            fine: self.fine.clone(),
+        }
     }
 }
 
 /// p50/p95/p99 of `samples` in ms (null when there are none).
-pub fn percentiles(mut samples: Vec<f64>) -> Value {
+pub fn percentiles(mut samples: Vec<f64>) -> Percentiles {
     if samples.is_empty() {
-        return json!({"p50": null, "p95": null, "p99": null});
+        return Percentiles::default();
     }
     samples.sort_by(f64::total_cmp);
     let at = |q: f64| {
         let i = ((samples.len() - 1) as f64 * q).round() as usize;
-        (samples[i] * 10.0).round() / 10.0
+        Some((samples[i] * 10.0).round() / 10.0)
     };
-    json!({"p50": at(0.50), "p95": at(0.95), "p99": at(0.99)})
+    Percentiles {
+        p50: at(0.50),
+        p95: at(0.95),
+        p99: at(0.99),
+    }
 }
 
 /// Wall clock in µs since the Unix epoch (the clock chunk timestamps use).
@@ -375,8 +550,8 @@ pub fn now_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-/// Writes `value` to `path` atomically: a reader never sees a half-written file.
-pub fn write_atomically(path: &Path, value: &Value) -> std::io::Result<()> {
+/// Writes `value` as JSON to `path` atomically: a reader never sees a half-written file.
+pub fn write_atomically(path: &Path, value: &impl Serialize) -> std::io::Result<()> {
     write_atomically_text(path, &serde_json::to_string_pretty(value).unwrap_or_default())
 }
 
@@ -390,9 +565,9 @@ pub fn write_atomically_text(path: &Path, text: &str) -> std::io::Result<()> {
 }
 
 /// Rewrites `path` about once a second with `snapshot()` until `cancel` fires, then once more.
-pub fn spawn_writer(
+pub fn spawn_writer<T: Serialize>(
     path: PathBuf,
-    snapshot: impl Fn() -> Value + Send + 'static,
+    snapshot: impl Fn() -> T + Send + 'static,
     cancel: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {

@@ -14,7 +14,7 @@ use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName, UnixTime
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use shoal_proto::chunk::MAX_CHUNK_WIRE;
 
-use crate::limits::Limits;
+use shoal_core::limits::{IDLE_TIMEOUT, Limits};
 
 /// Name the certificate is issued for and clients ask for; it carries no trust.
 pub const SERVER_NAME: &str = "shoal";
@@ -27,8 +27,6 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// How often an otherwise quiet connection sends a ping.
 const KEEP_ALIVE: Duration = Duration::from_millis(250);
-/// A connection with nothing received for this long is closed (the neighbour is gone).
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn transport_config(limits: &Limits) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
@@ -87,13 +85,13 @@ pub fn endpoint(listen: SocketAddr, limits: &Limits) -> anyhow::Result<quinn::En
 fn udp_endpoint(socket: std::net::UdpSocket, server: quinn::ServerConfig) -> anyhow::Result<quinn::Endpoint> {
     let runtime = Arc::new(quinn::TokioRuntime);
     #[cfg(feature = "netem")]
-    if let Some(netem) = crate::netem::Netem::from_env()? {
+    if let Some(netem) = super::netem::Netem::from_env()? {
         use quinn::Runtime;
         tracing::warn!(
             ?netem,
             "emulating delay and loss on this node's socket (benchmarks only)"
         );
-        let socket = Arc::new(crate::netem::Socket::new(runtime.wrap_udp_socket(socket)?, netem));
+        let socket = Arc::new(super::netem::Socket::new(runtime.wrap_udp_socket(socket)?, netem));
         return Ok(quinn::Endpoint::new_with_abstract_socket(
             quinn::EndpointConfig::default(),
             Some(server),
@@ -145,4 +143,21 @@ impl ServerCertVerifier for AnyCertificate {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
+}
+
+/// Addresses to put in a ticket for a node bound to `local`: itself if specific; otherwise
+/// this machine's primary address (the one its default route uses) and loopback.
+pub fn advertised_addrs(local: SocketAddr) -> Vec<SocketAddr> {
+    if !local.ip().is_unspecified() {
+        return vec![local];
+    }
+    let mut out = Vec::new();
+    // Connecting a UDP socket sends nothing; it only asks the kernel which source it would use.
+    let primary =
+        std::net::UdpSocket::bind("0.0.0.0:0").and_then(|s| s.connect("192.0.2.1:9").and_then(|_| s.local_addr()));
+    if let Ok(addr) = primary {
+        out.push(SocketAddr::new(addr.ip(), local.port()));
+    }
+    out.push(SocketAddr::from(([127, 0, 0, 1], local.port())));
+    out
 }

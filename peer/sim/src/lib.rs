@@ -4,9 +4,12 @@
 //! peers and late joiners included. Metrics are observed here, not reported by the peers.
 
 mod calendar;
+mod config;
 mod cpu;
 mod encoder;
 mod evil;
+mod network;
+mod report;
 mod uplink;
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
@@ -18,94 +21,17 @@ use bytes::BytesMut;
 use rand::rngs::SmallRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
-use serde_json::{Value, json};
-use shoal_proto::{Message, NodeId};
+use shoal_proto::NodeId;
 
-use crate::state::{self, Action, Event, Reject, State};
 use calendar::Calendar;
-pub use cpu::CpuConfig;
+pub use config::{SimConfig, parse_upload_mix};
 use cpu::{Cpu, Work};
+pub use cpu::{CpuConfig, CpuReport};
 use encoder::Encoder;
 use evil::Evil;
-use uplink::{PACKET_BYTES, Payload, Uplink};
-
-#[derive(Clone, Debug)]
-pub struct SimConfig {
-    pub peers: usize,
-    pub duration_s: u64,
-    pub bitrate_kbps: u64,
-    pub rtt_ms: u64,
-    pub jitter_ms: u64,
-    pub loss: f64,
-    pub churn_per_min: f64,
-    pub malicious: f64,
-    /// (share of peers, upload as a multiple of the bitrate).
-    pub upload_mix: Vec<(f64, f64)>,
-    pub source_upload_x: f64,
-    /// Peers' configs leave their upload unset (their links still have `upload_mix`'s rate).
-    pub upload_unknown: bool,
-    pub deadline_ms: u64,
-    pub seed: u64,
-    pub fps: u64,
-    pub segment_ms: u64,
-    /// Peers join spread over the first this-many seconds.
-    pub join_spread_s: u64,
-    /// How long a vanished neighbour takes to notice (the nodes' QUIC idle timeout).
-    pub detect_ms: u64,
-    /// Every node shares this machine's cores (None: each has its own).
-    pub cpu: Option<CpuConfig>,
-}
-
-impl Default for SimConfig {
-    fn default() -> Self {
-        SimConfig {
-            peers: 100,
-            duration_s: 120,
-            bitrate_kbps: 2000,
-            rtt_ms: 50,
-            jitter_ms: 10,
-            loss: 0.0,
-            churn_per_min: 0.0,
-            malicious: 0.0,
-            upload_mix: vec![(0.3, 0.5), (0.5, 2.0), (0.2, 5.0)],
-            source_upload_x: 5.0,
-            upload_unknown: false,
-            deadline_ms: 3000,
-            seed: 1,
-            fps: 30,
-            segment_ms: 1000,
-            join_spread_s: 10,
-            detect_ms: crate::transport::IDLE_TIMEOUT.as_millis() as u64,
-            cpu: None,
-        }
-    }
-}
-
-/// Parses `0.3:0.5,0.5:2,0.2:5`.
-pub fn parse_upload_mix(s: &str) -> Result<Vec<(f64, f64)>, String> {
-    let mix: Vec<(f64, f64)> = s
-        .split(',')
-        .map(|part| {
-            let (share, multiple) = part
-                .split_once(':')
-                .ok_or_else(|| format!("{part:?} is not share:multiple"))?;
-            Ok((
-                share.trim().parse().map_err(|_| format!("bad share {share:?}"))?,
-                multiple
-                    .trim()
-                    .parse()
-                    .map_err(|_| format!("bad multiple {multiple:?}"))?,
-            ))
-        })
-        .collect::<Result<_, String>>()?;
-    let total: f64 = mix.iter().map(|m| m.0).sum();
-    if mix.is_empty() || (total - 1.0).abs() > 0.01 || mix.iter().any(|m| m.0 < 0.0 || m.1 < 0.0) {
-        return Err(format!(
-            "upload mix shares must be ≥ 0 and add up to 1 (they add up to {total})"
-        ));
-    }
-    Ok(mix)
-}
+pub use report::{Latency, Report, Startup};
+use shoal_core::state::{self, Action, DisconnectReason, Event, State, Verdict};
+use uplink::{Payload, Uplink};
 
 enum Role {
     Honest(Box<State>),
@@ -327,16 +253,7 @@ impl Sim {
         self.base + Duration::from_micros(self.now)
     }
 
-    fn one_way_us(&mut self) -> u64 {
-        let jitter = if self.cfg.jitter_ms > 0 {
-            self.rng.random_range(0..=self.cfg.jitter_ms * 1000)
-        } else {
-            0
-        };
-        self.cfg.rtt_ms * 500 + jitter
-    }
-
-    pub fn run(mut self) -> Value {
+    pub fn run(mut self) -> Report {
         let wall = Instant::now();
         let end = self.cfg.duration_s * 1_000_000;
         while let Some((at, ev)) = self.queue.pop() {
@@ -591,10 +508,22 @@ impl Sim {
                     self.enqueue(n, index_of(&to), Payload::Chunk(chunk, false), bytes, deadline_us);
                 }
                 Action::Deliver(chunk) => self.observe_delivery(n, chunk.header.timestamp_us),
+                Action::Judged { header, verdict, .. } => {
+                    let bytes = u64::from(header.payload_len);
+                    match verdict {
+                        Verdict::Duplicate { from_parent } => {
+                            self.duplicate_data += bytes;
+                            if from_parent {
+                                self.dup_from_parent += bytes;
+                            }
+                        }
+                        Verdict::New | Verdict::Late => self.useful_data += bytes,
+                    }
+                }
                 Action::Dial(addr) => self.dial(n, addr),
                 Action::Disconnect { id, reason } => {
                     let peer = index_of(&id);
-                    if matches!(reason, "full" | "duplicate") {
+                    if matches!(reason, DisconnectReason::Full | DisconnectReason::Duplicate) {
                         // A polite close: what was queued (addresses to try) goes out first.
                         let delay = self.cfg.rtt_ms * 1000 + 50_000;
                         self.schedule(self.now + delay, Ev::Close { node: n, peer });
@@ -610,132 +539,11 @@ impl Sim {
         self.transmit(n);
     }
 
-    /// Bytes `msg` takes on the wire, encoded into a reused buffer.
-    fn frame_len(&mut self, msg: &Message) -> usize {
-        self.scratch.clear();
-        msg.encode_frame(&mut self.scratch);
-        self.scratch.len()
-    }
-
     fn close(&mut self, n: usize, peer: usize) {
         if self.links.remove(&(n.min(peer), n.max(peer))) {
             self.nodes[n].uplink.forget(peer);
             let delay = self.one_way_us();
             self.schedule(self.now + delay, Ev::Down { node: peer, peer: n });
-        }
-    }
-
-    fn observe_delivery(&mut self, n: usize, timestamp_us: u64) {
-        let node = &mut self.nodes[n];
-        let emitted_at = timestamp_us.saturating_sub(1_000_000);
-        if emitted_at < node.joined_us {
-            return; // back-fill of what was sent before it joined
-        }
-        let latency_us = self.now.saturating_sub(emitted_at);
-        self.delivered += 1;
-        self.latency_ms[((latency_us / 1000) as usize).min(HISTOGRAM_MS)] += 1;
-        if node.startup_us.is_some_and(|s| emitted_at >= s) && latency_us <= self.cfg.deadline_ms * 1000 {
-            node.on_time += 1;
-        }
-    }
-
-    fn enqueue(&mut self, from: usize, to: usize, payload: Payload, bytes: usize, deadline: u64) {
-        if !self.links.contains(&(from.min(to), from.max(to))) {
-            return;
-        }
-        self.nodes[from].uplink.push(to, payload, bytes, deadline);
-    }
-
-    /// Starts the next transmission on `n`'s uplink if it is idle.
-    fn transmit(&mut self, n: usize) {
-        if self.nodes[n].uplink.busy || !self.nodes[n].online {
-            return;
-        }
-        let Some(q) = self.nodes[n].uplink.pop(self.now) else {
-            return;
-        };
-        // Every lost packet is sent again (costing upload) after about an RTT.
-        let packets = q.bytes.div_ceil(PACKET_BYTES);
-        let mut resent = 0usize;
-        let mut delay = 0u64;
-        if self.cfg.loss > 0.0 {
-            for _ in 0..packets {
-                let mut tries = 0u64;
-                while self.rng.random::<f64>() < self.cfg.loss && tries < 8 {
-                    tries += 1;
-                }
-                resent += tries as usize;
-                delay = delay.max(tries * (self.cfg.rtt_ms * 1000 * 5 / 4 + 1000));
-            }
-        }
-        let wire = q.bytes + resent * PACKET_BYTES.min(q.bytes);
-        let tx = self.nodes[n].uplink.tx_us(wire);
-        match &q.payload {
-            Payload::Chunk(..) => self.nodes[n].sent_data += wire as u64,
-            Payload::Control(_) => self.nodes[n].sent_control += wire as u64,
-        }
-        self.nodes[n].uplink.busy = true;
-        self.schedule(self.now + tx, Ev::TxDone(n));
-        let arrive = self.now + tx + self.one_way_us() + delay;
-        self.schedule(
-            arrive,
-            Ev::Arrive {
-                to: q.to,
-                from: n,
-                payload: q.payload,
-            },
-        );
-    }
-
-    fn arrive(&mut self, to: usize, from: usize, payload: Payload) {
-        if !self.nodes[to].online || !self.links.contains(&(from.min(to), from.max(to))) {
-            return;
-        }
-        match &mut self.nodes[to].role {
-            Role::Evil(evil) => {
-                let out = evil.receive(from, &payload);
-                self.evil_out(to, out);
-            }
-            Role::Honest(state) => match payload {
-                Payload::Control(messages) => {
-                    for msg in messages {
-                        self.feed(
-                            to,
-                            Event::Control {
-                                from: node_id(from),
-                                msg,
-                            },
-                        );
-                    }
-                }
-                // The driver verifies signatures before the core sees a chunk.
-                Payload::Chunk(_, true) => self.feed(
-                    to,
-                    Event::Rejected {
-                        from: node_id(from),
-                        reason: Reject::BadSignature,
-                    },
-                ),
-                Payload::Chunk(chunk, false) => {
-                    let held = state.window().contains(chunk.header.epoch, chunk.header.seq);
-                    if held {
-                        self.duplicate_data += chunk.payload.len() as u64;
-                        let s = (chunk.header.seq % u64::from(state.config().stripes)) as usize;
-                        if state.parents().get(s).copied().flatten() == Some(node_id(from)) {
-                            self.dup_from_parent += chunk.payload.len() as u64;
-                        }
-                    } else {
-                        self.useful_data += chunk.payload.len() as u64;
-                    }
-                    self.feed(
-                        to,
-                        Event::Chunk {
-                            from: node_id(from),
-                            chunk,
-                        },
-                    );
-                }
-            },
         }
     }
 
@@ -754,142 +562,4 @@ impl Sim {
             }
         }
     }
-
-    fn report(&self, wall: Duration) -> Value {
-        let end = self.cfg.duration_s * 1_000_000;
-        let deadline = self.cfg.deadline_ms * 1000;
-        let (mut expected, mut on_time, mut startups) = (0u64, 0u64, Vec::new());
-        let mut max_peer_upload: f64 = 0.0;
-        let bytes_per_us = self.stream_bytes as f64 / end.max(1) as f64;
-        for node in self.nodes.iter().skip(1) {
-            if matches!(node.role, Role::Evil(_)) || (node.joined_us == 0 && !node.online && node.left_us.is_none()) {
-                continue;
-            }
-            let online_until = node.left_us.unwrap_or(end);
-            if std::env::var_os("SHOAL_SIM_DEBUG").is_some()
-                && let Role::Honest(state) = &node.role
-            {
-                eprintln!(
-                    "{} up {:.1}x expired {} joined {} startup {:?} on_time {} neighbours {} children {} depths {:?} parents {:?} counters {:?}",
-                    node.addr,
-                    node.upload_bps / (self.cfg.bitrate_kbps as f64 * 1000.0),
-                    node.uplink.expired,
-                    node.joined_us / 1000,
-                    node.startup_us.map(|s| s / 1000),
-                    node.on_time,
-                    state.neighbours().count(),
-                    state.children(),
-                    state.depths(),
-                    state
-                        .parents()
-                        .iter()
-                        .map(|p| p.map(|id| index_of(&id)))
-                        .collect::<Vec<_>>(),
-                    state.counters()
-                );
-            }
-            if let Some(start) = node.startup_us {
-                let to = online_until.saturating_sub(deadline);
-                if to > start {
-                    let lo = self.emitted.partition_point(|ts| ts - 1_000_000 < start);
-                    let hi = self.emitted.partition_point(|ts| ts - 1_000_000 < to);
-                    expected += hi.saturating_sub(lo) as u64;
-                    on_time += node.on_time.min(hi.saturating_sub(lo) as u64);
-                    if std::env::var_os("SHOAL_SIM_DEBUG").is_some() && node.on_time < (hi - lo) as u64 {
-                        eprintln!(
-                            "MISS {} up {:.1}x joined {} startup {} missed {} of {}",
-                            node.addr,
-                            node.upload_bps / (self.cfg.bitrate_kbps as f64 * 1000.0),
-                            node.joined_us / 1000,
-                            start / 1000,
-                            (hi - lo) as u64 - node.on_time,
-                            hi - lo
-                        );
-                    }
-                }
-                startups.push(start - node.joined_us);
-            } else if online_until.saturating_sub(node.joined_us) > 10_000_000 {
-                // Online for ten seconds and never started: everything it should have had is missed.
-                let lo = self
-                    .emitted
-                    .partition_point(|ts| ts - 1_000_000 < node.joined_us + 5_000_000);
-                let hi = self
-                    .emitted
-                    .partition_point(|ts| ts - 1_000_000 < online_until.saturating_sub(deadline));
-                expected += hi.saturating_sub(lo) as u64;
-            }
-            let online_s = online_until.saturating_sub(node.joined_us) as f64;
-            if online_s > 5e6 {
-                max_peer_upload =
-                    max_peer_upload.max((node.sent_data + node.sent_control) as f64 / (bytes_per_us * online_s));
-            }
-        }
-        let source = &self.nodes[SOURCE];
-        let data_sent: u64 = self.nodes.iter().map(|n| n.sent_data).sum();
-        let control_sent: u64 = self
-            .nodes
-            .iter()
-            .filter(|n| matches!(n.role, Role::Honest(_)))
-            .map(|n| n.sent_control)
-            .sum();
-        startups.sort_unstable();
-        let pct = |v: &[u64], q: f64| {
-            v.get(((v.len().max(1) - 1) as f64 * q).round() as usize)
-                .copied()
-                .unwrap_or(0)
-                / 1000
-        };
-        let mut report = json!({
-            "peers": self.cfg.peers,
-            "duration_s": self.cfg.duration_s,
-            "delivery_ratio": round(on_time as f64 / expected.max(1) as f64, 5),
-            "latency_ms": {
-                "p50": self.histogram_pct(0.50), "p95": self.histogram_pct(0.95),
-                "p99": self.histogram_pct(0.99), "max": self.histogram_pct(1.0),
-            },
-            "startup_ms": {"p50": pct(&startups, 0.5), "p95": pct(&startups, 0.95)},
-            "source_upload_ratio": round((source.sent_data + source.sent_control) as f64 / self.stream_bytes.max(1) as f64, 3),
-            "max_peer_upload_ratio": round(max_peer_upload, 3),
-            "duplicate_ratio": round(self.duplicate_data as f64 / self.useful_data.max(1) as f64, 4),
-            "control_overhead_ratio": round(control_sent as f64 / data_sent.max(1) as f64, 4),
-            "forged_delivered": self.forged_delivered,
-            "duplicate_from_parent_ratio": round(self.dup_from_parent as f64 / self.useful_data.max(1) as f64, 4),
-            "expired_in_queue": self.nodes.iter().map(|n| n.uplink.expired).sum::<u64>(),
-            "nodes_total": self.nodes.len() - 1,
-            "source_upload_bps": source.upload_bps as u64,
-            "wall_s": round(wall.as_secs_f64(), 2),
-        });
-        if let Some(cpu) = &self.cpu {
-            let peers = self.nodes.iter().skip(1).filter(|n| n.joined_us > 0 || n.online);
-            let (busy, seconds) = peers.fold((0.0, 0.0), |(b, s), n| {
-                (
-                    b + n.cpu_us,
-                    s + n.left_us.unwrap_or(end).saturating_sub(n.joined_us) as f64 / 1e6,
-                )
-            });
-            report["cpu"] = cpu.report(end, busy, seconds);
-        }
-        report
-    }
-
-    fn histogram_pct(&self, q: f64) -> u64 {
-        let total: u64 = self.latency_ms.iter().sum();
-        if total == 0 {
-            return 0;
-        }
-        let target = ((total as f64) * q).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (ms, count) in self.latency_ms.iter().enumerate() {
-            seen += count;
-            if seen >= target {
-                return ms as u64;
-            }
-        }
-        HISTOGRAM_MS as u64
-    }
-}
-
-fn round(x: f64, digits: i32) -> f64 {
-    let f = 10f64.powi(digits);
-    (x * f).round() / f
 }

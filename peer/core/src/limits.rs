@@ -8,6 +8,9 @@ use std::time::Duration;
 pub use shoal_proto::chunk::MAX_CHUNK_WIRE;
 pub use shoal_proto::message::MAX_FRAME;
 
+/// A connection with nothing received for this long is closed: the neighbour is gone. (The
+/// QUIC node sets it as its idle timeout; the simulator takes as long to notice a departure.)
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Neighbours a node with room for children accepts beyond `max_neighbours`.
 pub const EXTRA_FOR_CHILDREN: usize = 8;
 /// Outbound connections beyond `max_neighbours` (an orphan looking for a parent, dials in flight).

@@ -10,7 +10,7 @@ use shoal_proto::message::{MAX_ADDRS, MAX_PEX_PEERS, NO_DEPTH};
 use shoal_proto::{Message, NodeId, PeerInfo};
 
 use super::guard::Bucket;
-use super::{Action, State};
+use super::{Action, DisconnectReason, State};
 use crate::limits::EXTRA_FOR_CHILDREN;
 use crate::seqset::SeqSet;
 
@@ -108,14 +108,17 @@ impl State {
         }
         self.dialling.remove(&addr);
         if id == self.me || self.is_banned(&id, now) {
-            self.actions.push(Action::Disconnect { id, reason: "banned" });
+            self.actions.push(Action::Disconnect {
+                id,
+                reason: DisconnectReason::Banned,
+            });
             return;
         }
         self.note_punch_success(id);
         if self.neighbours.contains_key(&id) {
             self.actions.push(Action::Disconnect {
                 id,
-                reason: "duplicate",
+                reason: DisconnectReason::Duplicate,
             });
             return;
         }
@@ -134,7 +137,10 @@ impl State {
                 to: id,
                 msg: Message::Pex { peers },
             });
-            self.actions.push(Action::Disconnect { id, reason: "full" });
+            self.actions.push(Action::Disconnect {
+                id,
+                reason: DisconnectReason::Full,
+            });
             return;
         }
         self.passive.retain(|p| !listen.contains(&p.1));
@@ -276,7 +282,7 @@ impl State {
     }
 
     /// Drops neighbour `id` from the view and the trees, and hangs up on it.
-    pub(super) fn evict(&mut self, id: NodeId, reason: &'static str) {
+    pub(super) fn evict(&mut self, id: NodeId, reason: DisconnectReason) {
         self.neighbours.remove(&id);
         self.forget_in_trees(id);
         self.actions.push(Action::Disconnect { id, reason });
@@ -293,7 +299,7 @@ impl State {
         }
         self.last_rotation = Some(now);
         if let Some(id) = self.least_useful_neighbour() {
-            self.evict(id, "full");
+            self.evict(id, DisconnectReason::Full);
         }
         true
     }
@@ -332,7 +338,10 @@ impl State {
         for id in silent {
             self.on_neighbour_down(id);
             self.counters.silent_dropped += 1;
-            self.actions.push(Action::Disconnect { id, reason: "silent" });
+            self.actions.push(Action::Disconnect {
+                id,
+                reason: DisconnectReason::Silent,
+            });
         }
         self.failed_dials
             .retain(|_, at| now.duration_since(*at) < DIAL_FAILURE_BACKOFF);
@@ -354,7 +363,7 @@ impl State {
             // Landed among liars (they dial whoever they hear of): shed them, and keep them off
             // for a while, so room is left for peers that can feed us.
             for liar in self.liars(now) {
-                self.evict(liar, "no chunks");
+                self.evict(liar, DisconnectReason::NoChunks);
                 self.banned.insert(liar, now + LIAR_BAN);
             }
         }

@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 
-use serde_json::{Value, json};
+use serde::Serialize;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct CpuConfig {
@@ -84,21 +84,40 @@ impl Cpu {
         self.free_cores += 1;
     }
 
-    pub fn report(&self, duration_us: u64, peer_cpu_us: f64, peer_seconds: f64) -> Value {
+    pub fn report(&self, duration_us: u64, peer_cpu_us: f64, peer_seconds: f64) -> CpuReport {
         let c = &self.config;
         let capacity = c.cores as f64 * duration_us.max(1) as f64;
         let per_node_s = |n: u64| (n as f64 / peer_seconds.max(1e-9) * 10.0).round() / 10.0;
-        json!({
-            "cores": c.cores,
-            "utilisation": ((self.busy_us + c.other_cores * duration_us as f64) / capacity * 1000.0).round() / 1000.0,
-            "core_pct_per_peer": (peer_cpu_us / peer_seconds.max(1e-9) / 1e6 * 100.0 * 100.0).round() / 100.0,
-            "per_node_s": {
-                "wakeups": per_node_s(self.wakeups),
-                "chunks": per_node_s(self.handled.chunks),
-                "messages": per_node_s(self.handled.messages),
+        CpuReport {
+            cores: c.cores,
+            utilisation: ((self.busy_us + c.other_cores * duration_us as f64) / capacity * 1000.0).round() / 1000.0,
+            core_pct_per_peer: (peer_cpu_us / peer_seconds.max(1e-9) / 1e6 * 100.0 * 100.0).round() / 100.0,
+            per_node_s: PerNode {
+                wakeups: per_node_s(self.wakeups),
+                chunks: per_node_s(self.handled.chunks),
+                messages: per_node_s(self.handled.messages),
             },
-        })
+        }
     }
+}
+
+/// What the shared CPU did over a run.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CpuReport {
+    pub cores: usize,
+    /// Busy share of all cores, other programs included.
+    pub utilisation: f64,
+    /// Percent of one core per peer.
+    pub core_pct_per_peer: f64,
+    pub per_node_s: PerNode,
+}
+
+/// Per peer per second online.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PerNode {
+    pub wakeups: f64,
+    pub chunks: f64,
+    pub messages: f64,
 }
 
 #[cfg(test)]

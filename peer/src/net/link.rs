@@ -13,16 +13,18 @@ use bytes::{Bytes, BytesMut};
 use ed25519_dalek::VerifyingKey;
 use shoal_proto::chunk::{HEADER_LEN, MAX_CHUNK_WIRE};
 use shoal_proto::message::MAX_FRAME;
-use shoal_proto::{Chunk, DecodeError, Message, NodeId, PROTOCOL_VERSION};
+use shoal_proto::{Chunk, DecodeError, Message, NodeId, PROTOCOL_VERSION, close};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::limits::Limits;
-use crate::pacer::Pacer;
-use crate::state::{Event, Reject};
-use crate::stats::{Kind, Link as LinkStats, Stats};
+use shoal_core::limits::Limits;
+use shoal_core::state::{Event, Reject};
+
+use super::mailbox::{Input, LinkHandle};
+use super::pacer::Pacer;
+use super::stats::{Kind, Link as LinkStats, Stats};
 
 /// Chunk streams written to one neighbour at once; priorities order them inside QUIC.
 const STREAMS_IN_FLIGHT: usize = 32;
@@ -32,18 +34,6 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 const SLOW_AFTER_EXPIRED: usize = 64;
 /// Control messages of unknown types skipped on one link before it counts as garbage.
 const MAX_UNKNOWN_MESSAGES: usize = 256;
-
-/// QUIC application close codes.
-pub mod close {
-    pub const GOODBYE: u32 = 0;
-    pub const PROTOCOL: u32 = 1;
-    pub const BANNED: u32 = 2;
-    pub const DUPLICATE: u32 = 3;
-    pub const STREAM_MISMATCH: u32 = 4;
-    pub const SLOW: u32 = 5;
-    /// Stream reset code: the chunk missed its deadline.
-    pub const EXPIRED: u32 = 16;
-}
 
 /// What this node says about itself in HELLO.
 #[derive(Clone)]
@@ -138,24 +128,11 @@ async fn read_message(recv: &mut quinn::RecvStream, buf: &mut BytesMut) -> anyho
     }
 }
 
-/// The node loop's handle on a running link.
-pub struct LinkHandle {
-    pub node_id: NodeId,
-    pub listen: Vec<SocketAddr>,
-    /// Where it sees us (its HELLO says).
-    pub observed: Option<SocketAddr>,
-    pub outbound: bool,
-    pub conn: quinn::Connection,
-    pub control: mpsc::Sender<Message>,
-    pub chunks: mpsc::Sender<(Arc<Chunk>, Instant)>,
-    pub stats: Arc<LinkStats>,
-}
-
 /// Everything a link's tasks share with the node.
 #[derive(Clone)]
 pub struct Shared {
     pub stream_key: VerifyingKey,
-    pub events: mpsc::Sender<crate::node::Input>,
+    pub events: mpsc::Sender<Input>,
     pub stats: Arc<Stats>,
     pub pacer: Option<Arc<Pacer>>,
     pub limits: Limits,
@@ -186,7 +163,7 @@ pub async fn start(
         chunks: chunk_tx,
         stats: stats.clone(),
     };
-    shared.events.send(crate::node::Input::Linked(handle)).await.ok()?;
+    shared.events.send(Input::Linked(handle)).await.ok()?;
     let mut tasks = JoinSet::new();
     tasks.spawn(read_control(peer.node_id, recv, buf, shared.clone(), stats.clone()));
     tasks.spawn(write_control(send, control_rx, shared.clone(), stats.clone()));
@@ -196,7 +173,7 @@ pub async fn start(
 }
 
 async fn to_core(shared: &Shared, event: Event) {
-    let _ = shared.events.send(crate::node::Input::Event(event)).await;
+    let _ = shared.events.send(Input::Event(event)).await;
 }
 
 async fn read_control(

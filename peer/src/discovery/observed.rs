@@ -13,6 +13,14 @@ const CONFIRMED_BY: usize = 2;
 const MAX_ADDRS: usize = 16;
 const MAX_REPORTERS: usize = 16;
 
+/// A mapping the router made (PCP, NAT-PMP, UPnP-IGD: `portmap.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    /// Where peers outside reach this node.
+    pub external: SocketAddr,
+    pub protocol: &'static str,
+}
+
 #[derive(Debug, Default)]
 pub struct Observed {
     seen: BTreeMap<SocketAddr, BTreeSet<NodeId>>,

@@ -351,13 +351,44 @@ fn requests_are_served_from_the_window_and_bounded() {
     assert_eq!(served, vec![5, 6, 7, 8, 9]);
 }
 
+fn verdict(actions: &[Action]) -> Option<Verdict> {
+    actions.iter().find_map(|a| match a {
+        Action::Judged { verdict, .. } => Some(*verdict),
+        _ => None,
+    })
+}
+
+#[test]
+fn the_core_says_whether_a_chunk_was_new() {
+    let now = Instant::now();
+    let mut s = state_with(&[1, 2], now);
+    assert_eq!(verdict(&feed(&mut s, 1, 7, 1_000, 0, now)), Some(Verdict::New));
+    assert_eq!(
+        verdict(&feed(&mut s, 2, 7, 1_000, 0, now)),
+        Some(Verdict::Duplicate { from_parent: false })
+    );
+    // What this node publishes itself is not judged.
+    let published = s.handle(Event::Publish(chunk(1, 8, 2_000, 0)), now).collect::<Vec<_>>();
+    assert_eq!(verdict(&published), None);
+}
+
 #[test]
 fn stale_chunks_are_refused_and_old_pushes_dropped() {
     let now = Instant::now();
     let mut s = state_with(&[1, 2], now);
     control(&mut s, 2, Message::Graft { stripe: 0 }, now);
     feed(&mut s, 1, 100, 40_000_000, 0, now);
-    assert!(feed(&mut s, 1, 2, 5_000_000, 0, now).is_empty());
+    let late = feed(&mut s, 1, 2, 5_000_000, 0, now);
+    assert!(
+        matches!(
+            late[..],
+            [Action::Judged {
+                verdict: Verdict::Late,
+                ..
+            }]
+        ),
+        "{late:?}"
+    );
     assert_eq!(s.counters().late, 1);
     // Inside the window but 5 s behind the newest: stored, not pushed (past the deadline).
     assert!(pushes(&feed(&mut s, 1, 50, 35_000_000, 0, now)).is_empty());
@@ -366,7 +397,7 @@ fn stale_chunks_are_refused_and_old_pushes_dropped() {
 
 fn disconnected_for(actions: &[Action], n: u8) -> Option<&'static str> {
     actions.iter().find_map(|a| match a {
-        Action::Disconnect { id, reason } if *id == node(n) => Some(*reason),
+        Action::Disconnect { id, reason } if *id == node(n) => Some(reason.as_str()),
         _ => None,
     })
 }
@@ -508,7 +539,10 @@ fn a_full_node_hands_newcomers_other_peers_and_hangs_up() {
     assert_eq!(pex.1.len(), 2);
     assert!(matches!(
         actions.last(),
-        Some(Action::Disconnect { reason: "full", .. })
+        Some(Action::Disconnect {
+            reason: DisconnectReason::Full,
+            ..
+        })
     ));
 }
 

@@ -1,32 +1,22 @@
 //! Port mapping: asks the router in front of this node (PCP, NAT-PMP or UPnP-IGD, whichever
 //! it answers) to forward a public port to the node's UDP socket, so peers anywhere can dial
 //! it rather than only the ones it dials. The `portmapper` crate speaks the three protocols
-//! and renews the mapping; this task tells the node and its stats what the router gave.
+//! and renews the mapping; this task tells the node what the router gave.
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU16;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::node::Input;
-use crate::stats::Stats;
+pub use super::observed::Mapping;
 
 /// How often to ask again when the router offered no mapping (it may be switched on later,
 /// or the laptop may move to another network).
 const RETRY: Duration = Duration::from_secs(300);
 /// Time given to the router to drop the mapping at shutdown.
 const RELEASE: Duration = Duration::from_millis(300);
-
-/// A mapping the router made.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Mapping {
-    /// Where peers outside reach this node.
-    pub external: SocketAddr,
-    pub protocol: &'static str,
-}
 
 /// Whether a node listening on `local` could have a port mapped to it: IPv4 (the protocols
 /// map IPv4), not loopback (nothing outside could use it; tests bind there).
@@ -39,7 +29,7 @@ pub fn applies(local: SocketAddr) -> bool {
 
 /// Keeps a mapping to `local`'s port for as long as `cancel` is not cancelled, and releases
 /// it then.
-pub async fn run(local: SocketAddr, inputs: mpsc::Sender<Input>, stats: Arc<Stats>, cancel: CancellationToken) {
+pub async fn run<T: From<Option<Mapping>>>(local: SocketAddr, inputs: mpsc::Sender<T>, cancel: CancellationToken) {
     let Some(port) = NonZeroU16::new(local.port()) else {
         return;
     };
@@ -83,7 +73,7 @@ pub async fn run(local: SocketAddr, inputs: mpsc::Sender<Input>, stats: Arc<Stat
                     external: SocketAddr::V4(addr),
                     protocol: protocol.unwrap_or("port mapping"),
                 });
-                announce(now, &inputs, &stats).await;
+                announce(now, &inputs).await;
                 if now.is_none() {
                     // Lost (the router restarted, the lease was refused): look again.
                     protocol = None;
@@ -108,7 +98,7 @@ fn offered(found: &portmapper::ProbeOutput) -> Option<&'static str> {
     }
 }
 
-async fn announce(mapping: Option<Mapping>, inputs: &mpsc::Sender<Input>, stats: &Stats) {
+async fn announce<T: From<Option<Mapping>>>(mapping: Option<Mapping>, inputs: &mpsc::Sender<T>) {
     match mapping {
         Some(m) => tracing::info!(
             external = %m.external,
@@ -118,8 +108,7 @@ async fn announce(mapping: Option<Mapping>, inputs: &mpsc::Sender<Input>, stats:
         ),
         None => tracing::info!("the router dropped this node's port mapping"),
     }
-    stats.set_mapping(mapping);
-    let _ = inputs.send(Input::Mapped(mapping.map(|m| m.external))).await;
+    let _ = inputs.send(mapping.into()).await;
 }
 
 #[cfg(test)]

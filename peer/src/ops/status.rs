@@ -3,40 +3,18 @@
 
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::stats::Stats;
-
-/// A status line is on screen: log lines must clear it before they print.
-static SHOWN: AtomicBool = AtomicBool::new(false);
-const CLEAR_LINE: &[u8] = b"\r\x1b[2K";
-
-/// Where log lines go: stderr, clearing the status line first when one is shown.
-pub struct LogWriter;
-
-impl Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let mut err = std::io::stderr().lock();
-        if SHOWN.load(Relaxed) {
-            err.write_all(CLEAR_LINE)?;
-        }
-        err.write_all(buf)?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        std::io::stderr().flush()
-    }
-}
+use super::log::{CLEAR_LINE, SHOWN};
+use crate::net::stats::{Snapshot, Stats};
 
 /// What one second of the status line is made of.
 pub struct Now<'a> {
     /// The node's stats snapshot.
-    pub stats: &'a Value,
+    pub stats: &'a Snapshot,
     pub mbps_in: f64,
     pub mbps_out: f64,
 }
@@ -55,17 +33,14 @@ pub async fn show(stats: Arc<Stats>, cancel: CancellationToken, extra: impl Fn(&
             _ = tick.tick() => {}
         }
         let s = stats.snapshot();
-        let total = |v: &Value| v["data"].as_u64().unwrap_or(0) + v["control"].as_u64().unwrap_or(0);
-        let (bytes_in, bytes_out, now) = (total(&s["bytes_in"]), total(&s["bytes_out"]), Instant::now());
+        let (bytes_in, bytes_out, now) = (s.bytes_in.total(), s.bytes_out.total(), Instant::now());
         let rate = |now_bytes: u64, then: u64, at: Instant| {
             now_bytes.saturating_sub(then) as f64 * 8.0 / now.duration_since(at).as_secs_f64().max(0.001) / 1e6
         };
         let (mbps_in, mbps_out) = last.map_or((0.0, 0.0), |(i, o, at)| (rate(bytes_in, i, at), rate(bytes_out, o, at)));
         last = Some((bytes_in, bytes_out, now));
-        let neighbours = s["neighbours"]
-            .as_array()
-            .map_or(0, |n| n.iter().filter(|n| n["connected"] == true).count());
-        let latency = s["latency_ms"]["p50"].as_f64().map_or("–".to_string(), duration);
+        let neighbours = s.connected_neighbours();
+        let latency = s.latency_ms.p50.map_or("–".to_string(), duration);
         let line = format!(
             "{neighbours} neighbours · in {mbps_in:.2} Mbit/s · out {mbps_out:.2} Mbit/s · latency {latency}{}",
             extra(&Now {

@@ -25,7 +25,7 @@ use rand::rngs::SmallRng;
 use shoal_proto::message::{SeqRange, ranges_of};
 use shoal_proto::{Chunk, Message, NodeId};
 
-pub use types::{Action, Config, Counters, Event, Reject};
+pub use types::{Action, Config, Counters, DisconnectReason, Event, Reject, Verdict};
 
 use crate::window::{Admit, Window};
 use neighbours::Neighbour;
@@ -268,7 +268,7 @@ impl State {
             Message::Pex { peers } => self.on_pex(from, peers),
             Message::Introduce { target } => self.on_introduce(from, target),
             Message::Punch { peer, addrs } => self.on_punch(peer, &addrs, now),
-            Message::Goodbye { .. } => self.evict(from, "goodbye"),
+            Message::Goodbye { .. } => self.evict(from, DisconnectReason::Goodbye),
             // HELLO is the driver's; CANCEL is not acted on by this core yet.
             _ => {}
         }
@@ -411,7 +411,22 @@ impl State {
         }
         let (epoch, seq) = (chunk.header.epoch, chunk.header.seq);
         let previous_epoch = self.window.live_epoch();
-        match self.window.admit(&chunk) {
+        let admit = self.window.admit(&chunk);
+        if let Some(from) = from {
+            let verdict = match admit {
+                Admit::Stored => Verdict::New,
+                Admit::Duplicate => Verdict::Duplicate {
+                    from_parent: self.stripes[self.stripe_of(seq)].parent == Some(from),
+                },
+                Admit::Late => Verdict::Late,
+            };
+            self.actions.push(Action::Judged {
+                from,
+                header: chunk.header,
+                verdict,
+            });
+        }
+        match admit {
             Admit::Late => {
                 self.counters.late += 1;
                 if let Some(from) = from
@@ -607,7 +622,7 @@ impl State {
         self.passive.retain(|p| p.0 != Some(from));
         self.actions.push(Action::Disconnect {
             id: from,
-            reason: reason.as_str(),
+            reason: DisconnectReason::Rejected(reason),
         });
     }
 

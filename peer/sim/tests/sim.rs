@@ -1,9 +1,9 @@
 //! A small simulated swarm, run on every test pass: the swarm core must deliver the stream to
 //! everyone while the source uploads about one copy, and must not when the physics forbid it.
 
-use shoal_peer::sim::{Sim, SimConfig};
+use shoal_sim::{Report, Sim, SimConfig};
 
-fn run(cfg: SimConfig) -> serde_json::Value {
+fn run(cfg: SimConfig) -> Report {
     Sim::new(cfg).run()
 }
 
@@ -16,10 +16,10 @@ fn a_hundred_peers_get_the_stream_and_the_source_uploads_it_about_once() {
         ..SimConfig::default()
     });
     eprintln!("{r}");
-    assert!(r["delivery_ratio"].as_f64().unwrap() >= 0.99, "{r}");
-    assert!(r["source_upload_ratio"].as_f64().unwrap() <= 1.5, "{r}");
-    assert!(r["latency_ms"]["p50"].as_u64().unwrap() <= 1000, "{r}");
-    assert_eq!(r["forged_delivered"], 0);
+    assert!(r.delivery_ratio >= 0.99, "{r}");
+    assert!(r.source_upload_ratio <= 1.5, "{r}");
+    assert!(r.latency_ms.p50 <= 1000, "{r}");
+    assert_eq!(r.forged_delivered, 0);
 }
 
 #[test]
@@ -32,7 +32,7 @@ fn an_audience_that_cannot_upload_enough_is_not_all_served() {
         ..SimConfig::default()
     });
     eprintln!("{r}");
-    assert!(r["delivery_ratio"].as_f64().unwrap() < 0.9, "{r}");
+    assert!(r.delivery_ratio < 0.9, "{r}");
 }
 
 #[test]
@@ -44,8 +44,8 @@ fn the_same_seed_gives_the_same_run() {
         ..SimConfig::default()
     };
     let (mut a, mut b) = (run(cfg.clone()), run(cfg));
-    a["wall_s"] = 0.into();
-    b["wall_s"] = 0.into();
+    a.wall_s = 0.0;
+    b.wall_s = 0.0;
     assert_eq!(a, b);
 }
 
@@ -64,7 +64,7 @@ fn a_swarm_on_one_busy_machine_waits_for_its_cores() {
     };
     let own = run(base.clone());
     let shared = run(SimConfig {
-        cpu: Some(shoal_peer::sim::CpuConfig {
+        cpu: Some(shoal_sim::CpuConfig {
             cores: 1,
             other_cores: 0.0,
             wake_us: 35.0,
@@ -74,20 +74,15 @@ fn a_swarm_on_one_busy_machine_waits_for_its_cores() {
         ..base
     });
     eprintln!("{own}\n{shared}");
-    assert!(own.get("cpu").is_none(), "no CPU model unless asked");
-    let p95 = |r: &serde_json::Value| r["latency_ms"]["p95"].as_u64().unwrap();
+    assert!(own.cpu.is_none(), "no CPU model unless asked");
+    let p95 = |r: &Report| r.latency_ms.p95;
     assert!(
         p95(&shared) > 2 * p95(&own).max(5),
         "queueing for the core shows in latency"
     );
-    let cpu = &shared["cpu"];
-    let utilisation = cpu["utilisation"].as_f64().unwrap();
-    assert!((0.6..=1.0).contains(&utilisation), "{cpu}");
+    let cpu = shared.cpu.as_ref().expect("the CPU model was asked for");
+    assert!((0.6..=1.0).contains(&cpu.utilisation), "{shared}");
     // A busy node finds several items per wake-up.
-    let per_node = &cpu["per_node_s"];
-    assert!(
-        per_node["wakeups"].as_f64().unwrap() < per_node["chunks"].as_f64().unwrap(),
-        "{cpu}"
-    );
-    assert!(shared["delivery_ratio"].as_f64().unwrap() >= 0.99, "{shared}");
+    assert!(cpu.per_node_s.wakeups < cpu.per_node_s.chunks, "{shared}");
+    assert!(shared.delivery_ratio >= 0.99, "{shared}");
 }

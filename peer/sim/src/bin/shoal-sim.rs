@@ -7,7 +7,7 @@ use clap::Parser;
 // mimalloc does that markedly faster than the system allocator.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use shoal_peer::sim::{CpuConfig, Sim, SimConfig, parse_upload_mix};
+use shoal_sim::{CpuConfig, Sim, SimConfig, parse_upload_mix};
 
 /// Simulate a shoal swarm: the real swarm core, a modelled network, one JSON line of results.
 #[derive(Parser, Debug)]

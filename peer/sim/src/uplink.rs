@@ -131,7 +131,7 @@ impl Uplink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::chunk;
+    use shoal_core::testing::chunk;
 
     #[test]
     fn control_first_then_newest_chunk_and_expired_chunks_dropped() {

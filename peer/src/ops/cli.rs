@@ -10,8 +10,8 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use shoal_proto::Ticket;
 
-use crate::limits::Limits;
-use crate::state;
+use shoal_core::limits::Limits;
+use shoal_core::state;
 
 /// Swarm options shared by the broadcaster, the relay peer and the gateway.
 #[derive(clap::Args, Debug, Clone)]
@@ -65,7 +65,7 @@ impl SwarmArgs {
         if !self.wants_dht() {
             return Ok(None);
         }
-        crate::dht::join(&self.dht_bootstrap).map(Some)
+        crate::discovery::dht::join(&self.dht_bootstrap).map(Some)
     }
 
     /// Resolves the `--bootstrap` peers (names allowed), failing with the one that does not resolve.
@@ -162,23 +162,6 @@ pub fn dial_list(ticket: &Ticket, bootstrap: Vec<SocketAddr>, no_discovery: bool
     dial
 }
 
-/// Addresses to put in a ticket for a node bound to `local`: itself if specific; otherwise
-/// this machine's primary address (the one its default route uses) and loopback.
-pub fn advertised_addrs(local: SocketAddr) -> Vec<SocketAddr> {
-    if !local.ip().is_unspecified() {
-        return vec![local];
-    }
-    let mut out = Vec::new();
-    // Connecting a UDP socket sends nothing; it only asks the kernel which source it would use.
-    let primary =
-        std::net::UdpSocket::bind("0.0.0.0:0").and_then(|s| s.connect("192.0.2.1:9").and_then(|_| s.local_addr()));
-    if let Ok(addr) = primary {
-        out.push(SocketAddr::new(addr.ip(), local.port()));
-    }
-    out.push(SocketAddr::from(([127, 0, 0, 1], local.port())));
-    out
-}
-
 /// Parses the command line, with `--config FILE` (TOML) supplying defaults: each key is a flag
 /// name, flags given on the command line win. Exits with one line on a bad config file.
 pub fn parse<T: Parser>() -> T {
@@ -245,19 +228,6 @@ pub fn config_args(path: &Path) -> anyhow::Result<Vec<OsString>> {
     Ok(out)
 }
 
-/// Logs to stderr; RUST_LOG picks the level (default info).
-pub fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,quinn=warn,quinn_proto=warn"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(|| crate::status::LogWriter)
-        .with_ansi(ansi)
-        .init();
-}
-
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -286,7 +256,7 @@ pub fn fail(e: anyhow::Error) -> ! {
 
 /// Runs a binary's async main on a multi-thread runtime and turns its error into one line.
 pub fn run<F: std::future::Future<Output = anyhow::Result<()>>>(main: impl FnOnce() -> F) {
-    init_tracing();
+    super::log::init_tracing();
     // One thread: a node is mostly waiting on sockets and timers, and on a multi-thread
     // runtime waking tasks across threads cost a third of a relay's CPU (perf, bench-swarm).
     // Encoding runs on blocking threads of its own.

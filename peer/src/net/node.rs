@@ -9,17 +9,19 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use shoal_proto::{Chunk, Message, NodeId};
+use shoal_proto::{Chunk, Message, NodeId, close};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::link::{self, Identity, LinkHandle, Shared, close};
-use crate::pacer::Pacer;
-use crate::state::{self, Action, Event, State};
-use crate::stats::{Stats, spawn_writer};
+use shoal_core::state::{self, Action, Event, State, Verdict};
+
+use super::link::{self, Identity, Shared};
+use super::mailbox::{Input, LinkHandle};
+use super::pacer::Pacer;
+use super::stats::{Stats, spawn_writer};
 
 /// Events queued towards the core from all links together.
 const INPUT_QUEUE: usize = 4096;
@@ -44,21 +46,6 @@ pub struct NodeConfig {
     pub port_mapping: bool,
 }
 
-/// What reaches the node loop.
-pub enum Input {
-    Event(Event),
-    Linked(LinkHandle),
-    Unlinked {
-        node_id: NodeId,
-        conn_id: usize,
-    },
-    Publish(Chunk),
-    /// Addresses found elsewhere (the DHT), to dial like a ticket's.
-    Discovered(Vec<SocketAddr>),
-    /// The public address the router now forwards to this node, if any.
-    Mapped(Option<SocketAddr>),
-}
-
 pub struct Node {
     node_id: NodeId,
     local_addr: SocketAddr,
@@ -75,7 +62,7 @@ impl Node {
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no system randomness for the node key: {e}"))?;
         let node_id = NodeId(SigningKey::from_bytes(&seed).verifying_key().to_bytes());
-        let endpoint = crate::transport::endpoint(config.listen, &config.core.limits)?;
+        let endpoint = super::transport::endpoint(config.listen, &config.core.limits)?;
         let local_addr = endpoint.local_addr()?;
         let stats = Stats::new(node_id, config.core.limits.clone());
         let cancel = CancellationToken::new();
@@ -83,7 +70,7 @@ impl Node {
         let (inputs, input_rx) = mpsc::channel(INPUT_QUEUE);
         let (delivery_tx, delivery_rx) = mpsc::channel(DELIVERY_QUEUE);
 
-        let listen = crate::cli::advertised_addrs(local_addr);
+        let listen = super::transport::advertised_addrs(local_addr);
         let (listen_tx, listen_rx) = watch::channel(listen.clone());
         let identity = Identity {
             node_id,
@@ -135,11 +122,10 @@ impl Node {
                 cancel.clone(),
             ));
         }
-        if config.port_mapping && crate::portmap::applies(local_addr) {
-            tasks.spawn(crate::portmap::run(
+        if config.port_mapping && crate::discovery::portmap::applies(local_addr) {
+            tasks.spawn(crate::discovery::portmap::run(
                 local_addr,
                 inputs.clone(),
-                stats.clone(),
                 cancel.clone(),
             ));
         }
@@ -256,7 +242,7 @@ async fn run_core(
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut slow_warned = false;
-    let started_us = crate::stats::now_us();
+    let started_us = super::stats::now_us();
     loop {
         let input = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -271,8 +257,9 @@ async fn run_core(
                 core.add_peers(&addrs);
                 continue;
             }
-            Input::Mapped(external) => {
-                core.set_mapped(external);
+            Input::Mapped(mapping) => {
+                stats.set_mapping(mapping);
+                core.set_mapped(mapping.map(|m| m.external));
                 listen.send_replace(core.config().listen.clone());
                 continue;
             }
@@ -308,26 +295,23 @@ async fn run_core(
                 Event::NeighbourDown { id: node_id }
             }
         };
-        let verified_before = core.counters().verified;
         let is_tick = matches!(event, Event::Tick);
-        let header = match &event {
-            Event::Chunk { chunk, from } => Some((chunk.header, *from)),
-            _ => None,
-        };
         let actions: Vec<Action> = core.handle(event, now).collect();
-        // Latency counts chunks emitted since this node started (not the back-fill on joining).
-        if let Some((h, from)) = header
-            && h.timestamp_us >= started_us
-            && core.counters().verified > verified_before
-        {
-            let ms = stats.chunk_latency(h.timestamp_us);
-            if ms > 500.0 {
-                tracing::debug!(seq = h.seq, from = %from.short(), ms, "late chunk");
-            }
-            stats.live_chunk(h.epoch, h.seq);
-        }
         for action in actions {
             match action {
+                // Latency counts chunks emitted since this node started (not the back-fill on joining).
+                Action::Judged {
+                    from,
+                    header: h,
+                    verdict: Verdict::New,
+                } if h.timestamp_us >= started_us => {
+                    let ms = stats.chunk_latency(h.timestamp_us);
+                    if ms > 500.0 {
+                        tracing::debug!(seq = h.seq, from = %from.short(), ms, "late chunk");
+                    }
+                    stats.live_chunk(h.epoch, h.seq);
+                }
+                Action::Judged { .. } => {}
                 Action::Send { to, msg } => {
                     if let Some(link) = links.get(&to)
                         && let Err(mpsc::error::TrySendError::Full(_)) = link.control.try_send(msg)
@@ -355,22 +339,18 @@ async fn run_core(
                 Action::Dial(addr) => dialer.dial(addr),
                 Action::Disconnect { id, reason } => {
                     if let Some(link) = links.remove(&id) {
-                        tracing::info!(neighbour = %id.short(), reason, "disconnecting");
+                        let reason_text = reason.as_str();
+                        tracing::info!(neighbour = %id.short(), reason = reason_text, "disconnecting");
                         stats.closed(&link.stats);
                         let _ = core.handle(Event::NeighbourDown { id }, now).count();
-                        let code = match reason {
-                            "goodbye" => close::GOODBYE,
-                            "full" | "duplicate" => close::DUPLICATE,
-                            "silent" => close::SLOW,
-                            _ => close::BANNED,
-                        };
+                        let code = reason.close_code();
                         if code == close::BANNED {
-                            link.conn.close(code.into(), reason.as_bytes());
+                            link.conn.close(code.into(), reason_text.as_bytes());
                         } else {
                             // Let what was queued for it (addresses to try instead) go out first.
                             tokio::spawn(async move {
                                 tokio::time::sleep(Duration::from_millis(300)).await;
-                                link.conn.close(code.into(), reason.as_bytes());
+                                link.conn.close(code.into(), reason_text.as_bytes());
                             });
                         }
                     }
@@ -455,7 +435,7 @@ async fn keep_dialling(
 }
 
 async fn dial(endpoint: &quinn::Endpoint, addr: SocketAddr) -> anyhow::Result<quinn::Connection> {
-    let connecting = endpoint.connect(addr, crate::transport::SERVER_NAME)?;
+    let connecting = endpoint.connect(addr, super::transport::SERVER_NAME)?;
     Ok(tokio::time::timeout(DIAL_TIMEOUT, connecting)
         .await
         .context("timed out")??)

@@ -1,0 +1,84 @@
+//! What a simulated run is: the audience and its uplinks, the network, the stream, churn,
+//! hostile peers, and (optionally) the one machine's CPU they share.
+
+use shoal_core::limits;
+
+use super::cpu::CpuConfig;
+
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub peers: usize,
+    pub duration_s: u64,
+    pub bitrate_kbps: u64,
+    pub rtt_ms: u64,
+    pub jitter_ms: u64,
+    pub loss: f64,
+    pub churn_per_min: f64,
+    pub malicious: f64,
+    /// (share of peers, upload as a multiple of the bitrate).
+    pub upload_mix: Vec<(f64, f64)>,
+    pub source_upload_x: f64,
+    /// Peers' configs leave their upload unset (their links still have `upload_mix`'s rate).
+    pub upload_unknown: bool,
+    pub deadline_ms: u64,
+    pub seed: u64,
+    pub fps: u64,
+    pub segment_ms: u64,
+    /// Peers join spread over the first this-many seconds.
+    pub join_spread_s: u64,
+    /// How long a vanished neighbour takes to notice (the nodes' QUIC idle timeout).
+    pub detect_ms: u64,
+    /// Every node shares this machine's cores (None: each has its own).
+    pub cpu: Option<CpuConfig>,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            peers: 100,
+            duration_s: 120,
+            bitrate_kbps: 2000,
+            rtt_ms: 50,
+            jitter_ms: 10,
+            loss: 0.0,
+            churn_per_min: 0.0,
+            malicious: 0.0,
+            upload_mix: vec![(0.3, 0.5), (0.5, 2.0), (0.2, 5.0)],
+            source_upload_x: 5.0,
+            upload_unknown: false,
+            deadline_ms: 3000,
+            seed: 1,
+            fps: 30,
+            segment_ms: 1000,
+            join_spread_s: 10,
+            detect_ms: limits::IDLE_TIMEOUT.as_millis() as u64,
+            cpu: None,
+        }
+    }
+}
+
+/// Parses `0.3:0.5,0.5:2,0.2:5`.
+pub fn parse_upload_mix(s: &str) -> Result<Vec<(f64, f64)>, String> {
+    let mix: Vec<(f64, f64)> = s
+        .split(',')
+        .map(|part| {
+            let (share, multiple) = part
+                .split_once(':')
+                .ok_or_else(|| format!("{part:?} is not share:multiple"))?;
+            Ok((
+                share.trim().parse().map_err(|_| format!("bad share {share:?}"))?,
+                multiple
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("bad multiple {multiple:?}"))?,
+            ))
+        })
+        .collect::<Result<_, String>>()?;
+    let total: f64 = mix.iter().map(|m| m.0).sum();
+    if mix.is_empty() || (total - 1.0).abs() > 0.01 || mix.iter().any(|m| m.0 < 0.0 || m.1 < 0.0) {
+        return Err(format!(
+            "upload mix shares must be ≥ 0 and add up to 1 (they add up to {total})"
+        ));
+    }
+    Ok(mix)
+}

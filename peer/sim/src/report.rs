@@ -1,0 +1,226 @@
+//! What a run measured, observed by the harness (never reported by the peers): the JSON
+//! object `shoal-sim` prints, with the definitions of DESIGN.md.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::cpu::CpuReport;
+use super::{HISTOGRAM_MS, Role, SOURCE, Sim, index_of};
+
+/// One run's results; `shoal-sim` prints it as one JSON object.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Report {
+    pub peers: usize,
+    pub duration_s: u64,
+    /// Chunks a peer held within the deadline, over chunks emitted while it was online after
+    /// its startup.
+    pub delivery_ratio: f64,
+    /// Chunk timestamp → a peer holds it verified, over delivered chunks.
+    pub latency_ms: Latency,
+    /// Join → the peer holds a whole segment that starts with a keyframe.
+    pub startup_ms: Startup,
+    /// Bytes the source sent / stream bytes produced.
+    pub source_upload_ratio: f64,
+    pub max_peer_upload_ratio: f64,
+    /// DATA bytes received twice / useful DATA bytes.
+    pub duplicate_ratio: f64,
+    /// Non-DATA message bytes / DATA bytes (QUIC's own headers and ACKs not counted).
+    pub control_overhead_ratio: f64,
+    pub forged_delivered: u64,
+    /// Duplicates sent by the stripe's own parent / useful DATA bytes.
+    pub duplicate_from_parent_ratio: f64,
+    /// Chunks dropped in an uplink queue past their deadline.
+    pub expired_in_queue: u64,
+    /// Peers that ever joined (churn adds fresh ones).
+    pub nodes_total: usize,
+    pub source_upload_bps: u64,
+    pub wall_s: f64,
+    /// Only when the shared CPU is modelled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuReport>,
+}
+
+impl std::fmt::Display for Report {
+    /// One line of JSON, as `shoal-sim` prints it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let json = serde_json::to_string(self).map_err(|_| std::fmt::Error)?;
+        f.write_str(&json)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Latency {
+    pub p50: u64,
+    pub p95: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Startup {
+    pub p50: u64,
+    pub p95: u64,
+}
+
+impl Sim {
+    pub(crate) fn observe_delivery(&mut self, n: usize, timestamp_us: u64) {
+        let node = &mut self.nodes[n];
+        let emitted_at = timestamp_us.saturating_sub(1_000_000);
+        if emitted_at < node.joined_us {
+            return; // back-fill of what was sent before it joined
+        }
+        let latency_us = self.now.saturating_sub(emitted_at);
+        self.delivered += 1;
+        self.latency_ms[((latency_us / 1000) as usize).min(HISTOGRAM_MS)] += 1;
+        if node.startup_us.is_some_and(|s| emitted_at >= s) && latency_us <= self.cfg.deadline_ms * 1000 {
+            node.on_time += 1;
+        }
+    }
+
+    pub(crate) fn report(&self, wall: Duration) -> Report {
+        let end = self.cfg.duration_s * 1_000_000;
+        let deadline = self.cfg.deadline_ms * 1000;
+        let (mut expected, mut on_time, mut startups) = (0u64, 0u64, Vec::new());
+        let mut max_peer_upload: f64 = 0.0;
+        let bytes_per_us = self.stream_bytes as f64 / end.max(1) as f64;
+        for node in self.nodes.iter().skip(1) {
+            if matches!(node.role, Role::Evil(_)) || (node.joined_us == 0 && !node.online && node.left_us.is_none()) {
+                continue;
+            }
+            let online_until = node.left_us.unwrap_or(end);
+            if std::env::var_os("SHOAL_SIM_DEBUG").is_some()
+                && let Role::Honest(state) = &node.role
+            {
+                eprintln!(
+                    "{} up {:.1}x expired {} joined {} startup {:?} on_time {} neighbours {} children {} depths {:?} parents {:?} counters {:?}",
+                    node.addr,
+                    node.upload_bps / (self.cfg.bitrate_kbps as f64 * 1000.0),
+                    node.uplink.expired,
+                    node.joined_us / 1000,
+                    node.startup_us.map(|s| s / 1000),
+                    node.on_time,
+                    state.neighbours().count(),
+                    state.children(),
+                    state.depths(),
+                    state
+                        .parents()
+                        .iter()
+                        .map(|p| p.map(|id| index_of(&id)))
+                        .collect::<Vec<_>>(),
+                    state.counters()
+                );
+            }
+            if let Some(start) = node.startup_us {
+                let to = online_until.saturating_sub(deadline);
+                if to > start {
+                    let lo = self.emitted.partition_point(|ts| ts - 1_000_000 < start);
+                    let hi = self.emitted.partition_point(|ts| ts - 1_000_000 < to);
+                    expected += hi.saturating_sub(lo) as u64;
+                    on_time += node.on_time.min(hi.saturating_sub(lo) as u64);
+                    if std::env::var_os("SHOAL_SIM_DEBUG").is_some() && node.on_time < (hi - lo) as u64 {
+                        eprintln!(
+                            "MISS {} up {:.1}x joined {} startup {} missed {} of {}",
+                            node.addr,
+                            node.upload_bps / (self.cfg.bitrate_kbps as f64 * 1000.0),
+                            node.joined_us / 1000,
+                            start / 1000,
+                            (hi - lo) as u64 - node.on_time,
+                            hi - lo
+                        );
+                    }
+                }
+                startups.push(start - node.joined_us);
+            } else if online_until.saturating_sub(node.joined_us) > 10_000_000 {
+                // Online for ten seconds and never started: everything it should have had is missed.
+                let lo = self
+                    .emitted
+                    .partition_point(|ts| ts - 1_000_000 < node.joined_us + 5_000_000);
+                let hi = self
+                    .emitted
+                    .partition_point(|ts| ts - 1_000_000 < online_until.saturating_sub(deadline));
+                expected += hi.saturating_sub(lo) as u64;
+            }
+            let online_s = online_until.saturating_sub(node.joined_us) as f64;
+            if online_s > 5e6 {
+                max_peer_upload =
+                    max_peer_upload.max((node.sent_data + node.sent_control) as f64 / (bytes_per_us * online_s));
+            }
+        }
+        let source = &self.nodes[SOURCE];
+        let data_sent: u64 = self.nodes.iter().map(|n| n.sent_data).sum();
+        let control_sent: u64 = self
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.role, Role::Honest(_)))
+            .map(|n| n.sent_control)
+            .sum();
+        startups.sort_unstable();
+        let pct = |v: &[u64], q: f64| {
+            v.get(((v.len().max(1) - 1) as f64 * q).round() as usize)
+                .copied()
+                .unwrap_or(0)
+                / 1000
+        };
+        let cpu = self.cpu.as_ref().map(|cpu| {
+            let peers = self.nodes.iter().skip(1).filter(|n| n.joined_us > 0 || n.online);
+            let (busy, seconds) = peers.fold((0.0, 0.0), |(b, s), n| {
+                (
+                    b + n.cpu_us,
+                    s + n.left_us.unwrap_or(end).saturating_sub(n.joined_us) as f64 / 1e6,
+                )
+            });
+            cpu.report(end, busy, seconds)
+        });
+        Report {
+            peers: self.cfg.peers,
+            duration_s: self.cfg.duration_s,
+            delivery_ratio: round(on_time as f64 / expected.max(1) as f64, 5),
+            latency_ms: Latency {
+                p50: self.histogram_pct(0.50),
+                p95: self.histogram_pct(0.95),
+                p99: self.histogram_pct(0.99),
+                max: self.histogram_pct(1.0),
+            },
+            startup_ms: Startup {
+                p50: pct(&startups, 0.5),
+                p95: pct(&startups, 0.95),
+            },
+            source_upload_ratio: round(
+                (source.sent_data + source.sent_control) as f64 / self.stream_bytes.max(1) as f64,
+                3,
+            ),
+            max_peer_upload_ratio: round(max_peer_upload, 3),
+            duplicate_ratio: round(self.duplicate_data as f64 / self.useful_data.max(1) as f64, 4),
+            control_overhead_ratio: round(control_sent as f64 / data_sent.max(1) as f64, 4),
+            forged_delivered: self.forged_delivered,
+            duplicate_from_parent_ratio: round(self.dup_from_parent as f64 / self.useful_data.max(1) as f64, 4),
+            expired_in_queue: self.nodes.iter().map(|n| n.uplink.expired).sum::<u64>(),
+            nodes_total: self.nodes.len() - 1,
+            source_upload_bps: source.upload_bps as u64,
+            wall_s: round(wall.as_secs_f64(), 2),
+            cpu,
+        }
+    }
+
+    fn histogram_pct(&self, q: f64) -> u64 {
+        let total: u64 = self.latency_ms.iter().sum();
+        if total == 0 {
+            return 0;
+        }
+        let target = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (ms, count) in self.latency_ms.iter().enumerate() {
+            seen += count;
+            if seen >= target {
+                return ms as u64;
+            }
+        }
+        HISTOGRAM_MS as u64
+    }
+}
+
+pub(crate) fn round(x: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (x * f).round() / f
+}
