@@ -3,12 +3,14 @@
 //! Honest nodes stay far inside these bounds; a breach is handled like a forged chunk (the
 //! neighbour is dropped and banned by node ID), since it costs us work for nothing.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use shoal_proto::Message;
 use shoal_proto::message::SeqRange;
 
-use super::{Reject, State};
+use super::Reject;
+use super::neighbourhood::Neighbour;
+use crate::limits::Limits;
 use crate::seqset;
 
 /// A token bucket: `rate` tokens per second, holding up to two seconds' worth.
@@ -40,64 +42,49 @@ fn seqs_named(ranges: &[SeqRange]) -> u64 {
     ranges.iter().map(|r| u64::from(r.len)).sum()
 }
 
-impl State {
-    /// Charges a control message to its sender's budgets and checks what it claims.
-    pub(super) fn police_control(
-        &mut self,
-        from: shoal_proto::NodeId,
-        msg: &Message,
-        now: Instant,
-    ) -> Result<(), Reject> {
-        let limits = &self.config.limits;
-        let (control_rate, request_rate) = (limits.control_per_s, limits.requested_per_s);
-        // Judged by chunks actually received (HAVEs are what is being checked).
-        let flowing = self
-            .last_new_chunk
-            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1));
-        let newest = self
-            .window
-            .live_epoch()
-            .and_then(|e| Some((e, self.window.newest_seq(e)?)));
-        let Some(n) = self.neighbours.get_mut(&from) else {
-            return Ok(());
-        };
-        if !n.control_budget.take(1, control_rate, now) {
-            return Err(Reject::ControlFlood);
-        }
-        match msg {
-            Message::Request { ranges, .. } if !n.request_budget.take(seqs_named(ranges), request_rate, now) => {
-                Err(Reject::RequestFlood)
-            }
-            // While our stream flows we are within seconds of the live edge: a chunk further
-            // ahead than a neighbour's holdings are even tracked does not exist yet.
-            Message::Have { epoch, ranges }
-                if flowing
-                    && newest.is_some_and(|(live, held)| {
-                        *epoch == live
-                            && ranges
-                                .iter()
-                                .any(|r| r.start.saturating_add(u64::from(r.len)) > held + seqset::MAX_SPAN)
-                    }) =>
-            {
-                Err(Reject::FalseHave)
-            }
-            _ => Ok(()),
-        }
+/// Charges a control message to its sender's budgets and checks what it claims.
+/// `live_edge` is our live epoch and newest seq while our own stream flows (HAVEs are what is
+/// being checked, so it is judged by chunks actually received).
+pub(super) fn police_control(
+    n: &mut Neighbour,
+    msg: &Message,
+    limits: &Limits,
+    live_edge: Option<(u64, u64)>,
+    now: Instant,
+) -> Result<(), Reject> {
+    if !n.control_budget.take(1, limits.control_per_s, now) {
+        return Err(Reject::ControlFlood);
     }
+    match msg {
+        Message::Request { ranges, .. } if !n.request_budget.take(seqs_named(ranges), limits.requested_per_s, now) => {
+            Err(Reject::RequestFlood)
+        }
+        // While our stream flows we are within seconds of the live edge: a chunk further
+        // ahead than a neighbour's holdings are even tracked does not exist yet.
+        Message::Have { epoch, ranges }
+            if live_edge.is_some_and(|(live, held)| {
+                *epoch == live
+                    && ranges
+                        .iter()
+                        .any(|r| r.start.saturating_add(u64::from(r.len)) > held + seqset::MAX_SPAN)
+            }) =>
+        {
+            Err(Reject::FalseHave)
+        }
+        _ => Ok(()),
+    }
+}
 
-    /// Counts a chunk from outside the window against its sender.
-    pub(super) fn police_stale(&mut self, from: shoal_proto::NodeId, now: Instant) -> Result<(), Reject> {
-        let rate = self.config.limits.stale_per_s;
-        let within = self
-            .neighbours
-            .get_mut(&from)
-            .is_none_or(|n| n.stale_budget.take(1, rate, now));
-        if within { Ok(()) } else { Err(Reject::Stale) }
-    }
+/// Counts a chunk from outside the window against its sender.
+pub(super) fn police_stale(n: Option<&mut Neighbour>, limits: &Limits, now: Instant) -> Result<(), Reject> {
+    let within = n.is_none_or(|n| n.stale_budget.take(1, limits.stale_per_s, now));
+    if within { Ok(()) } else { Err(Reject::Stale) }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

@@ -7,9 +7,11 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use rustc_hash::FxHashMap as HashMap;
 use shoal_proto::{Message, NodeId};
 
-use super::{Action, State};
+use super::neighbourhood::Neighbourhood;
+use super::{Action, Counters, Outbox};
 
 /// A punch that has not connected in this long failed.
 const PUNCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -19,77 +21,98 @@ const PUNCHES_IN_FLIGHT: usize = 4;
 /// Addresses of a PUNCH dialled at most.
 const PUNCH_ADDRS: usize = 2;
 
-impl State {
+#[derive(Debug, Default)]
+pub(super) struct Punches {
+    /// Address learnt by peer exchange → (the neighbour that told us, the node there).
+    introduced: HashMap<SocketAddr, (NodeId, NodeId)>,
+    /// Peers we are punching towards, since when.
+    punching: HashMap<NodeId, Instant>,
+}
+
+impl Punches {
+    /// Neighbour `by` told us `node` is at `addr`: it can introduce us if dialling fails.
+    pub fn introduced_by(&mut self, by: NodeId, addr: SocketAddr, node: NodeId, max: usize) {
+        if self.introduced.len() < max {
+            self.introduced.insert(addr, (by, node));
+        }
+    }
+
+    /// Forgets introductions to addresses no longer kept.
+    pub fn retain_known(&mut self, view: &Neighbourhood) {
+        self.introduced.retain(|addr, _| view.is_passive(addr));
+    }
+
     /// A dial to `addr` failed. If a neighbour introduced that peer, ask it to have the peer
     /// dial us, and dial again at once; true if so (then it is not a failure yet).
-    pub(super) fn punch_after_failed_dial(&mut self, addr: SocketAddr, now: Instant) -> bool {
+    pub fn after_failed_dial(
+        &mut self,
+        addr: SocketAddr,
+        view: &Neighbourhood,
+        now: Instant,
+        out: &mut Outbox,
+    ) -> bool {
         let Some((introducer, target)) = self.introduced.remove(&addr) else {
             return false;
         };
-        if !self.neighbours.contains_key(&introducer)
-            || self.neighbours.contains_key(&target)
-            || self.punching.len() >= PUNCHES_IN_FLIGHT
-        {
+        if !view.contains(&introducer) || view.contains(&target) || self.punching.len() >= PUNCHES_IN_FLIGHT {
             return false;
         }
         self.punching.insert(target, now);
-        self.counters.punch_attempts += 1;
-        self.actions.push(Action::Send {
-            to: introducer,
-            msg: Message::Introduce { target },
-        });
+        out.counters.punch_attempts += 1;
+        out.send(introducer, Message::Introduce { target });
         // Not counted among the dials in flight: finding other neighbours goes on meanwhile.
-        self.actions.push(Action::Dial(addr));
+        out.push(Action::Dial(addr));
         true
     }
 
     /// `from` asks to be introduced to our neighbour `target`: tell `target` where we see
     /// `from` (its NAT's address for it) and where it listens.
-    pub(super) fn on_introduce(&mut self, from: NodeId, target: NodeId) {
-        if from == target || !self.neighbours.contains_key(&target) {
+    pub fn on_introduce(&self, from: NodeId, target: NodeId, view: &Neighbourhood, out: &mut Outbox) {
+        if from == target || !view.contains(&target) {
             return;
         }
-        let Some(addrs) = self.neighbours.get(&from).map(|n| n.reachable_addrs()) else {
+        let Some(addrs) = view.get(&from).map(|n| n.reachable_addrs()) else {
             return;
         };
-        self.counters.introductions += 1;
-        self.actions.push(Action::Send {
-            to: target,
-            msg: Message::Punch { peer: from, addrs },
-        });
+        out.counters.introductions += 1;
+        out.send(target, Message::Punch { peer: from, addrs });
     }
 
-    /// A neighbour says `peer` is dialling us now: dial it back at once.
-    pub(super) fn on_punch(&mut self, peer: NodeId, addrs: &[SocketAddr], now: Instant) {
-        if peer == self.me
-            || self.is_banned(&peer, now)
-            || self.neighbours.contains_key(&peer)
-            || self.punching.len() >= PUNCHES_IN_FLIGHT
-        {
+    /// A neighbour says `peer` (not us) is dialling us now: dial it back at once (at most
+    /// `PUNCH_ADDRS` of its addresses, none of our own).
+    pub fn on_punch(
+        &mut self,
+        peer: NodeId,
+        addrs: &[SocketAddr],
+        own: &[SocketAddr],
+        view: &mut Neighbourhood,
+        now: Instant,
+        out: &mut Outbox,
+    ) {
+        if view.is_banned(&peer, now) || view.contains(&peer) || self.punching.len() >= PUNCHES_IN_FLIGHT {
             return;
         }
         self.punching.insert(peer, now);
-        self.counters.punch_attempts += 1;
+        out.counters.punch_attempts += 1;
         for addr in addrs.iter().take(PUNCH_ADDRS) {
-            if !self.config.listen.contains(addr) && !self.dialling.contains_key(addr) {
-                self.dialling.insert(*addr, now);
-                self.actions.push(Action::Dial(*addr));
+            if !own.contains(addr) && view.dialling_to(*addr, now) {
+                out.push(Action::Dial(*addr));
             }
         }
     }
 
     /// A neighbour came up: if we were punching towards it, that worked.
-    pub(super) fn note_punch_success(&mut self, id: NodeId) {
+    pub fn connected(&mut self, id: NodeId, counters: &mut Counters) {
         if self.punching.remove(&id).is_some() {
-            self.counters.punch_succeeded += 1;
+            counters.punch_succeeded += 1;
         }
     }
 
     /// Punches that never connected are counted as failed.
-    pub(super) fn expire_punches(&mut self, now: Instant) {
+    pub fn expire(&mut self, now: Instant, counters: &mut Counters) {
         let before = self.punching.len();
         self.punching
             .retain(|_, since| now.duration_since(*since) < PUNCH_TIMEOUT);
-        self.counters.punch_failed += (before - self.punching.len()) as u64;
+        counters.punch_failed += (before - self.punching.len()) as u64;
     }
 }

@@ -233,6 +233,23 @@ impl DisconnectReason {
     }
 }
 
+/// What handling an event produces: actions for the driver, and the counters it moved.
+#[derive(Debug, Default)]
+pub(super) struct Outbox {
+    pub actions: Vec<Action>,
+    pub counters: Counters,
+}
+
+impl Outbox {
+    pub fn push(&mut self, action: Action) {
+        self.actions.push(action);
+    }
+
+    pub fn send(&mut self, to: NodeId, msg: Message) {
+        self.actions.push(Action::Send { to, msg });
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
     pub verified: u64,

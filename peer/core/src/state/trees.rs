@@ -2,14 +2,19 @@
 //! flows down its own tree. A node picks, per stripe, the neighbour closest to the source
 //! that has room as its parent (GRAFT), takes children while its upload allows, and
 //! replaces a parent that goes quiet. The source takes one child per stripe, so it uploads
-//! about one copy of the stream however large the audience.
+//! about one copy of the stream however large the audience. Depths and room are told to
+//! neighbours in STATUS.
 
 use std::time::{Duration, Instant};
 
+use rustc_hash::FxHashMap as HashMap;
 use shoal_proto::message::NO_DEPTH;
 use shoal_proto::{Message, NodeId};
 
-use super::{Action, State};
+use super::meter::StreamMeter;
+use super::neighbourhood::{Neighbour, Neighbourhood};
+use super::{Config, Outbox};
+use crate::window::Window;
 
 /// A stripe deeper than this is treated as cut off (ends count-to-infinity loops).
 const MAX_DEPTH: u8 = 32;
@@ -17,8 +22,6 @@ const MAX_DEPTH: u8 = 32;
 const GRAFT_TIMEOUT: Duration = Duration::from_millis(1500);
 /// A neighbour that refused or failed as parent is not asked again for this long.
 const PARENT_COOLDOWN: Duration = Duration::from_secs(5);
-/// A neighbour counts as on the stream if it announced a fresh chunk this recently.
-const FRESH_WITHIN: Duration = Duration::from_secs(2);
 /// A neighbour that claims a place in the trees has shown a chunk by now: it announces what it
 /// gets every `have_interval`, and a newcomer lacks everything.
 const PROOF_WITHIN: Duration = Duration::from_secs(1);
@@ -26,109 +29,181 @@ const PROOF_WITHIN: Duration = Duration::from_secs(1);
 const CLIMB_INTERVAL: Duration = Duration::from_secs(3);
 /// After finding no better parent, how long before looking again.
 const CLIMB_RETRY: Duration = Duration::from_millis(500);
+/// STATUS changes are told at most this often (and unchanged ones every `status_interval`).
+const STATUS_MIN_GAP: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Default)]
-pub(super) struct Stripe {
-    pub parent: Option<NodeId>,
+struct Stripe {
+    parent: Option<NodeId>,
     /// When the parent last pushed a new chunk of this stripe (or when it was grafted).
-    pub parent_active: Option<Instant>,
-    pub children: Vec<NodeId>,
-    /// Newest seq of this stripe held.
-    pub newest: Option<u64>,
-    /// Seqs of this stripe up to here were checked for a stall (each is checked once).
-    pub stall_checked: Option<u64>,
+    parent_active: Option<Instant>,
+    children: Vec<NodeId>,
     /// When a chunk of this stripe newer than the parent's last one arrived from elsewhere.
-    pub overtaken: Option<Instant>,
+    overtaken: Option<Instant>,
     /// No climbing attempt before this (one just went out, or none was better).
-    pub climb_after: Option<Instant>,
+    climb_after: Option<Instant>,
     /// The parent has delivered a chunk of this stripe since it was chosen.
-    pub delivering: bool,
+    delivering: bool,
     /// A closer parent grafted onto, not yet delivering (make-before-break).
-    pub pending: Option<(NodeId, Instant)>,
+    pending: Option<(NodeId, Instant)>,
 }
 
-impl State {
-    pub(super) fn stripe_of(&self, seq: u64) -> usize {
-        (seq % u64::from(self.config.stripes.max(1))) as usize
+impl Stripe {
+    fn is_pending(&self, id: NodeId) -> bool {
+        self.pending.is_some_and(|(p, _)| p == id)
+    }
+}
+
+/// What the trees consult elsewhere in the node, read-only.
+pub(super) struct Ctx<'a> {
+    pub config: &'a Config,
+    pub meter: &'a StreamMeter,
+    pub view: &'a Neighbourhood,
+}
+
+pub(super) struct Trees {
+    stripes: Vec<Stripe>,
+    /// (neighbour, stripe) → when it refused or failed as parent.
+    cooldown: HashMap<(NodeId, u8), Instant>,
+    /// Depths or room changed since the last STATUS.
+    status_dirty: bool,
+    last_status: (Vec<u8>, usize),
+    last_status_at: Option<Instant>,
+}
+
+impl Trees {
+    pub fn new(stripes: u8) -> Self {
+        Trees {
+            stripes: (0..stripes.max(1)).map(|_| Stripe::default()).collect(),
+            cooldown: HashMap::default(),
+            status_dirty: true,
+            last_status: (Vec::new(), 0),
+            last_status_at: None,
+        }
+    }
+
+    /// The one place seqs are mapped to stripes.
+    pub fn stripe_of(&self, seq: u64) -> usize {
+        (seq % self.stripes.len() as u64) as usize
+    }
+
+    /// Parent per stripe (`None` where the stripe is orphaned).
+    pub fn parents(&self) -> Vec<Option<NodeId>> {
+        self.stripes.iter().map(|s| s.parent).collect()
+    }
+
+    pub fn parent(&self, s: usize) -> Option<NodeId> {
+        self.stripes[s].parent
+    }
+
+    pub fn is_orphaned(&self) -> bool {
+        self.stripes.iter().any(|s| s.parent.is_none())
+    }
+
+    pub fn children_total(&self) -> usize {
+        self.stripes.iter().map(|s| s.children.len()).sum()
+    }
+
+    pub fn children(&self, s: usize) -> &[NodeId] {
+        &self.stripes[s].children
+    }
+
+    /// A child of ours in some stripe.
+    pub fn is_child(&self, id: &NodeId) -> bool {
+        self.stripes.iter().any(|s| s.children.contains(id))
+    }
+
+    /// Parent, pending parent or child of ours in some stripe.
+    pub fn involves(&self, id: &NodeId) -> bool {
+        self.stripes
+            .iter()
+            .any(|s| s.parent == Some(*id) || s.children.contains(id) || s.is_pending(*id))
+    }
+
+    /// Whether the parent of stripe `s` delivered within `within`.
+    pub fn parent_delivered_within(&self, s: usize, now: Instant, within: Duration) -> bool {
+        self.stripes[s]
+            .parent_active
+            .is_some_and(|t| now.duration_since(t) < within)
     }
 
     /// Hop count from the source in `stripe` (0 at the source).
-    pub(super) fn depth(&self, stripe: usize) -> u8 {
-        if self.config.source {
+    pub fn depth(&self, s: usize, config: &Config, view: &Neighbourhood) -> u8 {
+        if config.source {
             return 0;
         }
-        let Some(parent) = self.stripes[stripe].parent else {
+        let Some(parent) = self.stripes[s].parent else {
             return NO_DEPTH;
         };
         // Depth is earned: until the parent has delivered, this node is not really on the tree
         // (and a lying neighbour's claims do not spread through it).
-        if !self.stripes[stripe].delivering {
+        if !self.stripes[s].delivering {
             return NO_DEPTH;
         }
-        match self.neighbours.get(&parent).map(|n| n.depths[stripe]) {
+        match view.get(&parent).map(|n| n.depths[s]) {
             Some(d) if d < MAX_DEPTH => d + 1,
             _ => NO_DEPTH,
         }
     }
 
+    pub fn depths(&self, config: &Config, view: &Neighbourhood) -> Vec<u8> {
+        (0..self.stripes.len()).map(|s| self.depth(s, config, view)).collect()
+    }
+
     /// Children this node can feed in all, in stripe units (one child of one stripe).
-    pub(super) fn slots(&self) -> usize {
-        if self.config.source {
-            return self.config.source_fanout * usize::from(self.config.stripes);
+    pub fn slots(&self, config: &Config, stream_bps: Option<f64>) -> usize {
+        if config.source {
+            return config.source_fanout * usize::from(config.stripes);
         }
-        match (self.config.upload_bps, self.stream_bps()) {
+        match (config.upload_bps, stream_bps) {
             (Some(cap), Some(rate)) if rate > 0.0 => {
-                let per_child = rate / f64::from(self.config.stripes);
-                let slots = ((cap as f64 * (1.0 - self.config.upload_reserve)) / per_child).floor() as usize;
+                let per_child = rate / f64::from(config.stripes);
+                let slots = ((cap as f64 * (1.0 - config.upload_reserve)) / per_child).floor() as usize;
                 // A node that cannot pass on one whole copy stays a leaf: a weak link inside a
                 // tree would make it deep, and its upload is better spent on repairs.
-                if slots < usize::from(self.config.stripes) {
-                    0
-                } else {
-                    slots
-                }
+                if slots < usize::from(config.stripes) { 0 } else { slots }
             }
             // Until the stream's rate is known, a capped node takes no children.
             (Some(_), _) => 0,
-            (None, _) => self.config.default_slots,
+            (None, _) => config.default_slots,
         }
     }
 
-    fn children_total(&self) -> usize {
-        self.stripes.iter().map(|s| s.children.len()).sum()
+    pub fn free_slots(&self, config: &Config, stream_bps: Option<f64>) -> usize {
+        self.slots(config, stream_bps).saturating_sub(self.children_total())
     }
 
-    pub(super) fn free_slots(&self) -> usize {
-        self.slots().saturating_sub(self.children_total())
+    fn max_children(config: &Config) -> usize {
+        if config.source {
+            config.source_fanout
+        } else {
+            config.max_children_per_stripe
+        }
     }
 
-    pub(super) fn on_graft(&mut self, from: NodeId, stripe: u8) {
+    pub fn on_graft(&mut self, from: NodeId, stripe: u8, cx: &Ctx, out: &mut Outbox) {
         let s = usize::from(stripe);
         let ok = s < self.stripes.len()
-            && self.depth(s) < MAX_DEPTH
+            && self.depth(s, cx.config, cx.view) < MAX_DEPTH
             && self.stripes[s].parent != Some(from)
-            && self.stripes[s].pending.is_none_or(|(p, _)| p != from)
+            && !self.stripes[s].is_pending(from)
             && !self.stripes[s].children.contains(&from)
-            && self.stripes[s].children.len() < self.max_children(s)
-            && self.free_slots() > 0;
+            && self.stripes[s].children.len() < Self::max_children(cx.config)
+            && self.free_slots(cx.config, cx.meter.bps()) > 0;
         if !ok {
             if s < self.stripes.len() && self.stripes[s].children.contains(&from) {
                 return;
             }
-            if !(s < self.stripes.len() && self.make_room(from, s)) {
-                self.actions.push(Action::Send {
-                    to: from,
-                    msg: Message::Prune { stripe },
-                });
+            if !(s < self.stripes.len() && self.make_room(from, s, cx, out)) {
+                out.send(from, Message::Prune { stripe });
                 return;
             }
         }
         // Children that upload most come first in the push order: their subtrees wait on them.
-        let strength = |id: &NodeId| self.neighbours.get(id).map_or(0, |n| n.upload_kbps);
         let at = self.stripes[s]
             .children
             .iter()
-            .position(|c| strength(c) < strength(&from));
+            .position(|c| cx.view.strength(c) < cx.view.strength(&from));
         let at = at.unwrap_or(self.stripes[s].children.len());
         self.stripes[s].children.insert(at, from);
         self.status_dirty = true;
@@ -138,14 +213,14 @@ impl State {
     /// this stripe, or by a comparable one while a child takes several stripes from us: let
     /// the newcomer in and send the displaced child to find another parent. Strong uploaders
     /// end up near the source, trees stay shallow, and stripes spread over different nodes.
-    fn make_room(&mut self, from: NodeId, s: usize) -> bool {
-        if self.depth(s) >= MAX_DEPTH
+    fn make_room(&mut self, from: NodeId, s: usize, cx: &Ctx, out: &mut Outbox) -> bool {
+        if self.depth(s, cx.config, cx.view) >= MAX_DEPTH
             || self.stripes[s].parent == Some(from)
-            || self.stripes[s].pending.is_some_and(|(p, _)| p == from)
+            || self.stripes[s].is_pending(from)
         {
             return false;
         }
-        let strength = |id: &NodeId| self.neighbours.get(id).map_or(0, |n| n.upload_kbps);
+        let strength = |id: &NodeId| cx.view.strength(id);
         // How many other stripes a child already takes from us.
         let others = |id: &NodeId| {
             (0..self.stripes.len())
@@ -189,22 +264,11 @@ impl State {
             }
         };
         let displaced = self.stripes[s].children.remove(i);
-        self.actions.push(Action::Send {
-            to: displaced,
-            msg: Message::Prune { stripe: s as u8 },
-        });
+        out.send(displaced, Message::Prune { stripe: s as u8 });
         true
     }
 
-    fn max_children(&self, _stripe: usize) -> usize {
-        if self.config.source {
-            self.config.source_fanout
-        } else {
-            self.config.max_children_per_stripe
-        }
-    }
-
-    pub(super) fn on_prune(&mut self, from: NodeId, stripe: u8, now: Instant) {
+    pub fn on_prune(&mut self, from: NodeId, stripe: u8, now: Instant) {
         let s = usize::from(stripe);
         if s >= self.stripes.len() {
             return;
@@ -212,7 +276,7 @@ impl State {
         if self.stripes[s].parent == Some(from) {
             self.drop_parent(s, now);
         }
-        if self.stripes[s].pending.is_some_and(|(p, _)| p == from) {
+        if self.stripes[s].is_pending(from) {
             self.stripes[s].pending = None;
         }
         let before = self.stripes[s].children.len();
@@ -233,9 +297,10 @@ impl State {
         self.status_dirty = true;
     }
 
-    pub(super) fn forget_in_trees(&mut self, id: NodeId) {
+    /// A neighbour is gone: it is no parent or child of ours any more.
+    pub fn forget(&mut self, id: NodeId) {
         for stripe in &mut self.stripes {
-            if stripe.pending.is_some_and(|(p, _)| p == id) {
+            if stripe.is_pending(id) {
                 stripe.pending = None;
             }
             if stripe.parent == Some(id) {
@@ -249,26 +314,23 @@ impl State {
         self.status_dirty = true;
     }
 
-    /// A new chunk of `stripe` arrived from `from`: keeps the parent's liveness up to date.
-    pub(super) fn note_stripe_chunk(&mut self, s: usize, from: Option<NodeId>, seq: u64, now: Instant) {
+    /// A new chunk of stripe `s` arrived from `from`: keeps the parent's liveness up to date,
+    /// and switches to a pending closer parent once it delivers.
+    pub fn note_chunk(&mut self, s: usize, from: Option<NodeId>, now: Instant, out: &mut Outbox) {
         let stripe = &mut self.stripes[s];
-        stripe.newest = Some(stripe.newest.map_or(seq, |n| n.max(seq)));
         if let Some((pending, _)) = stripe.pending
             && from == Some(pending)
         {
             // The closer parent delivers: switch to it and release the old one.
             stripe.pending = None;
             if let Some(old) = stripe.parent.replace(pending) {
-                self.actions.push(Action::Send {
-                    to: old,
-                    msg: Message::Prune { stripe: s as u8 },
-                });
+                out.send(old, Message::Prune { stripe: s as u8 });
             }
             stripe.parent_active = Some(now);
             stripe.overtaken = None;
             stripe.delivering = true;
             self.status_dirty = true;
-            self.counters.parent_changes += 1;
+            out.counters.parent_changes += 1;
             return;
         }
         if from.is_some() && from == stripe.parent {
@@ -284,9 +346,11 @@ impl State {
     }
 
     /// Sheds children beyond what the upload allows (the newest first), replaces quiet
-    /// parents, climbs towards the source, and finds parents for orphaned stripes.
-    pub(super) fn maintain_trees(&mut self, now: Instant) {
-        let slots = self.slots();
+    /// parents, climbs towards the source, and finds parents for orphaned stripes. Returns the
+    /// parents that took a GRAFT and never delivered (black holes, or as bad).
+    pub fn maintain(&mut self, now: Instant, cx: &Ctx, out: &mut Outbox) -> Vec<NodeId> {
+        let mut failed = Vec::new();
+        let slots = self.slots(cx.config, cx.meter.bps());
         while self.children_total() > slots {
             let Some(s) = (0..self.stripes.len()).max_by_key(|s| self.stripes[*s].children.len()) else {
                 break;
@@ -294,94 +358,65 @@ impl State {
             let Some(child) = self.stripes[s].children.pop() else {
                 break;
             };
-            self.actions.push(Action::Send {
-                to: child,
-                msg: Message::Prune { stripe: s as u8 },
-            });
+            out.send(child, Message::Prune { stripe: s as u8 });
             self.status_dirty = true;
         }
-        if self.config.source {
-            return;
+        if cx.config.source {
+            return failed;
         }
         self.cooldown.retain(|_, at| now.duration_since(*at) < PARENT_COOLDOWN);
         for s in 0..self.stripes.len() {
             if let Some(parent) = self.stripes[s].parent {
-                let quiet = self.stripes[s]
+                let stripe = &self.stripes[s];
+                let quiet = stripe
                     .parent_active
                     .is_none_or(|t| now.duration_since(t) > GRAFT_TIMEOUT);
-                let overtaken = self.stripes[s]
+                let overtaken = stripe
                     .overtaken
-                    .is_some_and(|t| now.duration_since(t) > self.config.parent_timeout);
-                let cut_off = self.neighbours.get(&parent).is_some_and(|n| n.depths[s] >= MAX_DEPTH)
-                    && self.stripes[s]
+                    .is_some_and(|t| now.duration_since(t) > cx.config.parent_timeout);
+                let cut_off = cx.view.get(&parent).is_some_and(|n| n.depths[s] >= MAX_DEPTH)
+                    && stripe
                         .parent_active
-                        .is_none_or(|t| now.duration_since(t) > self.config.parent_timeout);
+                        .is_none_or(|t| now.duration_since(t) > cx.config.parent_timeout);
                 // Silent far longer than a parent may be: whatever the stream does, move on.
-                let silent = self.stripes[s]
+                let silent = stripe
                     .parent_active
                     .is_none_or(|t| now.duration_since(t) > 2 * GRAFT_TIMEOUT);
-                if (quiet && overtaken) || cut_off || (quiet && self.stream_is_flowing(now)) || silent {
+                if (quiet && overtaken) || cut_off || (quiet && cx.meter.is_flowing(now)) || silent {
                     // Took the GRAFT and never delivered anything: a black hole, or as bad.
                     // (One that delivered and then went quiet most likely lost its own parent.)
-                    let never_delivered = !self.stripes[s].delivering;
-                    self.actions.push(Action::Send {
-                        to: parent,
-                        msg: Message::Prune { stripe: s as u8 },
-                    });
+                    let never_delivered = !stripe.delivering;
+                    out.send(parent, Message::Prune { stripe: s as u8 });
                     self.drop_parent(s, now);
-                    self.counters.parent_changes += 1;
+                    out.counters.parent_changes += 1;
                     if quiet && !cut_off && never_delivered {
-                        self.strike(parent);
+                        failed.push(parent);
                     }
                 } else {
-                    self.maybe_climb(s, now);
+                    self.maybe_climb(s, now, cx, out);
                     continue;
                 }
             }
-            if let Some(candidate) = self.best_parent(s, now) {
+            if let Some(candidate) = self.best_parent(s, now, cx, &failed) {
                 self.stripes[s].parent = Some(candidate);
                 self.stripes[s].parent_active = Some(now);
                 self.stripes[s].delivering = false;
                 self.status_dirty = true;
-                self.actions.push(Action::Send {
-                    to: candidate,
-                    msg: Message::Graft { stripe: s as u8 },
-                });
+                out.send(candidate, Message::Graft { stripe: s as u8 });
             }
         }
-    }
-
-    /// True once chunks arrive at all (so a silent parent is a problem, not a quiet stream).
-    /// (We receive new chunks, or neighbours announce new ones.)
-    pub(super) fn stream_is_flowing(&self, now: Instant) -> bool {
-        self.last_new_chunk
-            .is_some_and(|t| now.duration_since(t) < Duration::from_millis(500))
-            || self
-                .last_news
-                .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
-    }
-
-    /// A parent took a GRAFT and then sent nothing while the stream flowed: it is asked again
-    /// only when no neighbour with a cleaner record has room. (Not banned: an honest parent
-    /// whose own parent failed looks the same for a moment.)
-    fn strike(&mut self, id: NodeId) {
-        if let Some(n) = self.neighbours.get_mut(&id) {
-            n.parent_failures += 1;
-        }
+        failed
     }
 
     /// Climbs towards the source, make-before-break: GRAFT onto a closer neighbour and keep
-    /// the current parent until the new one's first chunk arrives (`note_stripe_chunk`).
+    /// the current parent until the new one's first chunk arrives (`note_chunk`).
     /// A strong uploader also asks closer neighbours that are full: they make room for it.
-    fn maybe_climb(&mut self, s: usize, now: Instant) {
+    fn maybe_climb(&mut self, s: usize, now: Instant, cx: &Ctx, out: &mut Outbox) {
         if let Some((pending, since)) = self.stripes[s].pending {
             if now.duration_since(since) > GRAFT_TIMEOUT {
                 self.stripes[s].pending = None;
                 self.cooldown.insert((pending, s as u8), now);
-                self.actions.push(Action::Send {
-                    to: pending,
-                    msg: Message::Prune { stripe: s as u8 },
-                });
+                out.send(pending, Message::Prune { stripe: s as u8 });
             }
             return;
         }
@@ -389,18 +424,18 @@ impl State {
             return;
         }
         let Some(parent) = self.stripes[s].parent else { return };
-        let Some(parent_depth) = self.neighbours.get(&parent).map(|n| n.depths[s]) else {
+        let Some(parent_depth) = cx.view.get(&parent).map(|n| n.depths[s]) else {
             return;
         };
-        let strong = self.slots() >= 2 * usize::from(self.config.stripes);
-        let mine: Vec<NodeId> = self.stripes[s].children.clone();
-        let candidate = self
-            .neighbours
+        let strong = self.slots(cx.config, cx.meter.bps()) >= 2 * usize::from(cx.config.stripes);
+        let mine = &self.stripes[s].children;
+        let candidate = cx
+            .view
             .iter()
             .filter(|(id, n)| {
                 **id != parent
                     && n.depths[s] < parent_depth
-                    && self.is_fresh(n)
+                    && cx.view.is_fresh(n, cx.meter.last_new_chunk())
                     && (n.free_slots > 0 || strong)
                     && !mine.contains(id)
                     && !self.cooldown.contains_key(&(**id, s as u8))
@@ -414,20 +449,7 @@ impl State {
         };
         self.stripes[s].pending = Some((better, now));
         self.stripes[s].climb_after = Some(now + CLIMB_INTERVAL);
-        self.actions.push(Action::Send {
-            to: better,
-            msg: Message::Graft { stripe: s as u8 },
-        });
-    }
-
-    /// Whether a neighbour announced chunks near the live edge lately (the source always is).
-    /// Claims of depth from a neighbour that never shows fresh chunks are not trusted.
-    pub(super) fn is_fresh(&self, n: &super::neighbours::Neighbour) -> bool {
-        match self.last_new_chunk {
-            Some(newest) => n.fresh.is_some_and(|t| t + FRESH_WITHIN >= newest),
-            // Nothing received yet: prefer whoever has shown chunks at all.
-            None => n.fresh.is_some() || !self.neighbours.values().any(|m| m.fresh.is_some()),
-        }
+        out.send(better, Message::Graft { stripe: s as u8 });
     }
 
     /// Claims a place in the trees nearer the source than ours yet has shown no chunk since it
@@ -435,14 +457,22 @@ impl State {
     /// delivers, announces what it holds to every new neighbour at once, and, nearer the
     /// source, gets chunks before us and announces them; a child of ours holds what we sent.
     /// (One deeper than us may never have had a chunk we lacked: no proof either way.)
-    pub(super) fn claims_without_proof(&self, n: &super::neighbours::Neighbour, now: Instant) -> bool {
+    pub fn claims_without_proof(&self, n: &Neighbour, now: Instant, config: &Config, view: &Neighbourhood) -> bool {
         n.fresh.is_none()
             && n.has.is_empty()
             && n.depths
                 .iter()
                 .enumerate()
-                .any(|(s, d)| *d < MAX_DEPTH && *d < self.depth(s))
+                .any(|(s, d)| *d < MAX_DEPTH && *d < self.depth(s, config, view))
             && n.since.is_some_and(|t| now.duration_since(t) > PROOF_WITHIN)
+    }
+
+    /// Neighbours that claim a place in the trees but showed no chunk (`claims_without_proof`).
+    pub fn liars(&self, now: Instant, config: &Config, view: &Neighbourhood) -> Vec<NodeId> {
+        view.iter()
+            .filter(|(_, n)| self.claims_without_proof(n, now, config, view))
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// The neighbour nearest the source in stripe `s` with room for a child. Stripes are
@@ -450,27 +480,28 @@ impl State {
     /// delivers nothing (a black hole claiming to sit next to the source) would otherwise hold
     /// a newcomer's whole stream until each stripe times out; spread, the stripes that do flow
     /// show which neighbours are on the stream.
-    fn best_parent(&self, s: usize, now: Instant) -> Option<NodeId> {
-        let mine: Vec<NodeId> = self.stripes[s].children.clone();
+    /// (`failed` this round count as parent failures already.)
+    fn best_parent(&self, s: usize, now: Instant, cx: &Ctx, failed: &[NodeId]) -> Option<NodeId> {
+        let mine = &self.stripes[s].children;
         let unproven = |id: &NodeId| {
             self.stripes
                 .iter()
                 .filter(|t| t.parent == Some(*id) && !t.delivering)
                 .count()
         };
-        self.neighbours
+        cx.view
             .iter()
             .filter(|(id, n)| {
                 n.depths[s] < MAX_DEPTH
-                    && self.is_fresh(n)
-                    && !self.claims_without_proof(n, now)
+                    && cx.view.is_fresh(n, cx.meter.last_new_chunk())
+                    && !self.claims_without_proof(n, now, cx.config, cx.view)
                     && n.free_slots > 0
                     && !mine.contains(id)
                     && !self.cooldown.contains_key(&(**id, s as u8))
             })
             .min_by_key(|(id, n)| {
                 (
-                    n.parent_failures,
+                    n.parent_failures + failed.iter().filter(|f| *f == *id).count() as u32,
                     unproven(id),
                     n.depths[s],
                     u16::MAX - n.free_slots,
@@ -481,42 +512,38 @@ impl State {
             .map(|(id, _)| *id)
     }
 
-    pub(super) fn status_message(&self) -> Message {
-        let epoch = self.window.live_epoch().unwrap_or(0);
+    /// STATUS: our depths, upload, room, and where the newest segment starts.
+    pub fn status_message(&self, cx: &Ctx, window: &Window) -> Message {
+        let epoch = window.live_epoch().unwrap_or(0);
         Message::Status {
-            depths: (0..self.stripes.len()).map(|s| self.depth(s)).collect(),
-            upload_kbps: self
+            depths: self.depths(cx.config, cx.view),
+            upload_kbps: cx
                 .config
                 .upload_bps
                 .map_or(0, |b| (b / 1000).min(u64::from(u32::MAX)) as u32),
-            free_slots: self.free_slots().min(u16::MAX as usize) as u16,
+            free_slots: self.free_slots(cx.config, cx.meter.bps()).min(u16::MAX as usize) as u16,
             epoch,
             // The source leaves back-filling joiners to the swarm: its upload is for new chunks.
-            segment_start: if self.config.source {
+            segment_start: if cx.config.source {
                 None
             } else {
-                self.window.newest_segment_start()
+                window.newest_segment_start()
             },
         }
     }
 
-    pub(super) fn send_status_to(&mut self, to: NodeId) {
-        let msg = self.status_message();
-        self.actions.push(Action::Send { to, msg });
-    }
-
     /// Tells every neighbour our depths and room when they changed, else now and then.
-    pub(super) fn broadcast_status(&mut self, now: Instant) {
-        let depths: Vec<u8> = (0..self.stripes.len()).map(|s| self.depth(s)).collect();
-        let free = self.free_slots();
+    pub fn broadcast_status(&mut self, now: Instant, cx: &Ctx, window: &Window, out: &mut Outbox) {
+        let depths = self.depths(cx.config, cx.view);
+        let free = self.free_slots(cx.config, cx.meter.bps());
         let changed = self.status_dirty || depths != self.last_status.0 || free != self.last_status.1;
         let due = self
             .last_status_at
-            .is_none_or(|t| now.duration_since(t) >= self.config.status_interval);
+            .is_none_or(|t| now.duration_since(t) >= cx.config.status_interval);
         if !(changed
             && self
                 .last_status_at
-                .is_none_or(|t| now.duration_since(t) >= Duration::from_millis(100))
+                .is_none_or(|t| now.duration_since(t) >= STATUS_MIN_GAP)
             || due)
         {
             return;
@@ -524,10 +551,66 @@ impl State {
         self.status_dirty = false;
         self.last_status = (depths, free);
         self.last_status_at = Some(now);
-        let msg = self.status_message();
-        let ids: Vec<NodeId> = self.neighbours.keys().copied().collect();
-        for to in ids {
-            self.actions.push(Action::Send { to, msg: msg.clone() });
+        let msg = self.status_message(cx, window);
+        for to in cx.view.ids() {
+            out.send(to, msg.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Action;
+    use crate::testing::node;
+
+    fn capped(kbps: u64) -> Config {
+        Config {
+            upload_bps: Some(kbps * 1000),
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn slots_follow_the_upload_in_copies_of_a_stripe() {
+        let trees = Trees::new(4);
+        // 2 Mbit/s stream, 4 stripes: a child of one stripe costs 500 kbit/s.
+        let rate = Some(2_000_000.0);
+        assert_eq!(trees.slots(&capped(10_000), rate), 16, "80 % of 10 Mbit/s");
+        assert_eq!(
+            trees.slots(&capped(2_000), None),
+            0,
+            "no children before the rate is known"
+        );
+        assert_eq!(trees.slots(&capped(2_000), rate), 0, "less than a whole copy: a leaf");
+        assert_eq!(trees.slots(&Config::default(), rate), Config::default().default_slots);
+        let source = Config {
+            source: true,
+            ..Config::default()
+        };
+        assert_eq!(trees.slots(&source, rate), 4, "one child per stripe");
+    }
+
+    #[test]
+    fn a_pending_closer_parent_takes_over_when_it_delivers() {
+        let now = Instant::now();
+        let mut trees = Trees::new(2);
+        trees.stripes[1].parent = Some(node(2));
+        trees.stripes[1].pending = Some((node(3), now));
+        let mut out = Outbox::default();
+        trees.note_chunk(1, Some(node(2)), now, &mut out);
+        assert_eq!(trees.parents(), vec![None, Some(node(2))], "the old parent still feeds");
+        trees.note_chunk(1, Some(node(3)), now, &mut out);
+        assert_eq!(trees.parents(), vec![None, Some(node(3))]);
+        assert_eq!(out.counters.parent_changes, 1);
+        assert!(matches!(
+            &out.actions[..],
+            [Action::Send { to, msg: Message::Prune { stripe: 1 } }] if *to == node(2)
+        ));
+        // Gone: no parent, no child of ours any more.
+        trees.stripes[0].children.push(node(3));
+        trees.forget(node(3));
+        assert!(!trees.involves(&node(3)));
+        assert!(trees.is_orphaned());
     }
 }
