@@ -6,6 +6,7 @@
 mod calendar;
 mod config;
 mod cpu;
+mod driver;
 mod encoder;
 mod evil;
 mod network;
@@ -27,10 +28,12 @@ use calendar::Calendar;
 pub use config::{SimConfig, parse_upload_mix};
 use cpu::{Cpu, Work};
 pub use cpu::{CpuConfig, CpuReport};
+use driver::NodeIo;
 use encoder::Encoder;
 use evil::Evil;
 pub use report::{Latency, Report, Startup};
-use shoal_core::state::{self, Action, DisconnectReason, Event, State, Verdict};
+use shoal_core::drive;
+use shoal_core::state::{self, Action, Event, State};
 use uplink::{Payload, Uplink};
 
 enum Role {
@@ -496,43 +499,7 @@ impl Sim {
             self.nodes[n].startup_us = Some(self.now);
         }
         let mut actions = std::mem::take(&mut self.actions);
-        for action in actions.drain(..) {
-            match action {
-                Action::Send { to, msg } => {
-                    let bytes = self.frame_len(&msg);
-                    self.enqueue(n, index_of(&to), Payload::Control(vec![msg]), bytes, u64::MAX);
-                }
-                Action::Push { to, chunk, deadline } => {
-                    let deadline_us = deadline.saturating_duration_since(self.base).as_micros() as u64;
-                    let bytes = chunk.encoded_len();
-                    self.enqueue(n, index_of(&to), Payload::Chunk(chunk, false), bytes, deadline_us);
-                }
-                Action::Deliver(chunk) => self.observe_delivery(n, chunk.header.timestamp_us),
-                Action::Judged { header, verdict, .. } => {
-                    let bytes = u64::from(header.payload_len);
-                    match verdict {
-                        Verdict::Duplicate { from_parent } => {
-                            self.duplicate_data += bytes;
-                            if from_parent {
-                                self.dup_from_parent += bytes;
-                            }
-                        }
-                        Verdict::New | Verdict::Late => self.useful_data += bytes,
-                    }
-                }
-                Action::Dial(addr) => self.dial(n, addr),
-                Action::Disconnect { id, reason } => {
-                    let peer = index_of(&id);
-                    if matches!(reason, DisconnectReason::Full | DisconnectReason::Duplicate) {
-                        // A polite close: what was queued (addresses to try) goes out first.
-                        let delay = self.cfg.rtt_ms * 1000 + 50_000;
-                        self.schedule(self.now + delay, Ev::Close { node: n, peer });
-                    } else {
-                        self.close(n, peer);
-                    }
-                }
-            }
-        }
+        drive(actions.drain(..), &mut NodeIo { sim: self, n });
         self.actions = actions;
         // Sent after the handler returns, as a real event loop would: what it queued together
         // competes for the link together.

@@ -3,6 +3,7 @@
 //! counters they all keep (`stats`).
 
 pub mod link;
+mod links;
 pub mod mailbox;
 #[cfg(feature = "netem")]
 pub mod netem;

@@ -1,7 +1,6 @@
 //! A running swarm node: the quinn endpoint, the accept and dial loops, and the one task
 //! that owns the sans-IO `State`, feeds it events and carries out its actions.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,10 +15,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use shoal_core::state::{self, Action, Event, State, Verdict};
+use shoal_core::drive;
+use shoal_core::state::{self, Event, State};
 
 use super::link::{self, Identity, Shared};
-use super::mailbox::{Input, LinkHandle};
+use super::links::Links;
+use super::mailbox::Input;
 use super::pacer::Pacer;
 use super::stats::{Stats, spawn_writer};
 
@@ -201,7 +202,7 @@ impl Publisher {
 }
 
 /// What the core loop needs to dial the peers the core asks for.
-struct Dialer {
+pub(super) struct Dialer {
     endpoint: quinn::Endpoint,
     identity: Identity,
     shared: Shared,
@@ -210,7 +211,7 @@ struct Dialer {
 }
 
 impl Dialer {
-    fn dial(&self, addr: SocketAddr) {
+    pub(super) fn dial(&self, addr: SocketAddr) {
         let (endpoint, identity, shared, cancel) = (
             self.endpoint.clone(),
             self.identity.clone(),
@@ -238,11 +239,9 @@ async fn run_core(
     listen: watch::Sender<Vec<SocketAddr>>,
 ) {
     let cancel = dialer.cancel.clone();
-    let mut links: HashMap<NodeId, LinkHandle> = HashMap::new();
+    let mut links = Links::new(stats.clone(), deliveries, dialer);
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut slow_warned = false;
-    let started_us = super::stats::now_us();
     loop {
         let input = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -264,7 +263,7 @@ async fn run_core(
                 continue;
             }
             Input::Linked(link) => {
-                if links.contains_key(&link.node_id) {
+                if links.by_id.contains_key(&link.node_id) {
                     link.conn.close(close::DUPLICATE.into(), b"already connected");
                     continue;
                 }
@@ -281,14 +280,14 @@ async fn run_core(
                 {
                     tracing::info!(%seen, "neighbours see this node at {seen}: its address beyond this network's NAT");
                 }
-                links.insert(link.node_id, link);
+                links.by_id.insert(link.node_id, link);
                 event
             }
             Input::Unlinked { node_id, conn_id } => {
-                if links.get(&node_id).is_none_or(|l| l.conn.stable_id() != conn_id) {
+                if links.by_id.get(&node_id).is_none_or(|l| l.conn.stable_id() != conn_id) {
                     continue;
                 }
-                if let Some(link) = links.remove(&node_id) {
+                if let Some(link) = links.by_id.remove(&node_id) {
                     stats.closed(&link.stats);
                 }
                 tracing::info!(neighbour = %node_id.short(), "neighbour down");
@@ -296,66 +295,9 @@ async fn run_core(
             }
         };
         let is_tick = matches!(event, Event::Tick);
-        let actions: Vec<Action> = core.handle(event, now).collect();
-        for action in actions {
-            match action {
-                // Latency counts chunks emitted since this node started (not the back-fill on joining).
-                Action::Judged {
-                    from,
-                    header: h,
-                    verdict: Verdict::New,
-                } if h.timestamp_us >= started_us => {
-                    let ms = stats.chunk_latency(h.timestamp_us);
-                    if ms > 500.0 {
-                        tracing::debug!(seq = h.seq, from = %from.short(), ms, "late chunk");
-                    }
-                    stats.live_chunk(h.epoch, h.seq);
-                }
-                Action::Judged { .. } => {}
-                Action::Send { to, msg } => {
-                    if let Some(link) = links.get(&to)
-                        && let Err(mpsc::error::TrySendError::Full(_)) = link.control.try_send(msg)
-                    {
-                        tracing::warn!(neighbour = %to.short(), "control queue full: dropping a slow neighbour");
-                        link.conn.close(close::SLOW.into(), b"too slow");
-                    }
-                }
-                Action::Push { to, chunk, deadline } => {
-                    if let Some(link) = links.get(&to)
-                        && link.chunks.try_send((chunk, Instant::from_std(deadline))).is_err()
-                        && !slow_warned
-                    {
-                        slow_warned = true;
-                        tracing::warn!(neighbour = %to.short(), "chunk queue full: skipping chunks for a slow neighbour");
-                    }
-                }
-                Action::Deliver(chunk) => {
-                    if let Some(tx) = &deliveries
-                        && tx.try_send(Arc::unwrap_or_clone(chunk)).is_err()
-                    {
-                        tracing::warn!("the local player is not keeping up: a chunk was not delivered");
-                    }
-                }
-                Action::Dial(addr) => dialer.dial(addr),
-                Action::Disconnect { id, reason } => {
-                    if let Some(link) = links.remove(&id) {
-                        let reason_text = reason.as_str();
-                        tracing::info!(neighbour = %id.short(), reason = reason_text, "disconnecting");
-                        stats.closed(&link.stats);
-                        let _ = core.handle(Event::NeighbourDown { id }, now).count();
-                        let code = reason.close_code();
-                        if code == close::BANNED {
-                            link.conn.close(code.into(), reason_text.as_bytes());
-                        } else {
-                            // Let what was queued for it (addresses to try instead) go out first.
-                            tokio::spawn(async move {
-                                tokio::time::sleep(Duration::from_millis(300)).await;
-                                link.conn.close(code.into(), reason_text.as_bytes());
-                            });
-                        }
-                    }
-                }
-            }
+        drive(core.handle(event, now), &mut links);
+        for id in std::mem::take(&mut links.hung_up) {
+            let _ = core.handle(Event::NeighbourDown { id }, now).count();
         }
         if is_tick {
             stats.set_core(&core);
@@ -363,13 +305,13 @@ async fn run_core(
     }
     // Shutting down: tell every neighbour we are leaving.
     stats.set_core(&core);
-    for link in links.values() {
+    for link in links.by_id.values() {
         let _ = link.control.try_send(Message::Goodbye {
             reason: close::GOODBYE as u8,
         });
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
-    for link in links.values() {
+    for link in links.by_id.values() {
         link.conn.close(close::GOODBYE.into(), b"goodbye");
     }
 }

@@ -1,0 +1,67 @@
+//! One simulated node's I/O: what its core's actions become in the modelled network, by the
+//! same `shoal_core::drive` rules as the quinn node's.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use shoal_core::Driver;
+use shoal_core::state::{DisconnectReason, Verdict};
+use shoal_proto::{Chunk, ChunkHeader, Message, NodeId};
+
+use super::uplink::Payload;
+use super::{Ev, Sim, index_of};
+
+/// Node `n` of `sim`, carrying out its core's actions.
+pub(crate) struct NodeIo<'a> {
+    pub sim: &'a mut Sim,
+    pub n: usize,
+}
+
+impl Driver for NodeIo<'_> {
+    fn send(&mut self, to: NodeId, msg: Message) {
+        let bytes = self.sim.frame_len(&msg);
+        self.sim
+            .enqueue(self.n, index_of(&to), Payload::Control(vec![msg]), bytes, u64::MAX);
+    }
+
+    fn push(&mut self, to: NodeId, chunk: Arc<Chunk>, deadline: Instant) {
+        let deadline_us = deadline.saturating_duration_since(self.sim.base).as_micros() as u64;
+        let bytes = chunk.encoded_len();
+        self.sim
+            .enqueue(self.n, index_of(&to), Payload::Chunk(chunk, false), bytes, deadline_us);
+    }
+
+    fn deliver(&mut self, chunk: Arc<Chunk>) {
+        self.sim.observe_delivery(self.n, chunk.header.timestamp_us);
+    }
+
+    fn judged(&mut self, _from: NodeId, header: ChunkHeader, verdict: Verdict) {
+        let bytes = u64::from(header.payload_len);
+        match verdict {
+            Verdict::Duplicate { from_parent } => {
+                self.sim.duplicate_data += bytes;
+                if from_parent {
+                    self.sim.dup_from_parent += bytes;
+                }
+            }
+            Verdict::New | Verdict::Late => self.sim.useful_data += bytes,
+        }
+    }
+
+    fn dial(&mut self, addr: SocketAddr) {
+        self.sim.dial(self.n, addr);
+    }
+
+    fn disconnect(&mut self, id: NodeId, _reason: DisconnectReason, linger: bool) {
+        let peer = index_of(&id);
+        if linger {
+            // What was queued goes out first: about a one-way trip and some.
+            let delay = self.sim.cfg.rtt_ms * 1000 + 50_000;
+            self.sim
+                .schedule(self.sim.now + delay, Ev::Close { node: self.n, peer });
+        } else {
+            self.sim.close(self.n, peer);
+        }
+    }
+}
