@@ -1,9 +1,10 @@
 //! A running swarm node: the quinn endpoint, the accept and dial loops, and the one task
 //! that owns the sans-IO `State`, feeds it events and carries out its actions.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -31,7 +32,6 @@ const DELIVERY_QUEUE: usize = 1024;
 /// How often the core gets a `Tick`.
 const TICK: Duration = Duration::from_millis(50);
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
-const MAX_DIAL_BACKOFF: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -92,14 +92,17 @@ impl Node {
         }
         let deliver = core_config.deliver;
         let core_seed = u64::from_le_bytes(seed[..8].try_into().expect("8 bytes"));
-        let core = State::new(node_id, core_config, core_seed, Instant::now().into_std());
+        let mut core = State::new(node_id, core_config, core_seed, Instant::now().into_std());
         let dialer = Dialer {
             endpoint: endpoint.clone(),
             identity: identity.clone(),
             shared: shared.clone(),
             cancel: cancel.clone(),
             tasks: tasks.clone(),
+            unreachable: Arc::new(Mutex::new(config.dial.iter().copied().collect())),
         };
+        // The core dials these at once, and again whenever it is not connected to them.
+        core.add_peers(&config.dial);
         tasks.spawn(run_core(
             core,
             input_rx,
@@ -114,15 +117,6 @@ impl Node {
             shared.clone(),
             cancel.clone(),
         ));
-        for addr in config.dial {
-            tasks.spawn(keep_dialling(
-                endpoint.clone(),
-                addr,
-                identity.clone(),
-                shared.clone(),
-                cancel.clone(),
-            ));
-        }
         if config.port_mapping && crate::discovery::portmap::applies(local_addr) {
             tasks.spawn(crate::discovery::portmap::run(
                 local_addr,
@@ -208,6 +202,9 @@ pub(super) struct Dialer {
     shared: Shared,
     cancel: CancellationToken,
     tasks: TaskTracker,
+    /// The addresses given at start not reached yet: the first failure to reach each is
+    /// worth a warning (the core keeps trying).
+    unreachable: Arc<Mutex<HashSet<SocketAddr>>>,
 }
 
 impl Dialer {
@@ -218,13 +215,24 @@ impl Dialer {
             self.shared.clone(),
             self.cancel.clone(),
         );
+        let unreachable = self.unreachable.clone();
         self.tasks.spawn(async move {
-            match dial(&endpoint, addr).await {
-                Ok(conn) => run_link(conn, &identity, true, &shared, &cancel).await,
-                Err(e) => {
-                    tracing::debug!(%addr, "dial failed: {e:#}");
-                    let _ = shared.events.send(Input::Event(Event::DialFailed { addr })).await;
+            let failed = match dial(&endpoint, addr).await {
+                Ok(conn) => {
+                    lock(&unreachable).remove(&addr);
+                    !run_link(conn, &identity, true, &shared, &cancel).await
                 }
+                Err(e) => {
+                    if lock(&unreachable).remove(&addr) {
+                        tracing::warn!(%addr, "cannot reach {addr}: {e:#} (retrying)");
+                    } else {
+                        tracing::debug!(%addr, "dial failed: {e:#}");
+                    }
+                    true
+                }
+            };
+            if failed {
+                let _ = shared.events.send(Input::Event(Event::DialFailed { addr })).await;
             }
         });
     }
@@ -334,45 +342,12 @@ async fn accept(endpoint: quinn::Endpoint, identity: Identity, shared: Shared, c
         connections.spawn(async move {
             let _slot = slot;
             match incoming.await {
-                Ok(conn) => run_link(conn, &identity, false, &shared, &cancel).await,
+                Ok(conn) => {
+                    run_link(conn, &identity, false, &shared, &cancel).await;
+                }
                 Err(e) => tracing::debug!("incoming connection failed: {e}"),
             }
         });
-    }
-}
-
-/// Dials `addr` until it answers, and again whenever the connection ends.
-async fn keep_dialling(
-    endpoint: quinn::Endpoint,
-    addr: SocketAddr,
-    identity: Identity,
-    shared: Shared,
-    cancel: CancellationToken,
-) {
-    let mut backoff = Duration::from_millis(250);
-    let mut failures = 0u32;
-    while !cancel.is_cancelled() {
-        let started = Instant::now();
-        match dial(&endpoint, addr).await {
-            Ok(conn) => {
-                failures = 0;
-                run_link(conn, &identity, true, &shared, &cancel).await;
-            }
-            Err(e) => {
-                failures += 1;
-                if failures == 1 {
-                    tracing::warn!(%addr, "cannot reach {addr}: {e:#} (retrying)");
-                }
-            }
-        }
-        if started.elapsed() > Duration::from_secs(10) {
-            backoff = Duration::from_millis(250);
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(MAX_DIAL_BACKOFF);
     }
 }
 
@@ -383,30 +358,31 @@ async fn dial(endpoint: &quinn::Endpoint, addr: SocketAddr) -> anyhow::Result<qu
         .context("timed out")??)
 }
 
-/// Handshakes, registers the link with the core, and runs it until the connection ends.
+/// Handshakes, registers the link with the core, and runs it until the connection ends;
+/// false if it never became a link (the handshake failed, or it was ourselves).
 async fn run_link(
     conn: quinn::Connection,
     identity: &Identity,
     outbound: bool,
     shared: &Shared,
     cancel: &CancellationToken,
-) {
+) -> bool {
     let remote = conn.remote_address();
     let (peer, send, recv, buf) = match link::handshake(&conn, identity, outbound).await {
         Ok(parts) => parts,
         Err(e) => {
             tracing::warn!(%remote, "handshake failed: {e:#}");
             conn.close(close::PROTOCOL.into(), b"handshake");
-            return;
+            return false;
         }
     };
     if peer.node_id == identity.node_id {
         conn.close(close::DUPLICATE.into(), b"self");
-        return;
+        return false;
     }
     let node_id = peer.node_id;
     let Some(mut tasks) = link::start(conn.clone(), &peer, outbound, send, recv, buf, shared).await else {
-        return;
+        return false;
     };
     tokio::select! {
         _ = conn.closed() => {}
@@ -423,4 +399,10 @@ async fn run_link(
             conn_id: conn.stable_id(),
         })
         .await;
+    true
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicking holder cannot leave a set of addresses inconsistent in a way that matters.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -155,9 +155,10 @@ impl State {
         }
     }
 
-    /// Adds addresses to dial (bootstrap peers, a ticket's addresses).
+    /// Pins addresses (bootstrap peers, a ticket's, the DHT's): dialled whenever this node is
+    /// not connected to whoever is there, with a growing wait between tries.
     pub fn add_peers(&mut self, addrs: &[SocketAddr]) {
-        self.view.add_bootstrap(addrs, &self.config);
+        self.view.pin(addrs, &self.config);
     }
 
     pub fn handle(&mut self, event: Event, now: Instant) -> std::vec::Drain<'_, Action> {
@@ -168,7 +169,7 @@ impl State {
                 listen,
                 outbound,
             } => self.on_neighbour_up(id, addr, listen, outbound, now),
-            Event::NeighbourDown { id } => self.on_neighbour_down(id),
+            Event::NeighbourDown { id } => self.on_neighbour_down(id, now),
             Event::DialFailed { addr } => self.on_dial_failed(addr, now),
             Event::Control { from, msg } => self.on_control(from, msg, now),
             Event::Chunk { from, chunk } => self.on_chunk(Some(from), chunk, now),
@@ -235,15 +236,15 @@ impl State {
         }
     }
 
-    fn on_neighbour_down(&mut self, id: NodeId) {
-        if self.view.remove(&id, &self.config, true).is_some() {
+    fn on_neighbour_down(&mut self, id: NodeId, now: Instant) {
+        if self.view.remove(&id, &self.config, true, now).is_some() {
             self.trees.forget(id);
             self.repair.forget(id);
         }
     }
 
     fn on_dial_failed(&mut self, addr: SocketAddr, now: Instant) {
-        self.view.dial_ended(addr);
+        self.view.dial_ended(addr, now);
         if self.punches.after_failed_dial(addr, &self.view, now, &mut self.out) {
             return;
         }
@@ -251,8 +252,8 @@ impl State {
     }
 
     /// Drops neighbour `id` from the view and the trees, and hangs up on it.
-    fn evict(&mut self, id: NodeId, reason: DisconnectReason) {
-        self.view.remove(&id, &self.config, false);
+    fn evict(&mut self, id: NodeId, reason: DisconnectReason, now: Instant) {
+        self.view.remove(&id, &self.config, false, now);
         self.trees.forget(id);
         self.out.push(Action::Disconnect { id, reason });
     }
@@ -315,7 +316,7 @@ impl State {
                 self.punches
                     .on_punch(peer, &addrs, &self.config.listen, &mut self.view, now, &mut self.out)
             }
-            Message::Goodbye { .. } => self.evict(from, DisconnectReason::Goodbye),
+            Message::Goodbye { .. } => self.evict(from, DisconnectReason::Goodbye, now),
             // HELLO is the driver's; CANCEL is not acted on by this core yet.
             _ => {}
         }
@@ -482,7 +483,7 @@ impl State {
         // bad peer: disconnect and ban it by node ID.
         self.view.ban(from, now + self.config.ban_for);
         self.out.counters.banned += 1;
-        if self.view.remove(&from, &self.config, false).is_some() {
+        if self.view.remove(&from, &self.config, false, now).is_some() {
             self.trees.forget(from);
         }
         self.out.push(Action::Disconnect {
@@ -538,7 +539,7 @@ impl State {
     /// Keeps the active set between its bounds and spreads addresses now and then.
     fn maintain_neighbours(&mut self, now: Instant) {
         for id in self.view.silent(now) {
-            self.on_neighbour_down(id);
+            self.on_neighbour_down(id, now);
             self.out.counters.silent_dropped += 1;
             self.out.push(Action::Disconnect {
                 id,
@@ -546,6 +547,9 @@ impl State {
             });
         }
         self.view.expire_failed_dials(now);
+        for addr in self.view.dial_pinned(now) {
+            self.out.push(Action::Dial(addr));
+        }
         if !self.config.discovery {
             return;
         }
@@ -563,12 +567,12 @@ impl State {
             // Landed among liars (they dial whoever they hear of): shed them, and keep them off
             // for a while, so room is left for peers that can feed us.
             for liar in self.trees.liars(now, &self.config, &self.view) {
-                self.evict(liar, DisconnectReason::NoChunks);
+                self.evict(liar, DisconnectReason::NoChunks, now);
                 self.view.keep_out(liar, now + LIAR_BAN);
             }
         }
         if starving && self.rotate_out_one(now) {
-            self.view.retry_bootstrap(&self.config);
+            self.view.retry_pinned();
             wanted = wanted.max(1);
         } else if orphaned {
             if self.view.may_dial_for_orphan(&self.config) {
@@ -599,7 +603,7 @@ impl State {
             return false;
         }
         if let Some(id) = self.least_useful_neighbour() {
-            self.evict(id, DisconnectReason::Full);
+            self.evict(id, DisconnectReason::Full, now);
         }
         true
     }

@@ -34,6 +34,14 @@ const DIAL_GIVE_UP: Duration = Duration::from_secs(10);
 /// neighbour sends STATUS at least once a second. (A QUIC idle timeout takes longer, and a
 /// dead parent near the source starves everyone below it until it is noticed.)
 const SILENT_FOR: Duration = Duration::from_millis(2500);
+/// First wait before dialling a pinned address again, doubling up to `PIN_BACKOFF_MAX`.
+const PIN_BACKOFF: Duration = Duration::from_millis(250);
+const PIN_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A connection to a pinned address that lasted this long was a working one: the next
+/// re-dial starts from the shortest wait again.
+const PIN_STEADY: Duration = Duration::from_secs(10);
+/// Pinned addresses kept at most (the DHT may keep telling new ones): the oldest go first.
+const MAX_PINNED: usize = 32;
 /// A neighbour counts as on the stream if it announced a fresh chunk this recently.
 const FRESH_WITHIN: Duration = Duration::from_secs(2);
 
@@ -102,6 +110,40 @@ impl Neighbour {
     }
 }
 
+/// An address given at start (bootstrap peers, a ticket's, the DHT's): dialled whenever this
+/// node is not connected to whoever is there, with a growing wait between tries.
+#[derive(Debug)]
+struct Pinned {
+    addr: SocketAddr,
+    /// No dial before this.
+    next: Option<Instant>,
+    backoff: Duration,
+    /// A dial is under way.
+    dialling: bool,
+    /// Connected since then.
+    up_since: Option<Instant>,
+}
+
+impl Pinned {
+    fn is(&self, addr: SocketAddr, listen: &[SocketAddr]) -> bool {
+        self.addr == addr || listen.contains(&self.addr)
+    }
+
+    /// Not connected any more (or the dial failed): try again after the current wait.
+    fn retry_later(&mut self, now: Instant) {
+        if self
+            .up_since
+            .take()
+            .is_some_and(|t| now.duration_since(t) >= PIN_STEADY)
+        {
+            self.backoff = PIN_BACKOFF;
+        }
+        self.dialling = false;
+        self.next = Some(now + self.backoff);
+        self.backoff = (self.backoff * 2).min(PIN_BACKOFF_MAX);
+    }
+}
+
 pub(super) struct Neighbourhood {
     me: NodeId,
     /// The active set: connected neighbours.
@@ -111,8 +153,8 @@ pub(super) struct Neighbourhood {
     dialling: HashMap<SocketAddr, Instant>,
     failed_dials: HashMap<SocketAddr, Instant>,
     banned: HashMap<NodeId, Instant>,
-    /// Addresses given at start: asked again for peers when the neighbours feed us nothing.
-    bootstrap: Vec<SocketAddr>,
+    /// Addresses given at start, re-dialled whenever not connected.
+    pinned: Vec<Pinned>,
     last_pex: Option<Instant>,
     last_rotation: Option<Instant>,
     rng: SmallRng,
@@ -127,7 +169,7 @@ impl Neighbourhood {
             dialling: HashMap::default(),
             failed_dials: HashMap::default(),
             banned: HashMap::default(),
-            bootstrap: Vec::new(),
+            pinned: Vec::new(),
             last_pex: None,
             last_rotation: None,
             rng: SmallRng::seed_from_u64(seed),
@@ -208,6 +250,10 @@ impl Neighbourhood {
 
     /// Takes a connected peer into the active set.
     pub fn admit(&mut self, id: NodeId, addr: SocketAddr, listen: Vec<SocketAddr>, stripes: u8, now: Instant) {
+        for p in self.pinned.iter_mut().filter(|p| p.is(addr, &listen)) {
+            p.dialling = false;
+            p.up_since = Some(now);
+        }
         self.passive.retain(|p| !listen.contains(&p.1));
         let mut neighbour = Neighbour::new(addr, listen, stripes);
         neighbour.heard = Some(now);
@@ -216,8 +262,11 @@ impl Neighbourhood {
     }
 
     /// Drops a neighbour from the active set; its addresses are kept for later when `keep`.
-    pub fn remove(&mut self, id: &NodeId, config: &Config, keep: bool) -> Option<Neighbour> {
+    pub fn remove(&mut self, id: &NodeId, config: &Config, keep: bool, now: Instant) -> Option<Neighbour> {
         let n = self.active.remove(id)?;
+        for p in self.pinned.iter_mut().filter(|p| p.is(n.addr, &n.listen)) {
+            p.retry_later(now);
+        }
         // It may come back: keep its address for later, behind fresher ones.
         if keep && config.discovery {
             self.learn(&n.listen, config);
@@ -231,18 +280,53 @@ impl Neighbourhood {
         self.failed_dials.insert(addr, now);
     }
 
-    pub fn dial_ended(&mut self, addr: SocketAddr) {
+    /// A dial to `addr` ended without a connection.
+    pub fn dial_ended(&mut self, addr: SocketAddr, now: Instant) {
         self.dialling.remove(&addr);
+        for p in self.pinned.iter_mut().filter(|p| p.addr == addr) {
+            p.retry_later(now);
+        }
     }
 
-    /// Adds addresses to dial at start (bootstrap peers, a ticket's addresses).
-    pub fn add_bootstrap(&mut self, addrs: &[SocketAddr], config: &Config) {
+    /// Pins addresses (bootstrap peers, a ticket's, the DHT's): dialled at once, and again
+    /// whenever this node is not connected to whoever is there.
+    pub fn pin(&mut self, addrs: &[SocketAddr], config: &Config) {
         for addr in addrs {
-            self.learn(std::slice::from_ref(addr), config);
-            if !self.bootstrap.contains(addr) {
-                self.bootstrap.push(*addr);
+            if config.listen.contains(addr) || self.pinned.iter().any(|p| p.addr == *addr) {
+                continue;
+            }
+            if self.pinned.len() == MAX_PINNED {
+                self.pinned.remove(0);
+            }
+            self.pinned.push(Pinned {
+                addr: *addr,
+                next: None,
+                backoff: PIN_BACKOFF,
+                dialling: false,
+                up_since: None,
+            });
+        }
+    }
+
+    /// Pinned addresses due a dial: not connected, not being dialled, their wait over.
+    pub fn dial_pinned(&mut self, now: Instant) -> Vec<SocketAddr> {
+        let mut dials = Vec::new();
+        for p in &mut self.pinned {
+            let connected = self.active.values().any(|n| p.is(n.addr, &n.listen));
+            if connected || p.dialling || p.next.is_some_and(|t| now < t) {
+                continue;
+            }
+            p.dialling = true;
+            p.next = Some(now + DIAL_GIVE_UP); // if it never reports back
+            dials.push(p.addr);
+        }
+        // A dial that never reported back is given up on.
+        for p in &mut self.pinned {
+            if p.dialling && p.next.is_some_and(|t| now >= t) {
+                p.retry_later(now);
             }
         }
+        dials
     }
 
     /// Adds the first of `addrs` to the passive list (newest last, bounded).
@@ -363,13 +447,13 @@ impl Neighbourhood {
             .retain(|_, at| now.duration_since(*at) < DIAL_FAILURE_BACKOFF);
     }
 
-    /// Starving: asks the bootstrap peers again for others (they may have been failing).
-    pub fn retry_bootstrap(&mut self, config: &Config) {
-        let bootstrap = self.bootstrap.clone();
-        for addr in &bootstrap {
-            self.learn(std::slice::from_ref(addr), config);
+    /// Starving: the pinned addresses are dialled again without waiting (whoever is there
+    /// may hand us other peers).
+    pub fn retry_pinned(&mut self) {
+        for p in &mut self.pinned {
+            p.next = None;
+            p.backoff = PIN_BACKOFF;
         }
-        self.failed_dials.retain(|a, _| !bootstrap.contains(a));
     }
 
     /// Whether an orphaned node may dial beyond its neighbour bound to find a parent.
@@ -398,7 +482,11 @@ impl Neighbourhood {
                 .passive
                 .iter()
                 .map(|p| p.1)
-                .filter(|a| !self.dialling.contains_key(a) && !self.failed_dials.contains_key(a))
+                .filter(|a| {
+                    !self.dialling.contains_key(a)
+                        && !self.failed_dials.contains_key(a)
+                        && !self.pinned.iter().any(|p| p.addr == *a)
+                })
                 .collect();
             let Some(addr) = candidates.choose(&mut self.rng).copied() else {
                 break;
@@ -476,7 +564,7 @@ mod tests {
         assert_eq!(first.len(), DIALS_IN_FLIGHT);
         assert!(view.dial_more(10, now).is_empty(), "dials in flight fill the bound");
         for a in &first {
-            view.dial_ended(*a);
+            view.dial_ended(*a, now);
             view.dial_failed(*a, now);
         }
         let second = view.dial_more(10, now);
