@@ -547,7 +547,19 @@ impl State {
             });
         }
         self.view.expire_failed_dials(now);
-        for addr in self.view.dial_pinned(now) {
+        // Starving: joined a while ago and still nothing. The neighbours we have cannot or
+        // will not feed us (a newcomer that landed among liars): drop the worst and ask the
+        // bootstrap peers again for others. (A node that had the stream and lost a parent is
+        // repaired by its trees instead: dropping neighbours then only makes churn worse.)
+        let starving = !self.config.source
+            && self.meter.last_new_chunk().is_none()
+            && now.duration_since(self.started) > STARVING_AFTER;
+        // The addresses given at start are a viewer's way in: once it has neighbours enough,
+        // peer exchange does the rest, and a full source is not asked again and again. The
+        // source keeps its relays, and a node without discovery has no other neighbours.
+        let pinned_wanted =
+            self.config.source || !self.config.discovery || self.view.len() < self.config.active_min || starving;
+        for addr in self.view.dial_pinned(pinned_wanted, now) {
             self.out.push(Action::Dial(addr));
         }
         if !self.config.discovery {
@@ -556,13 +568,6 @@ impl State {
         // Below the minimum, or a stripe has no parent among the neighbours: meet more peers.
         let orphaned = !self.config.source && self.trees.is_orphaned() && self.window.live_epoch().is_some();
         let mut wanted = self.config.active_min.saturating_sub(self.view.len());
-        // Starving: joined a while ago and still nothing. The neighbours we have cannot or
-        // will not feed us (a newcomer that landed among liars): drop the worst and ask the
-        // bootstrap peers again for others. (A node that had the stream and lost a parent is
-        // repaired by its trees instead: dropping neighbours then only makes churn worse.)
-        let starving = !self.config.source
-            && self.meter.last_new_chunk().is_none()
-            && now.duration_since(self.started) > STARVING_AFTER;
         if starving {
             // Landed among liars (they dial whoever they hear of): shed them, and keep them off
             // for a while, so room is left for peers that can feed us.

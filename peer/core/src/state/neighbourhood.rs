@@ -308,12 +308,13 @@ impl Neighbourhood {
         }
     }
 
-    /// Pinned addresses due a dial: not connected, not being dialled, their wait over.
-    pub fn dial_pinned(&mut self, now: Instant) -> Vec<SocketAddr> {
+    /// Pinned addresses due a dial: not connected, not being dialled, their wait over. With
+    /// `wanted` false only the bookkeeping runs (dials that never reported back are given up).
+    pub fn dial_pinned(&mut self, wanted: bool, now: Instant) -> Vec<SocketAddr> {
         let mut dials = Vec::new();
         for p in &mut self.pinned {
             let connected = self.active.values().any(|n| p.is(n.addr, &n.listen));
-            if connected || p.dialling || p.next.is_some_and(|t| now < t) {
+            if !wanted || connected || p.dialling || p.next.is_some_and(|t| now < t) {
                 continue;
             }
             p.dialling = true;
