@@ -11,8 +11,9 @@ use anyhow::Context;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
-use shoal_peer::net::stats::fine_bucket_bound_ms as bucket_ms;
+use shoal_peer::net::stats::{Snapshot, fine_bucket_bound_ms as bucket_ms};
 
+use crate::process::read_stats;
 use crate::swarm::{self, Node};
 
 /// A chunk held later than this after it was emitted does not count as delivered.
@@ -88,9 +89,7 @@ pub fn run(config: &Config, dir: &Path) -> anyhow::Result<Value> {
 
     // The baseline: the gateway is a plain HTTP origin too; as many HLS players as peers poll it.
     let baseline = config.baseline_origin.then(|| {
-        let produced = broadcaster.node.stats()["chunks"]["published_bytes"]
-            .as_u64()
-            .unwrap_or(0);
+        let produced = broadcaster.node.snapshot().chunks.published_bytes;
         (crate::origin::start(&gateway.url(""), config.peers), produced)
     });
 
@@ -131,9 +130,11 @@ pub fn run(config: &Config, dir: &Path) -> anyhow::Result<Value> {
 
     let origin = baseline.map(|(players, produced_before)| {
         let sent = players.stop();
-        let produced = broadcaster.node.stats()["chunks"]["published_bytes"]
-            .as_u64()
-            .unwrap_or(0)
+        let produced = broadcaster
+            .node
+            .snapshot()
+            .chunks
+            .published_bytes
             .saturating_sub(produced_before);
         json!({
             "players": config.peers,
@@ -146,41 +147,37 @@ pub fn run(config: &Config, dir: &Path) -> anyhow::Result<Value> {
     // and read everyone's final counters.
     broadcaster.node.proc.interrupt(Duration::from_secs(10));
     std::thread::sleep(DRAIN);
-    let source_stats = broadcaster.node.stats();
-    let peer_stats: Vec<Value> = peers.iter().map(|p| p.node.stats()).collect();
+    let source_stats = broadcaster.node.snapshot();
+    let peer_stats: Vec<Snapshot> = peers.iter().map(|p| p.node.snapshot()).collect();
+    // The gateway's stats are a node's with its playlist's beside them.
     let gateway_stats = gateway.stats();
+    let gateway_swarm: Snapshot = read_stats(&gateway.stats);
 
     let mut fine = BTreeMap::new();
     let (mut delivered, mut expected) = (0u64, 0u64);
     let (mut duplicate_bytes, mut useful_bytes) = (0u64, 0u64);
     let mut startups = Vec::new();
     let mut worst: Option<(f64, String)> = None;
-    for s in peer_stats.iter().chain([&gateway_stats]) {
+    for s in peer_stats.iter().chain([&gateway_swarm]) {
         let delivered_before = delivered;
-        let histogram = &s["latency_histogram_ms"]["fine"];
-        for (bucket, count) in histogram.as_object().into_iter().flatten() {
-            let (Ok(bucket), Some(count)) = (bucket.parse::<u32>(), count.as_u64()) else {
-                continue;
-            };
+        for (&bucket, &count) in &s.latency_histogram_ms.fine {
             *fine.entry(bucket).or_insert(0u64) += count;
             if bucket_ms(bucket) <= DEADLINE_MS {
                 delivered += count;
             }
         }
-        if let (Some(first), Some(newest)) = (
-            s["live_chunks"]["first_seq"].as_u64(),
-            s["live_chunks"]["newest_seq"].as_u64(),
-        ) {
+        if let Some(live) = s.live_chunks {
+            let (first, newest) = (live.first_seq, live.newest_seq);
             expected += newest - first + 1;
             let mine = (delivered - delivered_before) as f64 / (newest - first + 1) as f64;
             // (A peer churn started in the last seconds says little about anything.)
             if newest - first >= WORST_NODE_SPAN && worst.as_ref().is_none_or(|(w, _)| mine < *w) {
-                worst = Some((mine, s["node_id"].as_str().unwrap_or_default().to_string()));
+                worst = Some((mine, s.node_id.clone()));
             }
         }
-        duplicate_bytes += s["chunks"]["duplicate_bytes"].as_u64().unwrap_or(0);
-        useful_bytes += s["chunks"]["verified_bytes"].as_u64().unwrap_or(0);
-        startups.extend(s["startup_ms"].as_f64());
+        duplicate_bytes += s.chunks.duplicate_bytes;
+        useful_bytes += s.chunks.verified_bytes;
+        startups.extend(s.startup_ms.map(|ms| ms as f64));
     }
     // Stop everyone together rather than one by one as they are dropped.
     for p in &peers {
@@ -188,9 +185,8 @@ pub fn run(config: &Config, dir: &Path) -> anyhow::Result<Value> {
     }
     gateway.proc.signal_interrupt();
 
-    let produced = source_stats["chunks"]["published_bytes"].as_f64().unwrap_or(0.0);
-    let sent = source_stats["bytes_out"]["data"].as_f64().unwrap_or(0.0)
-        + source_stats["bytes_out"]["control"].as_f64().unwrap_or(0.0);
+    let produced = source_stats.chunks.published_bytes as f64;
+    let sent = source_stats.bytes_out.total() as f64;
     let report = json!({
         "peers": config.peers,
         "duration_s": config.duration.as_secs(),

@@ -416,7 +416,7 @@ pub fn run_lab(dir: &Path, seconds: u64) -> anyhow::Result<Value> {
     for viewer in &viewers {
         let ns = lab.ns(viewer);
         let play = player::ffmpeg_in(&["ip", "netns", "exec", &ns], "http://127.0.0.1:8080/live.m3u8", 6)?;
-        let st = read_stats(&stats(viewer));
+        let st: Value = read_stats(&stats(viewer));
         let mut by_site = serde_json::Map::new();
         let mut total = 0u64;
         for n in st["neighbours"].as_array().into_iter().flatten() {
@@ -444,7 +444,7 @@ pub fn run_lab(dir: &Path, seconds: u64) -> anyhow::Result<Value> {
             }),
         );
     }
-    let relay_stats = read_stats(&stats("relay"));
+    let relay_stats: Value = read_stats(&stats("relay"));
     report.insert(
         "relay_introductions".into(),
         relay_stats["punch"]["introductions"].clone(),
@@ -494,14 +494,14 @@ pub fn run_mapping_lab(dir: &Path, offer: Offer) -> anyhow::Result<Value> {
         "http://127.0.0.1:8080/live.m3u8",
         5,
     )?;
-    let viewer_stats = read_stats(&stats("viewer"));
+    let viewer_stats: Value = read_stats(&stats("viewer"));
     let mut connected_to = Vec::new();
     for n in viewer_stats["neighbours"].as_array().into_iter().flatten() {
         if n["bytes_in"].as_u64().unwrap_or(0) > 0 {
             connected_to.push(json!({"addr": n["addr"], "site": lab.site_of(n["addr"].as_str().unwrap_or_default()), "bytes_in": n["bytes_in"]}));
         }
     }
-    let broadcaster_stats = read_stats(&stats("broadcaster"));
+    let broadcaster_stats: Value = read_stats(&stats("broadcaster"));
     Ok(json!({
         "offer": format!("{offer:?}"),
         "port_mapping": broadcaster_stats["port_mapping"],

@@ -169,7 +169,8 @@ impl Drop for Proc {
 }
 
 /// Reads a `--stats-json` file (retrying while it is not written yet).
-pub fn read_stats(path: &Path) -> serde_json::Value {
+/// A stats file, read whole (typed, or as plain JSON), retried while it is being replaced.
+pub fn read_stats<T: serde::de::DeserializeOwned>(path: &Path) -> T {
     for _ in 0..50 {
         if let Ok(text) = std::fs::read_to_string(path)
             && let Ok(value) = serde_json::from_str(&text)

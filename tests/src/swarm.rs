@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::process::{Proc, binary, read_stats};
+use shoal_peer::net::stats::Snapshot;
 
 /// Small, cheap test stream: two of these run side by side on two cores.
 pub const TEST_RESOLUTION: &str = "640x360";
@@ -35,8 +36,13 @@ impl Node {
         read_stats(&self.stats)
     }
 
+    /// The same stats, typed.
+    pub fn snapshot(&self) -> Snapshot {
+        read_stats(&self.stats)
+    }
+
     pub fn node_id(&self) -> String {
-        self.stats()["node_id"].as_str().unwrap_or_default().to_string()
+        self.snapshot().node_id
     }
 }
 

@@ -13,8 +13,8 @@ use shoal_proto::{Chunk, ChunkHeader, Message, NodeId, close};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::connect::Dialer;
 use super::mailbox::LinkHandle;
-use super::node::Dialer;
 use super::stats::Stats;
 
 /// How long a lingering hang-up waits for what was queued to go out.

@@ -1,7 +1,8 @@
-//! The swarm over QUIC: the endpoint (`transport`), one task set per neighbour (`link`), what
-//! they tell the node loop (`mailbox`), the loop that owns the core (`node`), and the
+//! The swarm over QUIC: the endpoint (`transport`), dialling and running connections
+//! (`connect`), one task set per neighbour (`link`), what they tell the node loop (`mailbox`), the loop that owns the core (`node`), and the
 //! counters they all keep (`stats`).
 
+mod connect;
 pub mod link;
 mod links;
 pub mod mailbox;

@@ -9,20 +9,19 @@ use shoal_proto::Message;
 use shoal_proto::message::SeqRange;
 
 use super::Reject;
-use super::neighbourhood::Neighbour;
 use crate::limits::Limits;
 use crate::seqset;
 
 /// A token bucket: `rate` tokens per second, holding up to two seconds' worth.
 #[derive(Debug, Default)]
-pub(super) struct Bucket {
+struct Bucket {
     tokens: f64,
     at: Option<Instant>,
 }
 
 impl Bucket {
     /// Takes `n` tokens if there are that many; a new bucket starts full.
-    pub fn take(&mut self, n: u64, rate: u32, now: Instant) -> bool {
+    fn take(&mut self, n: u64, rate: u32, now: Instant) -> bool {
         let burst = 2.0 * f64::from(rate);
         let elapsed = self
             .at
@@ -37,6 +36,14 @@ impl Bucket {
     }
 }
 
+/// What one neighbour may still send us before it counts as flooding.
+#[derive(Debug, Default)]
+pub(super) struct Budgets {
+    control: Bucket,
+    requests: Bucket,
+    stale: Bucket,
+}
+
 /// Seqs a list of ranges names, counted without walking them.
 fn seqs_named(ranges: &[SeqRange]) -> u64 {
     ranges.iter().map(|r| u64::from(r.len)).sum()
@@ -46,17 +53,17 @@ fn seqs_named(ranges: &[SeqRange]) -> u64 {
 /// `live_edge` is our live epoch and newest seq while our own stream flows (HAVEs are what is
 /// being checked, so it is judged by chunks actually received).
 pub(super) fn police_control(
-    n: &mut Neighbour,
+    n: &mut Budgets,
     msg: &Message,
     limits: &Limits,
     live_edge: Option<(u64, u64)>,
     now: Instant,
 ) -> Result<(), Reject> {
-    if !n.control_budget.take(1, limits.control_per_s, now) {
+    if !n.control.take(1, limits.control_per_s, now) {
         return Err(Reject::ControlFlood);
     }
     match msg {
-        Message::Request { ranges, .. } if !n.request_budget.take(seqs_named(ranges), limits.requested_per_s, now) => {
+        Message::Request { ranges, .. } if !n.requests.take(seqs_named(ranges), limits.requested_per_s, now) => {
             Err(Reject::RequestFlood)
         }
         // While our stream flows we are within seconds of the live edge: a chunk further
@@ -76,8 +83,8 @@ pub(super) fn police_control(
 }
 
 /// Counts a chunk from outside the window against its sender.
-pub(super) fn police_stale(n: Option<&mut Neighbour>, limits: &Limits, now: Instant) -> Result<(), Reject> {
-    let within = n.is_none_or(|n| n.stale_budget.take(1, limits.stale_per_s, now));
+pub(super) fn police_stale(n: Option<&mut Budgets>, limits: &Limits, now: Instant) -> Result<(), Reject> {
+    let within = n.is_none_or(|n| n.stale.take(1, limits.stale_per_s, now));
     if within { Ok(()) } else { Err(Reject::Stale) }
 }
 

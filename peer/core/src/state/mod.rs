@@ -271,7 +271,7 @@ impl State {
         let Some(n) = self.view.get_mut(&from) else {
             return;
         };
-        if let Err(reason) = guard::police_control(n, &msg, &self.config.limits, live_edge, now) {
+        if let Err(reason) = guard::police_control(&mut n.budgets, &msg, &self.config.limits, live_edge, now) {
             return self.on_rejected(from, reason, now);
         }
         n.heard = Some(now);
@@ -393,7 +393,11 @@ impl State {
             Admit::Late => {
                 self.out.counters.late += 1;
                 if let Some(from) = from
-                    && let Err(reason) = guard::police_stale(self.view.get_mut(&from), &self.config.limits, now)
+                    && let Err(reason) = guard::police_stale(
+                        self.view.get_mut(&from).map(|n| &mut n.budgets),
+                        &self.config.limits,
+                        now,
+                    )
                 {
                     self.on_rejected(from, reason, now);
                 }

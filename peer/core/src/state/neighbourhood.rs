@@ -14,7 +14,7 @@ use shoal_proto::message::{MAX_ADDRS, MAX_PEX_PEERS, NO_DEPTH};
 use shoal_proto::{NodeId, PeerInfo};
 
 use super::Config;
-use super::guard::Bucket;
+use super::guard::Budgets;
 use crate::limits::EXTRA_FOR_CHILDREN;
 use crate::seqset::SeqSet;
 
@@ -69,9 +69,7 @@ pub(super) struct Neighbour {
     /// When it became a neighbour.
     pub since: Option<Instant>,
     /// What it may still send us before it counts as flooding (`guard.rs`).
-    pub control_budget: Bucket,
-    pub request_budget: Bucket,
-    pub stale_budget: Bucket,
+    pub budgets: Budgets,
 }
 
 impl Neighbour {
@@ -89,9 +87,7 @@ impl Neighbour {
             fresh: None,
             heard: None,
             since: None,
-            control_budget: Bucket::default(),
-            request_budget: Bucket::default(),
-            stale_budget: Bucket::default(),
+            budgets: Budgets::default(),
         }
     }
 
