@@ -15,6 +15,7 @@ mod meter;
 mod neighbourhood;
 mod punch;
 mod repair;
+mod stripes;
 mod trees;
 mod types;
 

@@ -13,6 +13,7 @@ use shoal_proto::message::{SeqRange, ranges_of};
 use shoal_proto::{Chunk, Message, NodeId};
 
 use super::neighbourhood::Neighbourhood;
+use super::stripes::Stripes;
 use super::trees::Trees;
 use super::{Action, Config, Outbox};
 use crate::window::Window;
@@ -37,6 +38,7 @@ struct Progress {
 
 #[derive(Debug)]
 pub(super) struct Repair {
+    k: Stripes,
     stripes: Vec<Progress>,
     /// Seqs stored since the last HAVE round.
     unannounced: Vec<u64>,
@@ -55,8 +57,10 @@ pub(super) struct Repair {
 
 impl Repair {
     pub fn new(stripes: u8) -> Self {
+        let k = Stripes::new(stripes);
         Repair {
-            stripes: vec![Progress::default(); usize::from(stripes.max(1))],
+            k,
+            stripes: vec![Progress::default(); k.count()],
             unannounced: Vec::new(),
             last_have: None,
             floor: None,
@@ -68,17 +72,13 @@ impl Repair {
         }
     }
 
-    fn k(&self) -> u64 {
-        self.stripes.len() as u64
-    }
-
     /// A new chunk of the live epoch is held: no longer missing, its stripe's earlier chunks
     /// still absent are gaps, and it is announced in the next HAVE round. Returns the
     /// neighbour it had been asked of, if any.
     pub fn note_new_chunk(&mut self, seq: u64, window: &Window, now: Instant) -> Option<NodeId> {
         let asked = self.requested.remove(&seq).map(|(asked, _)| asked);
         self.missing.remove(&seq);
-        let s = (seq % self.k()) as usize;
+        let s = self.k.of(seq);
         self.note_gaps(seq, self.stripes[s].newest, window, now);
         self.unannounced.push(seq);
         let progress = &mut self.stripes[s];
@@ -108,14 +108,14 @@ impl Repair {
     fn note_gaps(&mut self, seq: u64, previous_newest: Option<u64>, window: &Window, now: Instant) {
         let Some(epoch) = window.live_epoch() else { return };
         let floor = *self.floor.get_or_insert(seq);
-        let k = self.k();
+        let k = self.k.step();
         let newest_any = window.newest_seq(epoch).unwrap_or(seq);
         let low = floor.max(newest_any.saturating_sub(MAX_REPAIR_SPAN));
         let mut m = match previous_newest {
             Some(p) if p < seq => p + k,
             Some(_) => return,
             // First chunk of this stripe: everything of the stripe from the floor on.
-            None => low + (seq % k + k - low % k) % k,
+            None => self.k.first_from(low, self.k.of(seq)),
         };
         while m < seq {
             if m >= low && !window.contains(epoch, m) {
@@ -133,11 +133,11 @@ impl Repair {
         let (Some(newest), Some(floor)) = (window.newest_seq(epoch), self.floor) else {
             return;
         };
-        let k = self.k();
+        let k = self.k.step();
         let low = floor.max(newest.saturating_sub(MAX_REPAIR_SPAN));
-        for s in 0..k {
-            let stripe = self.stripes[s as usize];
-            let first_low = low + (s + k - low % k) % k;
+        for s in 0..self.k.count() {
+            let stripe = self.stripes[s];
+            let first_low = self.k.first_from(low, s);
             let mut m = [stripe.newest, stripe.stall_checked]
                 .into_iter()
                 .flatten()
@@ -154,7 +154,7 @@ impl Repair {
                 m += k;
             }
             if checked.is_some() {
-                self.stripes[s as usize].stall_checked = checked;
+                self.stripes[s].stall_checked = checked;
             }
         }
     }

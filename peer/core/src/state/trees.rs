@@ -13,6 +13,7 @@ use shoal_proto::{Message, NodeId};
 
 use super::meter::StreamMeter;
 use super::neighbourhood::{Neighbour, Neighbourhood};
+use super::stripes::Stripes;
 use super::{Config, Outbox};
 use crate::window::Window;
 
@@ -62,6 +63,7 @@ pub(super) struct Ctx<'a> {
 }
 
 pub(super) struct Trees {
+    k: Stripes,
     stripes: Vec<Stripe>,
     /// (neighbour, stripe) → when it refused or failed as parent.
     cooldown: HashMap<(NodeId, u8), Instant>,
@@ -73,8 +75,10 @@ pub(super) struct Trees {
 
 impl Trees {
     pub fn new(stripes: u8) -> Self {
+        let k = Stripes::new(stripes);
         Trees {
-            stripes: (0..stripes.max(1)).map(|_| Stripe::default()).collect(),
+            k,
+            stripes: (0..k.count()).map(|_| Stripe::default()).collect(),
             cooldown: HashMap::default(),
             status_dirty: true,
             last_status: (Vec::new(), 0),
@@ -82,9 +86,8 @@ impl Trees {
         }
     }
 
-    /// The one place seqs are mapped to stripes.
     pub fn stripe_of(&self, seq: u64) -> usize {
-        (seq % self.stripes.len() as u64) as usize
+        self.k.of(seq)
     }
 
     /// Parent per stripe (`None` where the stripe is orphaned).
