@@ -116,7 +116,13 @@ async fn broadcast(args: Args) -> anyhow::Result<()> {
         source: true,
         ..args.swarm.core_config()
     };
-    let node = Node::spawn(args.swarm.node_config(key.verifying_key(), bootstrap.clone(), core)).await?;
+    // Its node ID is the stream key itself, proven in every handshake: the source cannot be
+    // impersonated, and every peer knows which neighbour it is.
+    let node = Node::spawn(shoal_peer::NodeConfig {
+        node_key: Some(key.clone()),
+        ..args.swarm.node_config(key.verifying_key(), bootstrap.clone(), core)
+    })
+    .await?;
 
     let tickets = Tickets {
         key: key.verifying_key(),

@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use ed25519_dalek::SigningKey;
 use shoal_peer::net::transport;
 
 const CONNECTIONS: usize = 300;
@@ -12,8 +13,9 @@ const CONNECTIONS: usize = 300;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let limits = Default::default();
-    let server = transport::endpoint("127.0.0.1:0".parse()?, &limits)?;
-    let client = transport::endpoint("127.0.0.1:0".parse()?, &limits)?;
+    // Each side proves its node key (mutual TLS, ed25519 certificates).
+    let server = transport::endpoint("127.0.0.1:0".parse()?, &limits, &SigningKey::from_bytes(&[1; 32]))?;
+    let client = transport::endpoint("127.0.0.1:0".parse()?, &limits, &SigningKey::from_bytes(&[2; 32]))?;
     let addr = server.local_addr()?;
     let accept = tokio::spawn(async move {
         for _ in 0..CONNECTIONS {
@@ -28,6 +30,11 @@ async fn main() -> anyhow::Result<()> {
         let started = Instant::now();
         let conn = client.connect(addr, transport::SERVER_NAME)?.await?;
         times.push(started.elapsed());
+        assert_eq!(
+            transport::peer_node_id(&conn).map(|id| id.0),
+            Some(SigningKey::from_bytes(&[1; 32]).verifying_key().to_bytes()),
+            "the server proved its key"
+        );
         conn.close(0u32.into(), b"");
     }
     accept.abort();

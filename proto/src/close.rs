@@ -13,5 +13,7 @@ pub const DUPLICATE: u32 = 3;
 pub const STREAM_MISMATCH: u32 = 4;
 /// Does not take what is sent to it in time, or said nothing for too long.
 pub const SLOW: u32 = 5;
+/// Claimed a node ID other than the key it proved in the handshake.
+pub const IDENTITY: u32 = 6;
 /// Stream reset code: the chunk missed its deadline.
 pub const EXPIRED: u32 = 16;

@@ -1,6 +1,7 @@
 //! A hostile neighbour for tests: it joins a real peer over QUIC like any viewer, records a
 //! few real chunks, and then misbehaves in one chosen way per connection, each under a node
-//! ID of its own, so every attack can be checked to end in its own ban.
+//! key of its own (proven in the handshake), so every attack can be checked to end in its own
+//! ban. It also tries to pass for other nodes, claiming IDs whose keys it does not hold.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -92,6 +93,14 @@ pub struct Outcome {
     pub closed_with: Option<u64>,
 }
 
+/// What an honest viewer got.
+pub struct Watched {
+    /// Chunks the target pushed.
+    pub received: usize,
+    /// How the target ended the connection, if it did.
+    pub closed_with: Option<u64>,
+}
+
 struct Control {
     send: quinn::SendStream,
     _recv: quinn::RecvStream,
@@ -105,9 +114,14 @@ pub struct Adversary {
     recorded: Vec<Chunk>,
 }
 
-/// A node ID of the adversary's own making (tests give each attack its own).
+/// A node key of the adversary's own making (tests give each attack its own).
+pub fn node_key(n: u8) -> SigningKey {
+    SigningKey::from_bytes(&[0xb0 ^ n; 32])
+}
+
+/// The node ID `node_key(n)` proves.
 pub fn node_id(n: u8) -> NodeId {
-    NodeId([0xb0 ^ n; 32])
+    NodeId(node_key(n).verifying_key().to_bytes())
 }
 
 impl Adversary {
@@ -119,14 +133,15 @@ impl Adversary {
         chunks: usize,
         within: Duration,
     ) -> anyhow::Result<Adversary> {
-        let endpoint = shoal_peer::net::transport::endpoint("127.0.0.1:0".parse()?, &Default::default())?;
+        let endpoint =
+            shoal_peer::net::transport::endpoint("127.0.0.1:0".parse()?, &Default::default(), &node_key(0xff))?;
         let mut adversary = Adversary {
             ticket: ticket.clone(),
             target,
             endpoint,
             recorded: Vec::new(),
         };
-        let (conn, mut control) = adversary.connect(node_id(0xff)).await?;
+        let (conn, mut control) = adversary.connect(&node_key(0xff), node_id(0xff)).await?;
         let deadline = Instant::now() + within;
         let status = viewer_hello();
         let mut heartbeat = tokio::time::interval(Duration::from_millis(500));
@@ -160,17 +175,19 @@ impl Adversary {
         &self.recorded
     }
 
-    /// Connects and handshakes as `node_id`; the control stream's halves are kept open (a
-    /// dropped receive half would tell the target to stop sending).
-    async fn connect(&self, node_id: NodeId) -> anyhow::Result<(quinn::Connection, Control)> {
-        let conn = self.dial().await?;
-        let control = self.handshake(&conn, node_id).await?;
+    /// Connects proving `key`, and handshakes claiming `claim`; the control stream's halves
+    /// are kept open (a dropped receive half would tell the target to stop sending).
+    async fn connect(&self, key: &SigningKey, claim: NodeId) -> anyhow::Result<(quinn::Connection, Control)> {
+        let conn = self.dial(key).await?;
+        let control = self.handshake(&conn, claim).await?;
         Ok((conn, control))
     }
 
-    async fn dial(&self) -> anyhow::Result<quinn::Connection> {
+    /// A QUIC connection to the target in which this adversary proves `key`.
+    async fn dial(&self, key: &SigningKey) -> anyhow::Result<quinn::Connection> {
+        let config = shoal_peer::net::transport::client_config(key, &Default::default())?;
         self.endpoint
-            .connect(self.target, shoal_peer::net::transport::SERVER_NAME)?
+            .connect_with(config, self.target, shoal_peer::net::transport::SERVER_NAME)?
             .await
             .context("connecting to the target peer")
     }
@@ -185,10 +202,10 @@ impl Adversary {
         Ok(Control { send, _recv: recv })
     }
 
-    /// Connects as `node_id`, carries out `attack`, and waits up to `linger` for the target
-    /// to hang up.
-    pub async fn attack(&self, attack: Attack, node_id: NodeId, linger: Duration) -> anyhow::Result<Outcome> {
-        let (conn, mut control) = self.connect(node_id).await?;
+    /// Connects as the holder of `key`, carries out `attack`, and waits up to `linger` for the
+    /// target to hang up.
+    pub async fn attack(&self, attack: Attack, key: &SigningKey, linger: Duration) -> anyhow::Result<Outcome> {
+        let (conn, mut control) = self.connect(key, own_id(key)).await?;
         let newest = self.recorded.last().context("nothing recorded")?;
         let mut sent = 0;
         match attack {
@@ -328,10 +345,11 @@ impl Adversary {
         }
     }
 
-    /// Connects as `node_id`, asks for every stripe and keeps saying STATUS, but never reads
-    /// a chunk: a child the target cannot feed. Waits up to `linger` for it to hang up.
-    pub async fn never_read(&self, node_id: NodeId, linger: Duration) -> anyhow::Result<Outcome> {
-        let (conn, mut control) = self.connect(node_id).await?;
+    /// Connects as the holder of `key`, asks for every stripe and keeps saying STATUS, but
+    /// never reads a chunk: a child the target cannot feed. Waits up to `linger` for it to
+    /// hang up.
+    pub async fn never_read(&self, key: &SigningKey, linger: Duration) -> anyhow::Result<Outcome> {
+        let (conn, mut control) = self.connect(key, own_id(key)).await?;
         let hello = viewer_hello();
         let deadline = Instant::now() + linger;
         let mut sent = 0;
@@ -346,13 +364,63 @@ impl Adversary {
         Ok(Outcome { sent, closed_with })
     }
 
-    /// Connects again as `node_id` and tells whether the target hangs up at once, saying
-    /// it is banned.
-    pub async fn is_turned_away(&self, node_id: NodeId) -> anyhow::Result<bool> {
-        let conn = self.dial().await?;
+    /// Connects again as the holder of `key` and tells whether the target hangs up at once,
+    /// saying it is banned.
+    pub async fn is_turned_away(&self, key: &SigningKey) -> anyhow::Result<bool> {
+        let conn = self.dial(key).await?;
         // The target may hang up before or after our HELLO exchange finishes.
-        let _control = self.handshake(&conn, node_id).await;
+        let _control = self.handshake(&conn, own_id(key)).await;
         Ok(closed_with(&conn, Duration::from_secs(3)).await == Some(u64::from(close::BANNED)))
+    }
+
+    /// Proves `key` but claims to be `claim` in HELLO, then pushes a forged chunk as that
+    /// node would be blamed for; waits up to `linger` for the target to hang up.
+    pub async fn impersonate(&self, key: &SigningKey, claim: NodeId, linger: Duration) -> anyhow::Result<Outcome> {
+        let conn = self.dial(key).await?;
+        // The target may hang up before or after our HELLO exchange finishes.
+        let _control = self.handshake(&conn, claim).await;
+        let mut sent = 0;
+        for bytes in self.chunk_streams(Attack::ForgedSignature) {
+            let Ok(mut send) = conn.open_uni().await else { break };
+            if send.write_all(&bytes).await.is_err() || send.finish().is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        let closed_with = closed_with(&conn, linger).await;
+        Ok(Outcome { sent, closed_with })
+    }
+
+    /// Connects as an honest viewer holding `key` (claiming its own ID) and counts the chunks
+    /// the target pushes within `within`; `closed_with` says if it hung up meanwhile.
+    pub async fn watch(&self, key: &SigningKey, within: Duration) -> anyhow::Result<Watched> {
+        let (conn, mut control) = self.connect(key, own_id(key)).await?;
+        let deadline = Instant::now() + within;
+        let status = viewer_hello();
+        let mut heartbeat = tokio::time::interval(Duration::from_millis(500));
+        let mut received = 0;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = heartbeat.tick() => {
+                    if control.send.write_all(&status).await.is_err() {
+                        break;
+                    }
+                }
+                accepted = conn.accept_uni() => {
+                    let Ok(mut recv) = accepted else { break };
+                    if recv.read_to_end(MAX_CHUNK_WIRE).await.is_ok() {
+                        received += 1;
+                    }
+                }
+            }
+        }
+        let closed_with = conn.close_reason().and_then(|reason| match reason {
+            quinn::ConnectionError::ApplicationClosed(close) => Some(close.error_code.into_inner()),
+            _ => None,
+        });
+        conn.close(close::GOODBYE.into(), b"");
+        Ok(Watched { received, closed_with })
     }
 
     /// Opens `count` QUIC connections to the target, `batch` at a time, sending nothing on
@@ -385,6 +453,10 @@ impl Adversary {
     pub fn close(&self) {
         self.endpoint.close(0u32.into(), b"");
     }
+}
+
+fn own_id(key: &SigningKey) -> NodeId {
+    NodeId(key.verifying_key().to_bytes())
 }
 
 /// What a viewer says every half second: its STATUS (every neighbour must say something, or

@@ -4,8 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+use shoal_proto::NodeId;
 use shoal_proto::close;
-use shoal_tests::adversary::{Adversary, Attack, node_id};
+use shoal_tests::adversary::{Adversary, Attack, node_id, node_key};
 use shoal_tests::player::ffmpeg;
 use shoal_tests::process::test_dir;
 use shoal_tests::swarm::{self, Node};
@@ -59,11 +60,11 @@ fn every_attack_is_counted_and_banned_while_the_viewer_plays_on() {
                 (joined + Duration::from_secs(RELAY_WINDOW_S + 3)).saturating_duration_since(Instant::now()),
             );
         }
-        let id = node_id(i as u8);
+        let key = node_key(i as u8);
         let counter = attack.counter();
         let before = rejected(&relay, counter);
         let outcome = runtime
-            .block_on(adversary.attack(attack, id, Duration::from_secs(5)))
+            .block_on(adversary.attack(attack, &key, Duration::from_secs(5)))
             .unwrap();
         assert_eq!(
             outcome.closed_with,
@@ -74,7 +75,7 @@ fn every_attack_is_counted_and_banned_while_the_viewer_plays_on() {
         let after = wait_for_rise(&relay, counter, before);
         assert!(after > before, "{attack:?}: {counter} stayed at {before}");
         assert!(
-            runtime.block_on(adversary.is_turned_away(id)).unwrap(),
+            runtime.block_on(adversary.is_turned_away(&key)).unwrap(),
             "{attack:?}: the banned node ID was let back in"
         );
         rss_max = rss_max.max(relay.proc.rss_bytes().unwrap_or(0));
@@ -87,9 +88,9 @@ fn every_attack_is_counted_and_banned_while_the_viewer_plays_on() {
     // A child that never reads what it is sent is not banned (it proves nothing hostile)
     // but dropped as too slow, so the relay stops spending on it.
     let slow_before = relay.stats()["slow_dropped"].as_u64().unwrap();
-    let id = node_id(0x80);
+    let key = node_key(0x80);
     let outcome = runtime
-        .block_on(adversary.never_read(id, Duration::from_secs(30)))
+        .block_on(adversary.never_read(&key, Duration::from_secs(30)))
         .unwrap();
     assert_eq!(
         outcome.closed_with,
@@ -99,7 +100,7 @@ fn every_attack_is_counted_and_banned_while_the_viewer_plays_on() {
     std::thread::sleep(Duration::from_millis(1500));
     let slow = relay.stats()["slow_dropped"].as_u64().unwrap();
     assert!(slow > slow_before, "slow_dropped stayed at {slow}");
-    assert!(!runtime.block_on(adversary.is_turned_away(id)).unwrap());
+    assert!(!runtime.block_on(adversary.is_turned_away(&key)).unwrap());
     rss_max = rss_max.max(relay.proc.rss_bytes().unwrap_or(0));
     table.push(format!(
         "NeverReads: dropped as slow after {} heartbeats, slow_dropped {slow_before} → {slow}",
@@ -142,4 +143,109 @@ fn every_attack_is_counted_and_banned_while_the_viewer_plays_on() {
         bound as f64 / 1048576.0,
         play.seconds
     );
+}
+
+fn counter(node: &Node, name: &str) -> u64 {
+    node.stats()[name].as_u64().unwrap_or(0)
+}
+
+/// Whether `node` lists `id` among its connected neighbours.
+fn connected_to(node: &Node, id: NodeId) -> bool {
+    let hex = id.to_hex();
+    node.stats()["neighbours"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|n| n["node_id"] == hex.as_str() && n["connected"] == true)
+}
+
+/// Node IDs are the keys proven in the QUIC handshake: an impostor claiming a connected
+/// neighbour's ID, a node's that has not connected yet, or the broadcaster's, is refused at
+/// HELLO (and its forged chunk never lands on anyone's record); the nodes it claimed to be are
+/// never banned, stay connected or connect, and the viewer plays on.
+#[test]
+fn impostors_are_refused_and_the_nodes_they_claim_to_be_play_on() {
+    let dir = test_dir("impostors");
+    let b = swarm::broadcaster(&dir, &[]).unwrap();
+    let relay = swarm::relay(&dir, "relay", &b.ticket_file, &b.node.addr).unwrap();
+    let gw = swarm::gateway(&dir, &b.ticket_file, &relay.addr).unwrap();
+    let ticket: shoal_proto::Ticket = std::fs::read_to_string(&b.ticket_file).unwrap().parse().unwrap();
+    let url = gw.url("/live.m3u8");
+    let player = std::thread::spawn(move || ffmpeg(&url, 25).unwrap());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let adversary = runtime
+        .block_on(Adversary::join(
+            &ticket,
+            relay.addr.parse().unwrap(),
+            30,
+            Duration::from_secs(15),
+        ))
+        .unwrap();
+
+    let source = NodeId(ticket.stream_key.to_bytes());
+    let gateway = NodeId::from_hex(gw.stats()["node_id"].as_str().unwrap()).unwrap();
+    assert!(connected_to(&relay, source), "the relay's parent is the broadcaster");
+    assert!(connected_to(&relay, gateway));
+    // A node that has not connected yet: its ID is known (PEX tells IDs), its key is not.
+    let latecomer = node_key(0x90);
+    let latecomer_id = node_id(0x90);
+    let banned_before = counter(&relay, "banned");
+    let mut table = Vec::new();
+    for (i, (who, claim)) in [
+        ("a connected neighbour (the gateway)", gateway),
+        ("a node not connected yet", latecomer_id),
+        ("the broadcaster", source),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let refused_before = counter(&relay, "identity_refused");
+        let impostor = node_key(0xa0 + i as u8);
+        let outcome = runtime
+            .block_on(adversary.impersonate(&impostor, claim, Duration::from_secs(3)))
+            .unwrap();
+        assert_eq!(
+            outcome.closed_with,
+            Some(u64::from(close::IDENTITY)),
+            "an impostor claiming {who} was not refused"
+        );
+        std::thread::sleep(Duration::from_millis(1500));
+        let refused = counter(&relay, "identity_refused");
+        assert!(refused > refused_before, "{who}: identity_refused stayed at {refused}");
+        table.push(format!(
+            "claiming {who}: closed with IDENTITY, {} forged streams opened, identity_refused {refused_before} → {refused}",
+            outcome.sent
+        ));
+    }
+    assert_eq!(
+        counter(&relay, "banned"),
+        banned_before,
+        "nobody was banned for an impostor"
+    );
+    assert!(
+        connected_to(&relay, source),
+        "the broadcaster is still the relay's neighbour"
+    );
+    assert!(
+        connected_to(&relay, gateway),
+        "the gateway is still the relay's neighbour"
+    );
+    // The real latecomer, proving its key, is welcome and fed.
+    let watched = runtime
+        .block_on(adversary.watch(&latecomer, Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(watched.closed_with, None, "the latecomer was turned away");
+    assert!(watched.received > 0, "the latecomer got no chunks");
+    table.push(format!("the real latecomer: {} chunks in 5 s", watched.received));
+    adversary.close();
+
+    let play = player.join().unwrap();
+    assert!(
+        play.success && play.errors.is_empty(),
+        "playback broke: {:?}",
+        play.errors
+    );
+    assert!(play.seconds >= 20.0, "decoded only {:.1} s", play.seconds);
+    assert_eq!(gw.stats()["chunks"]["rejected"], serde_json::json!({}));
+    eprintln!("{}\nviewer decoded {:.1} s, no errors", table.join("\n"), play.seconds);
 }

@@ -1,6 +1,8 @@
 //! A hostile peer in the simulator: it announces chunks it lacks (false HAVE), claims to sit
 //! next to the source with room for children, swallows every push it is given (black hole),
-//! ignores REQUESTs, and sends forged chunks to everyone it meets.
+//! ignores REQUESTs, and sends forged chunks to everyone it meets. Like a real one it cannot
+//! pass for another node: what it sends carries no sender, and the harness attributes it to
+//! the link it came over (the real node takes the ID its neighbour proved in the handshake).
 
 use rustc_hash::FxHashSet as HashSet;
 use std::net::SocketAddr;

@@ -80,8 +80,14 @@ pub(super) async fn run_link(
     let (peer, send, recv, buf) = match link::handshake(&conn, identity, outbound).await {
         Ok(parts) => parts,
         Err(e) => {
-            tracing::warn!(%remote, "handshake failed: {e:#}");
-            conn.close(close::PROTOCOL.into(), b"handshake");
+            if let Some(lie) = e.downcast_ref::<link::ClaimedAnotherId>() {
+                // Refused, not banned: a ban by the claimed ID would hit the real node.
+                tracing::warn!(%remote, "refused a peer that {lie}");
+                shared.stats.identity_refused();
+            } else {
+                tracing::warn!(%remote, "handshake failed: {e:#}");
+                conn.close(close::PROTOCOL.into(), b"handshake");
+            }
             return false;
         }
     };

@@ -98,6 +98,16 @@ pub async fn handshake(
         conn.close(close::STREAM_MISMATCH.into(), b"another stream");
         bail!("serves another stream");
     }
+    // Who it is, is the key it proved; what it says is only checked against that.
+    let proven = super::transport::peer_node_id(conn).context("proved no node key")?;
+    if node_id != proven {
+        conn.close(close::IDENTITY.into(), b"node ID not proven");
+        return Err(ClaimedAnotherId {
+            claimed: node_id,
+            proven,
+        }
+        .into());
+    }
     Ok((
         Peer {
             node_id,
@@ -108,6 +118,14 @@ pub async fn handshake(
         recv,
         buf,
     ))
+}
+
+/// A HELLO claimed a node ID other than the key its sender proved in the handshake.
+#[derive(Debug, thiserror::Error)]
+#[error("claims node ID {} but proved {}", claimed.short(), proven.short())]
+pub struct ClaimedAnotherId {
+    pub claimed: NodeId,
+    pub proven: NodeId,
 }
 
 /// Reads one control frame and its length; `Ok(None)` at a clean end of stream.

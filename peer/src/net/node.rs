@@ -34,6 +34,11 @@ const TICK: Duration = Duration::from_millis(50);
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
     pub stream_key: VerifyingKey,
+    /// The key this node proves in every handshake: its node ID is the public half. `None`:
+    /// a fresh one for this run (viewers and relays; an ID that outlived the show would only
+    /// be a handle to follow a viewer by). The broadcaster passes its stream key, so every
+    /// peer knows for certain which neighbour is the source.
+    pub node_key: Option<SigningKey>,
     pub listen: SocketAddr,
     /// Addresses dialled at start and re-dialled whenever they are not connected.
     pub dial: Vec<SocketAddr>,
@@ -58,12 +63,18 @@ pub struct Node {
 
 impl Node {
     pub async fn spawn(config: NodeConfig) -> anyhow::Result<Node> {
-        let mut seed = [0u8; 32];
-        getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no system randomness for the node key: {e}"))?;
-        let node_id = NodeId(SigningKey::from_bytes(&seed).verifying_key().to_bytes());
-        let endpoint = super::transport::endpoint(config.listen, &config.core.limits)?;
+        let node_key = match config.node_key.clone() {
+            Some(key) => key,
+            None => SigningKey::from_bytes(&random_seed()?),
+        };
+        let node_id = NodeId(node_key.verifying_key().to_bytes());
+        let endpoint = super::transport::endpoint(config.listen, &config.core.limits, &node_key)?;
         let local_addr = endpoint.local_addr()?;
-        let stats = Stats::new(node_id, config.core.limits.clone());
+        let stats = Stats::new(
+            node_id,
+            NodeId(config.stream_key.to_bytes()),
+            config.core.limits.clone(),
+        );
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
         let (inputs, input_rx) = mpsc::channel(INPUT_QUEUE);
@@ -89,7 +100,7 @@ impl Node {
             core_config.upload_bps = Some(kbps * 1000);
         }
         let deliver = core_config.deliver;
-        let core_seed = u64::from_le_bytes(seed[..8].try_into().expect("8 bytes"));
+        let core_seed = u64::from_le_bytes(random_seed()?[..8].try_into().expect("8 bytes"));
         let mut core = State::new(node_id, core_config, core_seed, Instant::now().into_std());
         let dialer = Dialer {
             endpoint: endpoint.clone(),
@@ -304,4 +315,10 @@ async fn accept(endpoint: quinn::Endpoint, identity: Identity, shared: Shared, c
             }
         });
     }
+}
+
+fn random_seed() -> anyhow::Result<[u8; 32]> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no system randomness: {e}"))?;
+    Ok(seed)
 }

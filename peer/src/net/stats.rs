@@ -60,14 +60,14 @@ struct CoreView {
     startup: Option<Duration>,
     /// Measured stream rate, bit/s.
     stream_bps: Option<f64>,
-    /// Neighbours that are the broadcaster.
-    sources: Vec<NodeId>,
     /// Hops from the broadcaster per stripe.
     depths: Vec<u8>,
 }
 
 pub struct Stats {
     node_id: NodeId,
+    /// The broadcaster's node ID: its stream key, proven in the handshake.
+    source: NodeId,
     bytes_in: Totals,
     bytes_out: Totals,
     links: Mutex<Vec<Arc<Link>>>,
@@ -82,6 +82,8 @@ pub struct Stats {
     connections_refused: AtomicU64,
     /// Neighbours dropped for not taking the chunks pushed to them.
     slow_dropped: AtomicU64,
+    /// Handshakes refused for a HELLO claiming another node's ID.
+    identity_refused: AtomicU64,
     /// Where neighbours see this node.
     observed: Mutex<Observed>,
     mapping: Mutex<Option<Mapping>>,
@@ -93,9 +95,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Stats {
-    pub fn new(node_id: NodeId, limits: Limits) -> Arc<Self> {
+    pub fn new(node_id: NodeId, source: NodeId, limits: Limits) -> Arc<Self> {
         Arc::new(Stats {
             node_id,
+            source,
             bytes_in: Totals::default(),
             bytes_out: Totals::default(),
             links: Mutex::new(Vec::new()),
@@ -105,6 +108,7 @@ impl Stats {
             live: Mutex::default(),
             connections_refused: AtomicU64::new(0),
             slow_dropped: AtomicU64::new(0),
+            identity_refused: AtomicU64::new(0),
             observed: Mutex::default(),
             mapping: Mutex::default(),
             limits,
@@ -132,6 +136,10 @@ impl Stats {
 
     pub fn slow_dropped(&self) {
         self.slow_dropped.fetch_add(1, Relaxed);
+    }
+
+    pub fn identity_refused(&self) {
+        self.identity_refused.fetch_add(1, Relaxed);
     }
 
     pub fn connection_refused(&self) {
@@ -221,7 +229,6 @@ impl Stats {
             counters: core.counters().clone(),
             startup: core.startup(),
             stream_bps: core.stream_bps(),
-            sources: core.sources(),
             depths: core.depths(),
         };
     }
@@ -235,7 +242,6 @@ impl Stats {
             counters,
             startup,
             stream_bps,
-            sources,
             depths,
         } = lock(&self.core).clone();
         let neighbours = lock(&self.links)
@@ -244,7 +250,7 @@ impl Stats {
                 node_id: l.node_id.to_hex(),
                 addr: l.addr,
                 connected: l.connected.load(Relaxed),
-                source: sources.contains(&l.node_id),
+                source: l.node_id == self.source,
                 bytes_in: l.bytes_in.load(Relaxed),
                 bytes_out: l.bytes_out.load(Relaxed),
             })
@@ -283,6 +289,7 @@ impl Stats {
             },
             connections_refused: self.connections_refused.load(Relaxed),
             slow_dropped: self.slow_dropped.load(Relaxed),
+            identity_refused: self.identity_refused.load(Relaxed),
             stream_bps: stream_bps.map(|b| b.round() as u64),
             depths,
             limits: LimitsView {
@@ -330,6 +337,9 @@ pub struct Snapshot {
     pub connections_refused: u64,
     /// Neighbours dropped for not taking the chunks pushed to them.
     pub slow_dropped: u64,
+    /// Handshakes refused because the HELLO claimed a node ID its sender did not prove.
+    #[serde(default)]
+    pub identity_refused: u64,
     /// The stream's rate as measured, bit/s.
     pub stream_bps: Option<u64>,
     /// Hops from the broadcaster per stripe (255: cut off).
@@ -355,7 +365,7 @@ pub struct NeighbourStats {
     pub node_id: String,
     pub addr: SocketAddr,
     pub connected: bool,
-    /// It is the broadcaster.
+    /// It is the broadcaster (it proved the stream key).
     pub source: bool,
     pub bytes_in: u64,
     pub bytes_out: u64,

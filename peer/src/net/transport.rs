@@ -1,17 +1,23 @@
-//! The QUIC endpoint every shoal node uses: one UDP socket that both accepts and dials, a
-//! throwaway self-signed certificate, and a client that accepts any certificate — peers
-//! trust chunks by the broadcaster's signature, never by TLS names.
+//! The QUIC endpoint every shoal node uses: one UDP socket that both accepts and dials, and
+//! mutual TLS in which each side proves its node key. A node's certificate is self-signed by
+//! its ed25519 node key; each side accepts any such certificate (there is no authority and
+//! no name to check: chunks are trusted by the broadcaster's signature), and takes the key it
+//! proved in the handshake as the other's node ID (libp2p's TLS handshake and iroh do the
+//! same). A HELLO claiming another ID is refused (`link.rs`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use ed25519_dalek::SigningKey;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
-use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::crypto::{CryptoProvider, verify_tls13_signature};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use shoal_proto::NodeId;
 use shoal_proto::chunk::MAX_CHUNK_WIRE;
 
 use shoal_core::limits::{IDLE_TIMEOUT, Limits};
@@ -51,37 +57,75 @@ fn transport_config(limits: &Limits) -> Arc<quinn::TransportConfig> {
     Arc::new(t)
 }
 
-/// Binds `listen` and returns an endpoint that serves and dials shoal connections.
-pub fn endpoint(listen: SocketAddr, limits: &Limits) -> anyhow::Result<quinn::Endpoint> {
-    let cert =
-        rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string()]).context("generating a TLS certificate")?;
-    let key = PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der());
-
+/// Binds `listen` and returns an endpoint that serves and dials shoal connections as the
+/// holder of `key`.
+pub fn endpoint(listen: SocketAddr, limits: &Limits, key: &SigningKey) -> anyhow::Result<quinn::Endpoint> {
+    let (cert, private) = certificate(key)?;
     let mut server_tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.cert.der().clone()], key.into())?;
+        .with_client_cert_verifier(Arc::new(NodeCert(provider())))
+        .with_single_cert(vec![cert], private)?;
     server_tls.alpn_protocols = vec![shoal_proto::ALPN.to_vec()];
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(server_tls)?));
     server.transport_config(transport_config(limits));
 
-    let mut client_tls = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider())))
-        .with_no_client_auth();
-    client_tls.alpn_protocols = vec![shoal_proto::ALPN.to_vec()];
-    let mut client = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(client_tls)?));
-    client.transport_config(transport_config(limits));
-
     let socket = std::net::UdpSocket::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let mut endpoint = udp_endpoint(socket, server).with_context(|| format!("cannot start QUIC on {listen}"))?;
-    endpoint.set_default_client_config(client);
+    endpoint.set_default_client_config(client_config(key, limits)?);
     Ok(endpoint)
 }
 
-/// Accepts any server certificate but still checks the handshake signature, so the
-/// connection is encrypted to whoever holds the presented key.
+/// How this node dials as the holder of `key` (the endpoint's default; a test dials as others).
+pub fn client_config(key: &SigningKey, limits: &Limits) -> anyhow::Result<quinn::ClientConfig> {
+    let (cert, private) = certificate(key)?;
+    let mut client_tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(NodeCert(provider())))
+        .with_client_auth_cert(vec![cert], private)?;
+    client_tls.alpn_protocols = vec![shoal_proto::ALPN.to_vec()];
+    let mut client = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(client_tls)?));
+    client.transport_config(transport_config(limits));
+    Ok(client)
+}
+
+/// The node ID the other side of `conn` proved in the handshake: the ed25519 key of its
+/// certificate.
+pub fn peer_node_id(conn: &quinn::Connection) -> Option<NodeId> {
+    let certs = conn.peer_identity()?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    ed25519_key_of(certs.first()?).map(NodeId)
+}
+
+/// DER of an ed25519 key in PKCS#8 v1 (RFC 8410): a fixed header, then the 32-byte seed.
+const PKCS8_ED25519: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+/// DER of an ed25519 SubjectPublicKeyInfo (RFC 8410): a fixed header, then the 32-byte key.
+const SPKI_ED25519: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+
+/// A self-signed certificate for `key`, and the key as TLS takes it.
+fn certificate(key: &SigningKey) -> anyhow::Result<(CertificateDer<'static>, PrivateKeyDer<'static>)> {
+    let mut pkcs8 = PKCS8_ED25519.to_vec();
+    pkcs8.extend_from_slice(key.as_bytes());
+    let pkcs8 = PrivatePkcs8KeyDer::from(pkcs8);
+    let pair = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &rcgen::PKCS_ED25519)
+        .context("the node key as a TLS key")?;
+    let cert = rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()])
+        .and_then(|params| params.self_signed(&pair))
+        .context("generating a TLS certificate")?;
+    Ok((cert.der().clone(), pkcs8.into()))
+}
+
+/// The ed25519 public key a certificate carries, from its parsed SubjectPublicKeyInfo (not a
+/// search of its bytes: a crafted certificate may carry another key elsewhere).
+fn ed25519_key_of(cert: &CertificateDer<'_>) -> Option<[u8; 32]> {
+    let parsed = webpki::EndEntityCert::try_from(cert).ok()?;
+    let spki = parsed.subject_public_key_info();
+    let key = spki.as_ref().strip_prefix(&SPKI_ED25519[..])?;
+    key.try_into().ok()
+}
+
+/// The endpoint on its socket (behind the benchmarks' delay and loss emulation when asked).
 fn udp_endpoint(socket: std::net::UdpSocket, server: quinn::ServerConfig) -> anyhow::Result<quinn::Endpoint> {
     let runtime = Arc::new(quinn::TokioRuntime);
     #[cfg(feature = "netem")]
@@ -107,28 +151,51 @@ fn udp_endpoint(socket: std::net::UdpSocket, server: quinn::ServerConfig) -> any
     )?)
 }
 
+/// Accepts a certificate that carries an ed25519 key, and a handshake signed by that key
+/// (ed25519 only): the connection is then with whoever holds the key, whatever else the
+/// certificate says.
 #[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
+struct NodeCert(Arc<CryptoProvider>);
 
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+impl NodeCert {
+    fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        match ed25519_key_of(end_entity) {
+            Some(_) => Ok(()),
+            None => Err(rustls::Error::InvalidCertificate(CertificateError::BadEncoding)),
+        }
     }
 
-    fn verify_tls12_signature(
+    fn verify(
         &self,
         message: &[u8],
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+}
+
+impl ServerCertVerifier for NodeCert {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.check(end_entity).map(|()| ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls13RequiredForQuic,
+        ))
     }
 
     fn verify_tls13_signature(
@@ -137,11 +204,50 @@ impl ServerCertVerifier for AnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        self.verify(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        vec![SignatureScheme::ED25519]
+    }
+}
+
+impl ClientCertVerifier for NodeCert {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.check(end_entity).map(|()| ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls13RequiredForQuic,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verify(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
     }
 }
 
@@ -160,4 +266,41 @@ pub fn advertised_addrs(local: SocketAddr) -> Vec<SocketAddr> {
     }
     out.push(SocketAddr::from(([127, 0, 0, 1], local.port())));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id_of(key: &SigningKey) -> NodeId {
+        NodeId(key.verifying_key().to_bytes())
+    }
+
+    #[test]
+    fn a_certificate_carries_the_node_key_and_only_ed25519_counts() {
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let (cert, _) = certificate(&key).unwrap();
+        assert_eq!(ed25519_key_of(&cert).map(NodeId), Some(id_of(&key)));
+        // Another kind of key (rcgen's default, ECDSA P-256) proves no node ID.
+        let other = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string()]).unwrap();
+        assert_eq!(ed25519_key_of(other.cert.der()), None);
+        assert_eq!(
+            ed25519_key_of(&CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x00])),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn both_sides_of_a_connection_learn_the_key_the_other_proved() {
+        let limits = Limits::default();
+        let (a, b) = (SigningKey::from_bytes(&[1; 32]), SigningKey::from_bytes(&[2; 32]));
+        let server = endpoint("127.0.0.1:0".parse().unwrap(), &limits, &a).unwrap();
+        let client = endpoint("127.0.0.1:0".parse().unwrap(), &limits, &b).unwrap();
+        let addr = server.local_addr().unwrap();
+        let accepted = tokio::spawn(async move { server.accept().await.unwrap().await.unwrap() });
+        let dialled = client.connect(addr, SERVER_NAME).unwrap().await.unwrap();
+        let accepted = accepted.await.unwrap();
+        assert_eq!(peer_node_id(&dialled), Some(id_of(&a)));
+        assert_eq!(peer_node_id(&accepted), Some(id_of(&b)));
+    }
 }

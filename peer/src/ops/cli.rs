@@ -89,6 +89,7 @@ impl SwarmArgs {
     ) -> crate::NodeConfig {
         crate::NodeConfig {
             stream_key,
+            node_key: None,
             listen: self.listen,
             dial,
             upload_kbps: self.upload_kbps,

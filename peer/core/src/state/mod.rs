@@ -110,15 +110,6 @@ impl State {
         self.trees.parents()
     }
 
-    /// Neighbours that are the source (depth 0 in a stripe, as they say).
-    pub fn sources(&self) -> Vec<NodeId> {
-        self.view
-            .iter()
-            .filter(|(_, n)| n.depths.contains(&0))
-            .map(|(id, _)| *id)
-            .collect()
-    }
-
     /// Hop count from the source per stripe (255 where cut off).
     pub fn depths(&self) -> Vec<u8> {
         self.trees.depths(&self.config, &self.view)
