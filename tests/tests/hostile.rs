@@ -30,26 +30,59 @@ fn wait_for_rise(node: &Node, counter: &str, before: u64) -> u64 {
     }
 }
 
-#[test]
-fn every_attack_is_counted_and_banned_while_the_viewer_plays_on() {
-    let dir = test_dir("hostile");
+/// A broadcaster, a relay fed by it, a gateway behind the relay played by ffmpeg for
+/// `play_s`, and an adversary that joined the relay and recorded `chunks` real chunks.
+struct Scene {
+    _broadcaster: swarm::Broadcaster,
+    relay: Node,
+    gw: swarm::Gateway,
+    ticket: shoal_proto::Ticket,
+    player: std::thread::JoinHandle<shoal_tests::player::Playback>,
+    runtime: tokio::runtime::Runtime,
+    adversary: Adversary,
+}
+
+fn scene(name: &str, relay_flags: &[&str], play_s: u32, chunks: usize) -> Scene {
+    let dir = test_dir(name);
     let b = swarm::broadcaster(&dir, &[]).unwrap();
-    let window = RELAY_WINDOW_S.to_string();
-    let mut relay = swarm::relay_with(&dir, "relay", &b.ticket_file, &b.node.addr, &["--window-s", &window]).unwrap();
+    let relay = swarm::relay_with(&dir, "relay", &b.ticket_file, &b.node.addr, relay_flags).unwrap();
     let gw = swarm::gateway(&dir, &b.ticket_file, &relay.addr).unwrap();
     let ticket: shoal_proto::Ticket = std::fs::read_to_string(&b.ticket_file).unwrap().parse().unwrap();
-
     let url = gw.url("/live.m3u8");
-    let player = std::thread::spawn(move || ffmpeg(&url, 40).unwrap());
+    let player = std::thread::spawn(move || ffmpeg(&url, play_s).unwrap());
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let adversary = runtime
         .block_on(Adversary::join(
             &ticket,
             relay.addr.parse().unwrap(),
-            60,
+            chunks,
             Duration::from_secs(15),
         ))
         .unwrap();
+    Scene {
+        _broadcaster: b,
+        relay,
+        gw,
+        ticket,
+        player,
+        runtime,
+        adversary,
+    }
+}
+
+#[test]
+fn every_attack_is_counted_and_banned_while_the_viewer_plays_on() {
+    let window = RELAY_WINDOW_S.to_string();
+    // (Every part bound: one left out would be dropped, and its process stopped, at once.)
+    let Scene {
+        _broadcaster: _b,
+        mut relay,
+        gw,
+        ticket: _,
+        player,
+        runtime,
+        adversary,
+    } = scene("hostile", &["--window-s", &window], 40, 60);
     let joined = Instant::now();
 
     let mut rss_max = 0;
@@ -165,22 +198,15 @@ fn connected_to(node: &Node, id: NodeId) -> bool {
 /// never banned, stay connected or connect, and the viewer plays on.
 #[test]
 fn impostors_are_refused_and_the_nodes_they_claim_to_be_play_on() {
-    let dir = test_dir("impostors");
-    let b = swarm::broadcaster(&dir, &[]).unwrap();
-    let relay = swarm::relay(&dir, "relay", &b.ticket_file, &b.node.addr).unwrap();
-    let gw = swarm::gateway(&dir, &b.ticket_file, &relay.addr).unwrap();
-    let ticket: shoal_proto::Ticket = std::fs::read_to_string(&b.ticket_file).unwrap().parse().unwrap();
-    let url = gw.url("/live.m3u8");
-    let player = std::thread::spawn(move || ffmpeg(&url, 25).unwrap());
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let adversary = runtime
-        .block_on(Adversary::join(
-            &ticket,
-            relay.addr.parse().unwrap(),
-            30,
-            Duration::from_secs(15),
-        ))
-        .unwrap();
+    let Scene {
+        _broadcaster: _b,
+        relay,
+        gw,
+        ticket,
+        player,
+        runtime,
+        adversary,
+    } = scene("impostors", &[], 25, 30);
 
     let source = NodeId(ticket.stream_key.to_bytes());
     let gateway = NodeId::from_hex(gw.stats()["node_id"].as_str().unwrap()).unwrap();

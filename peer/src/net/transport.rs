@@ -165,6 +165,13 @@ impl NodeCert {
         }
     }
 
+    /// QUIC is TLS 1.3 only (and the configs offer nothing else).
+    fn tls12() -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls13RequiredForQuic,
+        ))
+    }
+
     fn verify(
         &self,
         message: &[u8],
@@ -193,9 +200,7 @@ impl ServerCertVerifier for NodeCert {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
-        ))
+        NodeCert::tls12()
     }
 
     fn verify_tls13_signature(
@@ -232,9 +237,7 @@ impl ClientCertVerifier for NodeCert {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
-        ))
+        NodeCert::tls12()
     }
 
     fn verify_tls13_signature(
