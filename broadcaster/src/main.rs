@@ -338,6 +338,7 @@ async fn publish(
     let mut first = Some(first);
     let mut produced: u64 = 0;
     let mut chunks: u64 = 0;
+    let mut reported: u64 = 0;
     let mut report = tokio::time::interval(Duration::from_secs(10));
     report.tick().await;
     loop {
@@ -358,9 +359,12 @@ async fn publish(
             }
             _ = report.tick() => {
                 let sent = stats.data_bytes_out();
+                // Over the last ten seconds (the total would grow without end).
+                let stream_kbps = (produced - reported) * 8 / 1000 / 10;
+                reported = produced;
                 tracing::info!(
                     chunks,
-                    stream_kbps = produced * 8 / 1000 / 10,
+                    stream_kbps,
                     upload_ratio = format!("{:.2}", sent as f64 / produced.max(1) as f64),
                     "streaming"
                 );

@@ -10,3 +10,4 @@ pub mod process;
 pub mod pusher;
 pub mod skip;
 pub mod swarm;
+pub mod uplinks;

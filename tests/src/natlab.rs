@@ -91,7 +91,7 @@ impl Netns {
 }
 
 /// Starts the shoal binary `program` inside namespace `ns`.
-fn start_in(ns: &str, dir: &Path, name: &str, program: &str, args: &[impl AsRef<str>]) -> anyhow::Result<Proc> {
+pub(crate) fn start_in(ns: &str, dir: &Path, name: &str, program: &str, args: &[impl AsRef<str>]) -> anyhow::Result<Proc> {
     let mut full = vec![
         "netns".to_string(),
         "exec".into(),
@@ -109,7 +109,7 @@ impl Drop for Netns {
 }
 
 /// Kills what runs in `ns` and deletes it.
-fn remove_namespace(ns: &str) {
+pub(crate) fn remove_namespace(ns: &str) {
     if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
         for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
             let _ = Command::new("kill").args(["-9", pid]).status();
@@ -137,7 +137,7 @@ impl Drop for Lab {
     }
 }
 
-fn run(cmd: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn run(cmd: &[&str]) -> anyhow::Result<()> {
     let out = Command::new(cmd[0])
         .args(&cmd[1..])
         .output()
@@ -149,7 +149,7 @@ fn run(cmd: &[&str]) -> anyhow::Result<()> {
 }
 
 /// Gives `dev` in `ns` an address and brings it up.
-fn address(ns: &str, dev: &str, cidr: &str) -> anyhow::Result<()> {
+pub(crate) fn address(ns: &str, dev: &str, cidr: &str) -> anyhow::Result<()> {
     run(&["ip", "-n", ns, "addr", "add", cidr, "dev", dev])?;
     run(&["ip", "-n", ns, "link", "set", dev, "up"])
 }

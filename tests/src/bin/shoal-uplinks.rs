@@ -1,0 +1,52 @@
+//! `shoal-uplinks` (run through `scripts/uplinks`): builds the shaped-uplink lab in network
+//! namespaces, streams through it, prints one JSON report, and removes everything.
+//!
+//! `shoal-uplinks [--declare] [--queue-ms 400] [--seconds 60] [--bitrate-kbps 2000]
+//! [--household N] 1000,4000,1000,4000,10000,1000,4000,10000`
+
+use anyhow::Context;
+use shoal_tests::process::test_dir;
+use shoal_tests::uplinks::{self, Config};
+
+fn main() -> anyhow::Result<()> {
+    if let Some(why) = shoal_tests::natlab::unavailable() {
+        println!("uplinks: skipped: {why}");
+        return Ok(());
+    }
+    let mut config = Config {
+        uplinks_kbps: vec![1000, 4000, 1000, 4000, 10000, 1000, 4000, 10000],
+        queue_ms: 400,
+        bitrate_kbps: 2000,
+        seconds: 60,
+        declare: false,
+        household: 0,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().with_context(|| format!("{name} takes a value"));
+        match arg.as_str() {
+            "--declare" => config.declare = true,
+            "--queue-ms" => config.queue_ms = value("--queue-ms")?.parse()?,
+            "--seconds" => config.seconds = value("--seconds")?.parse()?,
+            "--bitrate-kbps" => config.bitrate_kbps = value("--bitrate-kbps")?.parse()?,
+            "--household" => config.household = value("--household")?.parse()?,
+            list => {
+                config.uplinks_kbps = list
+                    .split(',')
+                    .map(|k| k.trim().parse().with_context(|| format!("{k:?} is not kbit/s")))
+                    .collect::<anyhow::Result<_>>()?
+            }
+        }
+    }
+    anyhow::ensure!(
+        config.household < config.uplinks_kbps.len(),
+        "--household names viewer {} of {}",
+        config.household,
+        config.uplinks_kbps.len()
+    );
+    let dir = test_dir("uplinks");
+    let report = uplinks::run_lab(&dir, &config)?;
+    eprintln!("uplinks: logs in {}", dir.display());
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
