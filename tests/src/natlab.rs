@@ -91,7 +91,13 @@ impl Netns {
 }
 
 /// Starts the shoal binary `program` inside namespace `ns`.
-pub(crate) fn start_in(ns: &str, dir: &Path, name: &str, program: &str, args: &[impl AsRef<str>]) -> anyhow::Result<Proc> {
+pub(crate) fn start_in(
+    ns: &str,
+    dir: &Path,
+    name: &str,
+    program: &str,
+    args: &[impl AsRef<str>],
+) -> anyhow::Result<Proc> {
     let mut full = vec![
         "netns".to_string(),
         "exec".into(),

@@ -63,7 +63,15 @@ impl Lab {
         run(&["ip", "netns", "add", &ns])?;
         self.namespaces.push(ns.clone());
         run(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
-        run(&["ip", "netns", "exec", &ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])?;
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.disable_ipv6=1",
+        ])?;
         let port = format!("p{n}");
         let public = self.ns("pub");
         run(&[
@@ -109,7 +117,9 @@ impl Lab {
 fn ping(ns: &str, to: &str, seconds: u64) -> Vec<f64> {
     let count = (seconds * 5).to_string();
     let out = std::process::Command::new("ip")
-        .args(["netns", "exec", ns, "ping", "-n", "-i", "0.2", "-W", "2", "-c", &count, to])
+        .args([
+            "netns", "exec", ns, "ping", "-n", "-i", "0.2", "-W", "2", "-c", &count, to,
+        ])
         .output();
     let Ok(out) = out else { return Vec::new() };
     String::from_utf8_lossy(&out.stdout)
@@ -142,7 +152,11 @@ fn bulk_upload(lab: &mut Lab, dir: &Path, household: &str, tag: &str, seconds: u
         dir,
         &format!("bulk-{tag}"),
         "shoal-bulk",
-        &["send".to_string(), format!("{BROADCASTER}:{BULK_PORT}"), seconds.to_string()],
+        &[
+            "send".to_string(),
+            format!("{BROADCASTER}:{BULK_PORT}"),
+            seconds.to_string(),
+        ],
     )?;
     std::thread::sleep(Duration::from_secs(seconds) + Duration::from_millis(1500));
     drop(sender);
@@ -168,7 +182,13 @@ pub fn run_lab(dir: &Path, config: &Config) -> anyhow::Result<Value> {
     lab.host("broadcaster", 2, None)?;
     lab.host("gateway", 3, None)?;
     let viewers: Vec<String> = (0..config.uplinks_kbps.len())
-        .map(|i| lab.host(&format!("v{i}"), 10 + i as u8, Some((config.uplinks_kbps[i], config.queue_ms))))
+        .map(|i| {
+            lab.host(
+                &format!("v{i}"),
+                10 + i as u8,
+                Some((config.uplinks_kbps[i], config.queue_ms)),
+            )
+        })
         .collect::<anyhow::Result<_>>()?;
     let household = viewers[config.household].clone();
 
