@@ -358,7 +358,7 @@ async fn publish(
                 }
             }
             _ = report.tick() => {
-                let sent = stats.data_bytes_out();
+                let sent = stats.wire().carried_bytes();
                 // Over the last ten seconds (the total would grow without end).
                 let stream_kbps = (produced - reported) * 8 / 1000 / 10;
                 reported = produced;

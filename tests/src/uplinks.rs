@@ -251,11 +251,14 @@ pub fn run_lab(dir: &Path, config: &Config) -> anyhow::Result<Value> {
     let mut per_viewer = Vec::new();
     for (i, kbps) in config.uplinks_kbps.iter().enumerate() {
         let s: Snapshot = read_stats(&dir.join(format!("v{i}.json")));
+        let kbps_of = |bytes: u64| (bytes as f64 * 8.0 / 1000.0 / started.elapsed().as_secs_f64()).round();
         per_viewer.push(json!({
             "uplink_kbps": kbps,
             "latency_ms": s.latency_ms,
-            "sent_kbps": (s.bytes_out.total() as f64 * 8.0 / 1000.0 / started.elapsed().as_secs_f64()).round(),
-            "children_depths": s.depths,
+            // Handed to QUIC streams, and what the uplink carried (QUIC's count).
+            "sent_kbps": kbps_of(s.bytes_out.total()),
+            "carried_kbps": kbps_of(s.wire_out.carried_bytes()),
+            "depths": s.depths,
         }));
     }
     let produced = source.chunks.published_bytes.max(1) as f64;
@@ -270,7 +273,7 @@ pub fn run_lab(dir: &Path, config: &Config) -> anyhow::Result<Value> {
             "playlist_stalls": gateway["segments"]["stalls"],
             "latency_ms": gateway["latency_ms"],
         },
-        "source_upload_ratio": (source.bytes_out.total() as f64 / produced * 100.0).round() / 100.0,
+        "source_upload_ratio": (source.wire_out.carried_bytes() as f64 / produced * 100.0).round() / 100.0,
         "viewers": per_viewer,
         "household": {
             "viewer": config.household,

@@ -168,7 +168,7 @@ pub async fn start(
     buf: BytesMut,
     shared: &Shared,
 ) -> Option<JoinSet<()>> {
-    let stats = shared.stats.link(peer.node_id, conn.remote_address());
+    let stats = shared.stats.link(peer.node_id, &conn);
     let (control_tx, control_rx) = mpsc::channel(shared.limits.control_queue);
     let (chunk_tx, chunk_rx) = mpsc::channel(shared.limits.chunk_queue);
     let handle = LinkHandle {

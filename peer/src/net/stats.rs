@@ -30,6 +30,51 @@ pub struct Link {
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     connected: AtomicBool,
+    /// While it is open: QUIC's own counts are read from it.
+    conn: Mutex<Option<quinn::Connection>>,
+    /// Its counts when it closed.
+    wire_at_close: Mutex<Wire>,
+}
+
+impl Link {
+    /// What the link's packets carried out of this node, as QUIC counted it.
+    fn wire(&self) -> Wire {
+        match &*lock(&self.conn) {
+            Some(conn) => Wire::of(conn),
+            None => *lock(&self.wire_at_close),
+        }
+    }
+}
+
+/// What went out on the wire, as QUIC counts it: every byte of every datagram sent
+/// (chunks, control, acknowledgements, retransmissions, headers), and those of packets
+/// declared lost. The difference is what the uplink carried to the other end, unlike the
+/// bytes handed to streams, which a full router queue never sees off. (Packets still in flight
+/// when a connection closes are neither acknowledged nor declared lost, so they count as
+/// carried: with many short-lived connections the figure runs high.)
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Wire {
+    pub sent_bytes: u64,
+    pub lost_bytes: u64,
+}
+
+impl Wire {
+    fn of(conn: &quinn::Connection) -> Wire {
+        let stats = conn.stats();
+        Wire {
+            sent_bytes: stats.udp_tx.bytes,
+            lost_bytes: stats.path.lost_bytes,
+        }
+    }
+
+    fn add(&mut self, other: Wire) {
+        self.sent_bytes += other.sent_bytes;
+        self.lost_bytes += other.lost_bytes;
+    }
+
+    pub fn carried_bytes(&self) -> u64 {
+        self.sent_bytes.saturating_sub(self.lost_bytes)
+    }
 }
 
 #[derive(Default)]
@@ -84,6 +129,8 @@ pub struct Stats {
     slow_dropped: AtomicU64,
     /// Handshakes refused for a HELLO claiming another node's ID.
     identity_refused: AtomicU64,
+    /// What closed links no longer listed had sent on the wire.
+    wire_forgotten: Mutex<Wire>,
     /// Where neighbours see this node.
     observed: Mutex<Observed>,
     mapping: Mutex<Option<Mapping>>,
@@ -109,19 +156,22 @@ impl Stats {
             connections_refused: AtomicU64::new(0),
             slow_dropped: AtomicU64::new(0),
             identity_refused: AtomicU64::new(0),
+            wire_forgotten: Mutex::default(),
             observed: Mutex::default(),
             mapping: Mutex::default(),
             limits,
         })
     }
 
-    pub fn link(&self, node_id: NodeId, addr: SocketAddr) -> Arc<Link> {
+    pub fn link(&self, node_id: NodeId, conn: &quinn::Connection) -> Arc<Link> {
         let link = Arc::new(Link {
             node_id,
-            addr,
+            addr: conn.remote_address(),
             bytes_in: 0.into(),
             bytes_out: 0.into(),
             connected: true.into(),
+            conn: Mutex::new(Some(conn.clone())),
+            wire_at_close: Mutex::default(),
         });
         let mut links = lock(&self.links);
         links.push(link.clone());
@@ -129,7 +179,8 @@ impl Stats {
         if closed > CLOSED_LINKS_KEPT
             && let Some(i) = links.iter().position(|l| !l.connected.load(Relaxed))
         {
-            links.remove(i);
+            let gone = links.remove(i);
+            lock(&self.wire_forgotten).add(gone.wire());
         }
         link
     }
@@ -148,6 +199,18 @@ impl Stats {
 
     pub fn closed(&self, link: &Link) {
         link.connected.store(false, Relaxed);
+        if let Some(conn) = lock(&link.conn).take() {
+            *lock(&link.wire_at_close) = Wire::of(&conn);
+        }
+    }
+
+    /// What this node's uplink carried, all links together (`Wire`).
+    pub fn wire(&self) -> Wire {
+        let mut total = *lock(&self.wire_forgotten);
+        for link in lock(&self.links).iter() {
+            total.add(link.wire());
+        }
+        total
     }
 
     pub fn received(&self, link: Option<&Link>, kind: Kind, n: usize) {
@@ -233,10 +296,6 @@ impl Stats {
         };
     }
 
-    pub fn data_bytes_out(&self) -> u64 {
-        self.bytes_out.data.load(Relaxed)
-    }
-
     pub fn snapshot(&self) -> Snapshot {
         let CoreView {
             counters,
@@ -253,6 +312,7 @@ impl Stats {
                 source: l.node_id == self.source,
                 bytes_in: l.bytes_in.load(Relaxed),
                 bytes_out: l.bytes_out.load(Relaxed),
+                wire_out: l.wire(),
             })
             .collect();
         let samples: Vec<f64> = lock(&self.latency_ms).iter().copied().collect();
@@ -261,6 +321,7 @@ impl Stats {
             neighbours,
             bytes_in: self.bytes_in.read(),
             bytes_out: self.bytes_out.read(),
+            wire_out: self.wire(),
             chunks: ChunkCounts {
                 verified: counters.verified,
                 verified_bytes: counters.verified_bytes,
@@ -324,7 +385,11 @@ pub struct Snapshot {
     /// Connected neighbours and the most recently closed ones.
     pub neighbours: Vec<NeighbourStats>,
     pub bytes_in: ByKind,
+    /// Bytes handed to QUIC streams (chunks, control).
     pub bytes_out: ByKind,
+    /// What the uplink carried, as QUIC counted it.
+    #[serde(default)]
+    pub wire_out: Wire,
     pub chunks: ChunkCounts,
     pub requests: Requests,
     /// Neighbours banned for forgeries, floods or lies.
@@ -369,6 +434,8 @@ pub struct NeighbourStats {
     pub source: bool,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    #[serde(default)]
+    pub wire_out: Wire,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]

@@ -33,7 +33,8 @@ pub async fn show(stats: Arc<Stats>, cancel: CancellationToken, extra: impl Fn(&
             _ = tick.tick() => {}
         }
         let s = stats.snapshot();
-        let (bytes_in, bytes_out, now) = (s.bytes_in.total(), s.bytes_out.total(), Instant::now());
+        // Out: what the uplink carried (QUIC's count), not what was handed to streams.
+        let (bytes_in, bytes_out, now) = (s.bytes_in.total(), s.wire_out.carried_bytes(), Instant::now());
         let rate = |now_bytes: u64, then: u64, at: Instant| {
             now_bytes.saturating_sub(then) as f64 * 8.0 / now.duration_since(at).as_secs_f64().max(0.001) / 1e6
         };
