@@ -42,6 +42,25 @@ struct Scene {
     adversary: Adversary,
 }
 
+/// The viewer played at least `seconds` without a decoder error, and nothing bad reached its
+/// gateway (had the relay passed anything on, the gateway would have rejected it).
+fn played_clean(
+    player: std::thread::JoinHandle<shoal_tests::player::Playback>,
+    gw: &swarm::Gateway,
+    seconds: f64,
+) -> shoal_tests::player::Playback {
+    let play = player.join().unwrap();
+    assert!(
+        play.success && play.errors.is_empty(),
+        "playback broke: {:?}",
+        play.errors
+    );
+    assert!(play.seconds >= seconds, "decoded only {:.1} s", play.seconds);
+    let gw_stats = gw.stats();
+    assert_eq!(gw_stats["chunks"]["rejected"], serde_json::json!({}), "{gw_stats}");
+    play
+}
+
 fn scene(name: &str, relay_flags: &[&str], play_s: u32, chunks: usize) -> Scene {
     let dir = test_dir(name);
     let b = swarm::broadcaster(&dir, &[]).unwrap();
@@ -153,16 +172,7 @@ fn every_attack_is_counted_and_banned_while_the_viewer_plays_on() {
     ));
     adversary.close();
 
-    let play = player.join().unwrap();
-    assert!(
-        play.success && play.errors.is_empty(),
-        "playback broke: {:?}",
-        play.errors
-    );
-    assert!(play.seconds >= 35.0, "decoded only {:.1} s", play.seconds);
-    // Had the relay passed anything bad on, the gateway would have rejected it.
-    let gw_stats = gw.stats();
-    assert_eq!(gw_stats["chunks"]["rejected"], serde_json::json!({}), "{gw_stats}");
+    let play = played_clean(player, &gw, 35.0);
 
     let relay_stats = relay.stats();
     let bound = relay_stats["limits"]["memory_bound_bytes"].as_u64().unwrap();
@@ -265,13 +275,6 @@ fn impostors_are_refused_and_the_nodes_they_claim_to_be_play_on() {
     table.push(format!("the real latecomer: {} chunks in 5 s", watched.received));
     adversary.close();
 
-    let play = player.join().unwrap();
-    assert!(
-        play.success && play.errors.is_empty(),
-        "playback broke: {:?}",
-        play.errors
-    );
-    assert!(play.seconds >= 20.0, "decoded only {:.1} s", play.seconds);
-    assert_eq!(gw.stats()["chunks"]["rejected"], serde_json::json!({}));
+    let play = played_clean(player, &gw, 20.0);
     eprintln!("{}\nviewer decoded {:.1} s, no errors", table.join("\n"), play.seconds);
 }
