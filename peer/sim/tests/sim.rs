@@ -86,3 +86,21 @@ fn a_swarm_on_one_busy_machine_waits_for_its_cores() {
     assert!(cpu.per_node_s.wakeups < cpu.per_node_s.chunks, "{shared}");
     assert!(shared.delivery_ratio >= 0.99, "{shared}");
 }
+
+#[test]
+fn declared_uplinks_form_a_swarm_even_when_a_weak_viewer_joins_first() {
+    // The real-uplinks case: 2 Mbit/s, viewers on 1 / 4 / 10 Mbit/s declaring them. At these
+    // seeds a 1 Mbit/s viewer joined first and took every stripe of the source; nobody else
+    // could pull past its back-fill or take a stripe from it (delivery 0.14).
+    for seed in [2, 4, 7] {
+        let r = run(SimConfig {
+            peers: 8,
+            duration_s: 60,
+            upload_mix: vec![(0.375, 0.5), (0.375, 2.0), (0.25, 5.0)],
+            source_upload_x: 50.0,
+            seed,
+            ..SimConfig::default()
+        });
+        assert!(r.delivery_ratio >= 0.99, "seed {seed}: {r}");
+    }
+}

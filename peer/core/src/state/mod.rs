@@ -344,6 +344,19 @@ impl State {
         for r in ranges {
             neighbour.has.insert_range(r.start, u64::from(r.len));
         }
+        // Chunks announced ahead of ours, in stripes no parent is feeding, are pulled like
+        // gaps (Plumtree's lazy path). Without it a node whose trees cannot form (a full
+        // source whose only child cannot pass anything on) never gets past its back-fill.
+        let (Some(newest_held), false) = (newest_held, self.config.source) else {
+            return;
+        };
+        let feeding = self.config.parent_timeout;
+        let unfed = |s: usize| !self.trees.parent_delivered_within(s, now, feeding);
+        let announced = ranges
+            .iter()
+            .flat_map(SeqRange::iter)
+            .filter(|seq| *seq > newest_held && unfed(self.trees.stripe_of(*seq)));
+        self.repair.note_announced(announced, now);
     }
 
     fn on_request(&mut self, from: NodeId, epoch: u64, ranges: &[SeqRange], now: Instant) {

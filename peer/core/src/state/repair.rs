@@ -125,6 +125,17 @@ impl Repair {
         }
     }
 
+    /// Chunks neighbours announced that this node lacks and no parent of its own will bring:
+    /// missing, like gaps, once it holds the stream at all. (Bounded: no further ahead than
+    /// `MAX_REPAIR_SPAN` past what it holds, and `SeqSet` bounds what a HAVE can name.)
+    pub fn note_announced(&mut self, seqs: impl Iterator<Item = u64>, now: Instant) {
+        let Some(floor) = self.floor else { return };
+        let newest = self.stripes.iter().filter_map(|p| p.newest).max().unwrap_or(floor);
+        for seq in seqs.take_while(|seq| *seq <= newest + MAX_REPAIR_SPAN) {
+            self.missing.entry(seq).or_insert(now);
+        }
+    }
+
     /// A stripe whose parent died sends nothing, so no later chunk of it reveals a gap: its
     /// chunks count as missing once the other stripes are `STALLED_ROUNDS` chunks of it
     /// ahead, and are pulled from neighbours that have them while the tree heals.

@@ -319,8 +319,33 @@ fn a_stripe_that_stops_is_pulled_from_neighbours_that_have_it() {
         .filter(|(to, _)| *to == node(2))
         .flat_map(|(_, ranges)| ranges.iter().flat_map(SeqRange::iter))
         .collect();
-    // Everything of stripe 1 that the others are three rounds past, and nothing newer.
-    assert_eq!(seqs, vec![1, 3, 5, 7, 9, 11, 13]);
+    // Everything of stripe 1 that the others are three rounds past, and (no parent feeds
+    // stripe 1) what neighbour 2 announced beyond our newest: 21. Nothing of stripe 1 between
+    // (15, 17, 19: not yet three rounds behind, and not announced beyond ours).
+    assert_eq!(seqs, vec![1, 3, 5, 7, 9, 11, 13, 21]);
+}
+
+#[test]
+fn chunks_announced_ahead_are_pulled_only_for_stripes_no_parent_feeds() {
+    let t0 = Instant::now();
+    let mut s = state_with(&[1, 2], t0);
+    // Neighbour 1 is the parent of both stripes and delivers up to 20.
+    control(&mut s, 1, status(vec![0, 0], 4), t0);
+    s.handle(Event::Tick, t0).count();
+    for seq in 0..=20 {
+        feed(&mut s, 1, seq, seq * 33_000, 0, t0);
+    }
+    assert_eq!(s.parents(), vec![Some(node(1)), Some(node(1))]);
+    // Neighbour 2 announces 21 and 22: our parent is delivering, so we wait for its push
+    // (past the repair delay, which a gap would not outlast).
+    let have = Message::Have {
+        epoch: 1,
+        ranges: vec![SeqRange { start: 21, len: 2 }],
+    };
+    control(&mut s, 2, have, t0);
+    let later = t0 + Duration::from_millis(1100);
+    let asked = requests(&s.handle(Event::Tick, later).collect::<Vec<_>>());
+    assert!(asked.is_empty(), "{asked:?}");
 }
 
 #[test]

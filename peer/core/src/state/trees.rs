@@ -400,7 +400,10 @@ impl Trees {
                     continue;
                 }
             }
-            if let Some(candidate) = self.best_parent(s, now, cx, &failed) {
+            let candidate = self
+                .best_parent(s, now, cx, &failed)
+                .or_else(|| self.full_parent_to_ask(s, now, cx));
+            if let Some(candidate) = candidate {
                 self.stripes[s].parent = Some(candidate);
                 self.stripes[s].parent_active = Some(now);
                 self.stripes[s].delivering = false;
@@ -512,6 +515,30 @@ impl Trees {
                     **id,
                 )
             })
+            .map(|(id, _)| *id)
+    }
+
+    /// No neighbour with room feeds stripe `s`: a node that can pass on a whole copy asks the
+    /// full one nearest the source, which makes room for it when it is markedly stronger than
+    /// a child it has (a leaf that took the source's stripes gives way to a node that can
+    /// forward them), and otherwise says no (and is not asked again for a while). Without
+    /// this, a full source whose children cannot forward holds everyone else off for good.
+    fn full_parent_to_ask(&self, s: usize, now: Instant, cx: &Ctx) -> Option<NodeId> {
+        if self.slots(cx.config, cx.meter.bps()) < usize::from(cx.config.stripes) {
+            return None;
+        }
+        let mine = &self.stripes[s].children;
+        cx.view
+            .iter()
+            .filter(|(id, n)| {
+                n.depths[s] < MAX_DEPTH
+                    && n.free_slots == 0
+                    && cx.view.is_fresh(n, cx.meter.last_new_chunk())
+                    && !self.claims_without_proof(n, now, cx.config, cx.view)
+                    && !mine.contains(id)
+                    && !self.cooldown.contains_key(&(**id, s as u8))
+            })
+            .min_by_key(|(id, n)| (n.depths[s], n.parent_failures, **id))
             .map(|(id, _)| *id)
     }
 
