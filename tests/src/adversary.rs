@@ -91,6 +91,11 @@ pub struct Outcome {
     pub sent: usize,
     /// How the target ended the connection (QUIC application close code), if it did.
     pub closed_with: Option<u64>,
+    /// The target reset the connection instead (a stateless reset: it had closed it, and its
+    /// CONNECTION_CLOSE was lost among a flood of packets this side never read).
+    pub reset: bool,
+    /// How the connection ended, in words (for failure messages).
+    pub ended: String,
 }
 
 /// What an honest viewer got.
@@ -295,8 +300,13 @@ impl Adversary {
                 }
             }
         }
-        let closed_with = closed_with(&conn, linger).await;
-        Ok(Outcome { sent, closed_with })
+        let (closed_with, reset, ended) = how_it_ended(&conn, linger).await;
+        Ok(Outcome {
+            sent,
+            closed_with,
+            reset,
+            ended,
+        })
     }
 
     /// What goes on each chunk stream of a chunk attack.
@@ -360,8 +370,13 @@ impl Adversary {
             sent += 1;
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        let closed_with = closed_with(&conn, Duration::from_secs(1)).await;
-        Ok(Outcome { sent, closed_with })
+        let (closed_with, reset, ended) = how_it_ended(&conn, Duration::from_secs(1)).await;
+        Ok(Outcome {
+            sent,
+            closed_with,
+            reset,
+            ended,
+        })
     }
 
     /// Connects again as the holder of `key` and tells whether the target hangs up at once,
@@ -387,8 +402,13 @@ impl Adversary {
             }
             sent += 1;
         }
-        let closed_with = closed_with(&conn, linger).await;
-        Ok(Outcome { sent, closed_with })
+        let (closed_with, reset, ended) = how_it_ended(&conn, linger).await;
+        Ok(Outcome {
+            sent,
+            closed_with,
+            reset,
+            ended,
+        })
     }
 
     /// Connects as an honest viewer holding `key` (claiming its own ID) and counts the chunks
@@ -479,8 +499,18 @@ fn viewer_hello() -> BytesMut {
 }
 
 async fn closed_with(conn: &quinn::Connection, linger: Duration) -> Option<u64> {
+    how_it_ended(conn, linger).await.0
+}
+
+/// The application close code the target ended the connection with, whether it reset it, and
+/// how it ended in words.
+async fn how_it_ended(conn: &quinn::Connection, linger: Duration) -> (Option<u64>, bool, String) {
     match timeout(linger, conn.closed()).await {
-        Ok(quinn::ConnectionError::ApplicationClosed(close)) => Some(close.error_code.into_inner()),
-        _ => None,
+        Ok(quinn::ConnectionError::ApplicationClosed(close)) => {
+            (Some(close.error_code.into_inner()), false, format!("closed: {close}"))
+        }
+        Ok(quinn::ConnectionError::Reset) => (None, true, "reset".into()),
+        Ok(other) => (None, false, other.to_string()),
+        Err(_) => (None, false, format!("still open after {linger:?}")),
     }
 }

@@ -118,11 +118,14 @@ fn every_attack_is_counted_and_banned_while_the_viewer_plays_on() {
         let outcome = runtime
             .block_on(adversary.attack(attack, &key, Duration::from_secs(5)))
             .unwrap();
-        assert_eq!(
-            outcome.closed_with,
-            Some(u64::from(close::BANNED)),
-            "{attack:?}: the relay did not ban the attacker ({} sent)",
-            outcome.sent
+        // A flood's attacker reads nothing, so the relay's CONNECTION_CLOSE can be lost among
+        // the packets queued for it (seen once in CI); the relay then answers with a stateless
+        // reset. Whether it was a ban, the counter and the reconnect below say.
+        assert!(
+            outcome.closed_with == Some(u64::from(close::BANNED)) || outcome.reset,
+            "{attack:?}: the relay did not ban the attacker ({} sent; {})",
+            outcome.sent,
+            outcome.ended
         );
         let after = wait_for_rise(&relay, counter, before);
         assert!(after > before, "{attack:?}: {counter} stayed at {before}");
