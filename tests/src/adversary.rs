@@ -98,6 +98,33 @@ pub struct Outcome {
     pub ended: String,
 }
 
+impl Outcome {
+    /// Waits up to `linger` for the target to end `conn`, after `sent` streams or messages.
+    async fn after(conn: &quinn::Connection, sent: usize, linger: Duration) -> Outcome {
+        let (closed_with, reset, ended) = how_it_ended(conn, linger).await;
+        Outcome {
+            sent,
+            closed_with,
+            reset,
+            ended,
+        }
+    }
+}
+
+/// Writes each of `streams` on a chunk stream of its own; how many went out before the
+/// target stopped taking them.
+async fn push_streams(conn: &quinn::Connection, streams: Vec<Bytes>) -> usize {
+    let mut sent = 0;
+    for bytes in streams {
+        let Ok(mut send) = conn.open_uni().await else { break };
+        if send.write_all(&bytes).await.is_err() || send.finish().is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    sent
+}
+
 /// What an honest viewer got.
 pub struct Watched {
     /// Chunks the target pushed.
@@ -222,13 +249,7 @@ impl Adversary {
             | Attack::OversizedChunk
             | Attack::TruncatedChunk
             | Attack::GarbageChunk => {
-                for bytes in self.chunk_streams(attack) {
-                    let Ok(mut send) = conn.open_uni().await else { break };
-                    if send.write_all(&bytes).await.is_err() || send.finish().is_err() {
-                        break;
-                    }
-                    sent += 1;
-                }
+                sent = push_streams(&conn, self.chunk_streams(attack)).await;
             }
             Attack::OversizedFrame | Attack::TruncatedFrame | Attack::GarbageFrame => {
                 let mut frame = BytesMut::new();
@@ -300,13 +321,7 @@ impl Adversary {
                 }
             }
         }
-        let (closed_with, reset, ended) = how_it_ended(&conn, linger).await;
-        Ok(Outcome {
-            sent,
-            closed_with,
-            reset,
-            ended,
-        })
+        Ok(Outcome::after(&conn, sent, linger).await)
     }
 
     /// What goes on each chunk stream of a chunk attack.
@@ -370,13 +385,7 @@ impl Adversary {
             sent += 1;
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        let (closed_with, reset, ended) = how_it_ended(&conn, Duration::from_secs(1)).await;
-        Ok(Outcome {
-            sent,
-            closed_with,
-            reset,
-            ended,
-        })
+        Ok(Outcome::after(&conn, sent, Duration::from_secs(1)).await)
     }
 
     /// Connects again as the holder of `key` and tells whether the target hangs up at once,
@@ -394,21 +403,8 @@ impl Adversary {
         let conn = self.dial(key).await?;
         // The target may hang up before or after our HELLO exchange finishes.
         let _control = self.handshake(&conn, claim).await;
-        let mut sent = 0;
-        for bytes in self.chunk_streams(Attack::ForgedSignature) {
-            let Ok(mut send) = conn.open_uni().await else { break };
-            if send.write_all(&bytes).await.is_err() || send.finish().is_err() {
-                break;
-            }
-            sent += 1;
-        }
-        let (closed_with, reset, ended) = how_it_ended(&conn, linger).await;
-        Ok(Outcome {
-            sent,
-            closed_with,
-            reset,
-            ended,
-        })
+        let sent = push_streams(&conn, self.chunk_streams(Attack::ForgedSignature)).await;
+        Ok(Outcome::after(&conn, sent, linger).await)
     }
 
     /// Connects as an honest viewer holding `key` (claiming its own ID) and counts the chunks

@@ -142,7 +142,7 @@ fn every_attack_is_counted_and_banned_while_the_viewer_plays_on() {
 
     // A child that never reads what it is sent is not banned (it proves nothing hostile)
     // but dropped as too slow, so the relay stops spending on it.
-    let slow_before = relay.stats()["slow_dropped"].as_u64().unwrap();
+    let slow_before = counter(&relay, "slow_dropped");
     let key = node_key(0x80);
     let outcome = runtime
         .block_on(adversary.never_read(&key, Duration::from_secs(30)))
@@ -153,7 +153,7 @@ fn every_attack_is_counted_and_banned_while_the_viewer_plays_on() {
         "the relay kept a child that reads nothing"
     );
     std::thread::sleep(Duration::from_millis(1500));
-    let slow = relay.stats()["slow_dropped"].as_u64().unwrap();
+    let slow = counter(&relay, "slow_dropped");
     assert!(slow > slow_before, "slow_dropped stayed at {slow}");
     assert!(!runtime.block_on(adversary.is_turned_away(&key)).unwrap());
     rss_max = rss_max.max(relay.proc.rss_bytes().unwrap_or(0));
@@ -164,11 +164,11 @@ fn every_attack_is_counted_and_banned_while_the_viewer_plays_on() {
 
     // Thousands of connection attempts: beyond its limit the relay refuses them, and the
     // viewer's connection, already open, is untouched.
-    let refused_before = relay.stats()["connections_refused"].as_u64().unwrap();
+    let refused_before = counter(&relay, "connections_refused");
     let refused_seen = runtime.block_on(adversary.connection_flood(2000, 100));
     rss_max = rss_max.max(relay.proc.rss_bytes().unwrap_or(0));
     std::thread::sleep(Duration::from_millis(1500));
-    let refused = relay.stats()["connections_refused"].as_u64().unwrap() - refused_before;
+    let refused = counter(&relay, "connections_refused") - refused_before;
     assert!(refused >= 1000, "the relay refused only {refused} of 2000 connections");
     table.push(format!(
         "ConnectionFlood: 2000 attempts, {refused_seen} refused as seen by the attacker, connections_refused +{refused}"
@@ -192,7 +192,10 @@ fn every_attack_is_counted_and_banned_while_the_viewer_plays_on() {
 }
 
 fn counter(node: &Node, name: &str) -> u64 {
-    node.stats()[name].as_u64().unwrap_or(0)
+    let stats = node.stats();
+    stats[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {name} in the stats: {stats}"))
 }
 
 /// Whether `node` lists `id` among its connected neighbours.
