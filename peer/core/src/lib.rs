@@ -6,6 +6,7 @@ pub mod drive;
 pub mod limits;
 pub mod seqset;
 pub mod state;
+pub mod uplink;
 pub mod window;
 
 #[cfg(any(test, feature = "testing"))]

@@ -1,0 +1,157 @@
+//! What the uplink carries, from what it delivered: bytes acknowledged per second. A second in
+//! which a queue stood on the uplink (half the delay target or more) was a full uplink, so
+//! what it delivered is the capacity (or our share of it, beside the household's traffic);
+//! any other second only shows the capacity is at least what went through.
+
+use std::time::{Duration, Instant};
+
+const WINDOW: Duration = Duration::from_secs(1);
+/// A fall of the estimate is "lately" for this long (probe again soon, to see it come back).
+const FELL_LATELY: Duration = Duration::from_secs(30);
+
+/// How the capacity estimate was obtained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum How {
+    /// Nothing delivered yet.
+    #[default]
+    Unknown,
+    /// Only lower bounds: the uplink never filled.
+    AtLeast,
+    /// Seen full: what it delivered then.
+    Measured,
+}
+
+impl How {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            How::Unknown => "unknown",
+            How::AtLeast => "at least",
+            How::Measured => "measured",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Capacity {
+    window_start: Instant,
+    acked: u64,
+    full: bool,
+    estimate: Option<f64>,
+    how: How,
+    measured_at: Option<Instant>,
+    fell_at: Option<Instant>,
+    /// Chunk bytes released, smoothed over a few steps (bit/s).
+    recent_sent: f64,
+}
+
+impl Capacity {
+    pub fn new(now: Instant) -> Self {
+        Capacity {
+            window_start: now,
+            acked: 0,
+            full: false,
+            estimate: None,
+            how: How::Unknown,
+            measured_at: None,
+            fell_at: None,
+            recent_sent: 0.0,
+        }
+    }
+
+    pub fn acked(&mut self, bytes: u64) {
+        self.acked += bytes;
+    }
+
+    /// One control step: `queue` is the uplink's queueing delay in it, if measured.
+    pub fn step(&mut self, now: Instant, queue: Option<Duration>, target: Duration, sent_bps: f64) {
+        self.recent_sent = 0.7 * self.recent_sent + 0.3 * sent_bps;
+        if queue.is_some_and(|q| q >= target / 2) {
+            self.full = true;
+        }
+        let elapsed = now.duration_since(self.window_start);
+        if elapsed < WINDOW {
+            return;
+        }
+        let delivered = self.acked as f64 * 8.0 / elapsed.as_secs_f64();
+        if self.full {
+            let new = match (self.how, self.estimate) {
+                (How::Measured, Some(e)) => 0.5 * e + 0.5 * delivered,
+                _ => delivered,
+            };
+            if self.estimate.is_some_and(|e| new < 0.7 * e) {
+                self.fell_at = Some(now);
+            }
+            self.estimate = Some(new);
+            self.how = How::Measured;
+            self.measured_at = Some(now);
+        } else if self.acked > 0 {
+            self.estimate = Some(self.estimate.map_or(delivered, |e| e.max(delivered)));
+            if self.how == How::Unknown {
+                self.how = How::AtLeast;
+            }
+        }
+        self.window_start = now;
+        self.acked = 0;
+        self.full = false;
+    }
+
+    pub fn bps(&self) -> Option<f64> {
+        self.estimate
+    }
+
+    pub fn how(&self) -> How {
+        self.how
+    }
+
+    pub fn recent_sent_bps(&self) -> f64 {
+        self.recent_sent
+    }
+
+    /// Whether the uplink was seen full at or after `t`.
+    pub fn measured_since(&self, t: Instant) -> bool {
+        self.measured_at.is_some_and(|m| m >= t)
+    }
+
+    pub fn fell_lately(&self) -> bool {
+        self.measured_at
+            .zip(self.fell_at)
+            .is_some_and(|(m, f)| m.duration_since(f) < FELL_LATELY)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn second(c: &mut Capacity, t: &mut Instant, acked_bytes: u64, queue_ms: u64) {
+        c.acked(acked_bytes);
+        for _ in 0..10 {
+            *t += Duration::from_millis(100);
+            c.step(
+                *t,
+                Some(Duration::from_millis(queue_ms)),
+                Duration::from_millis(60),
+                0.0,
+            );
+        }
+    }
+
+    #[test]
+    fn a_full_uplink_measures_it_an_empty_one_only_bounds_it() {
+        let mut t = Instant::now();
+        let mut c = Capacity::new(t);
+        assert_eq!((c.bps(), c.how()), (None, How::Unknown));
+        second(&mut c, &mut t, 125_000, 2); // 1 Mbit/s through, no queue
+        assert_eq!((c.bps(), c.how()), (Some(1e6), How::AtLeast));
+        second(&mut c, &mut t, 375_000, 55); // 3 Mbit/s with a standing queue: full
+        assert_eq!((c.bps(), c.how()), (Some(3e6), How::Measured));
+        second(&mut c, &mut t, 125_000, 3); // less asked of it: still 3
+        assert_eq!(c.bps(), Some(3e6));
+        assert!(!c.fell_lately());
+        // The household takes the uplink: full, and only 0.5 Mbit/s ours.
+        second(&mut c, &mut t, 62_500, 120);
+        second(&mut c, &mut t, 62_500, 120);
+        assert!(c.bps().is_some_and(|b| b < 1.2e6), "{:?}", c.bps());
+        assert!(c.fell_lately());
+    }
+}

@@ -1,0 +1,178 @@
+//! The controller against a model uplink: a router FIFO draining at the uplink's rate, with a
+//! drop-tail depth, three paths of different base delays, optional random loss and a
+//! household flow at a fixed rate.
+
+use super::*;
+
+struct Lab {
+    uplink_bps: f64,
+    depth: Duration,
+    loss: f64,
+    /// Household traffic entering the same queue while `household_on`, bit/s.
+    household_bps: f64,
+    household_on: bool,
+    /// Chunk bytes the swarm asks this node to send per second (bit/s).
+    demand_bps: f64,
+    backlog_bytes: f64,
+    acks: std::collections::VecDeque<(Instant, u64, u64, Duration)>,
+    now: Instant,
+    queue_ms: Vec<f64>,
+    rng: u64,
+    owed: f64,
+}
+
+impl Lab {
+    fn new(uplink_bps: f64, demand_bps: f64) -> Self {
+        Lab {
+            uplink_bps,
+            depth: Duration::from_millis(400),
+            loss: 0.0,
+            household_bps: 0.0,
+            household_on: false,
+            demand_bps,
+            backlog_bytes: 0.0,
+            acks: Default::default(),
+            now: Instant::now(),
+            queue_ms: Vec::new(),
+            rng: 7,
+            owed: 0.0,
+        }
+    }
+
+    fn random(&mut self) -> f64 {
+        // xorshift: enough for loss in a unit test.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng % 1_000_000) as f64 / 1e6
+    }
+
+    /// Runs `seconds` in 1 ms steps.
+    fn run(&mut self, up: &mut Uplink, seconds: f64) {
+        let ms = Duration::from_millis(1);
+        for i in 0..(seconds * 1000.0) as u64 {
+            self.now += ms;
+            let drain = self.uplink_bps / 8.0 / 1000.0;
+            self.backlog_bytes = (self.backlog_bytes - drain).max(0.0);
+            if self.household_on {
+                self.backlog_bytes += self.household_bps / 8.0 / 1000.0;
+            }
+            // What the controller lets out this millisecond, chunks first, then padding.
+            let allowed = up.pacing_bps().unwrap_or(f64::INFINITY) / 8.0 / 1000.0;
+            let want = self.demand_bps / 8.0 / 1000.0;
+            let chunks = want.min(allowed);
+            let padding = (up.probe_bps() / 8.0 / 1000.0).min((allowed - chunks).max(0.0));
+            self.owed += chunks + padding;
+            let bytes = self.owed.floor();
+            self.owed -= bytes;
+            up.on_sent(chunks as usize, want > allowed);
+            let queue = Duration::from_secs_f64(self.backlog_bytes / (self.uplink_bps / 8.0));
+            self.queue_ms.push(queue.as_secs_f64() * 1000.0);
+            let path = i % 3;
+            let base = Duration::from_millis(20 + 30 * path);
+            if bytes > 0.0 {
+                let dropped = queue > self.depth || self.random() < self.loss;
+                if dropped {
+                    self.acks.push_back((self.now + base + queue, path, 0, base + queue));
+                } else {
+                    self.backlog_bytes += bytes;
+                    self.acks
+                        .push_back((self.now + base + queue, path, bytes as u64, base + queue));
+                }
+            }
+            while self.acks.front().is_some_and(|a| a.0 <= self.now) {
+                let (_, path, bytes, rtt) = self.acks.pop_front().expect("checked");
+                if bytes == 0 {
+                    up.on_lost(path);
+                } else {
+                    up.on_rtt(path, rtt, self.now);
+                    up.on_acked(bytes);
+                }
+            }
+            up.poll(self.now);
+        }
+    }
+
+    fn queue_p95_ms(&mut self, last_s: f64) -> f64 {
+        let n = (last_s * 1000.0) as usize;
+        let mut tail: Vec<f64> = self.queue_ms[self.queue_ms.len() - n..].to_vec();
+        tail.sort_by(f64::total_cmp);
+        tail[tail.len() * 95 / 100]
+    }
+}
+
+fn background(now: Instant) -> Uplink {
+    Uplink::new(UplinkConfig::default(), now)
+}
+
+#[test]
+fn alone_it_fills_the_uplink_and_holds_the_queue_under_target() {
+    for uplink in [1e6, 4e6, 10e6] {
+        let mut lab = Lab::new(uplink, 20e6);
+        let mut up = background(lab.now);
+        lab.run(&mut up, 20.0);
+        let rate = up.pacing_bps().expect("background paces");
+        let capacity = up.capacity_bps().expect("learnt");
+        assert!(rate > 0.7 * uplink && rate < 1.3 * uplink, "{uplink}: rate {rate}");
+        assert!(
+            capacity > 0.7 * uplink && capacity <= 1.01 * uplink,
+            "{uplink}: capacity {capacity}"
+        );
+        assert_eq!(up.report().how, How::Measured);
+        let p95 = lab.queue_p95_ms(10.0);
+        assert!(p95 < 100.0, "{uplink}: queue p95 {p95} ms");
+    }
+}
+
+#[test]
+fn random_loss_does_not_starve_it() {
+    let mut lab = Lab::new(4e6, 20e6);
+    lab.loss = 0.02;
+    let mut up = background(lab.now);
+    lab.run(&mut up, 20.0);
+    let capacity = up.capacity_bps().expect("learnt");
+    assert!(capacity > 0.7 * 4e6, "capacity {capacity} at 2 % random loss");
+}
+
+#[test]
+fn it_steps_aside_for_the_household_and_takes_the_uplink_back() {
+    let mut lab = Lab::new(4e6, 20e6);
+    let mut up = background(lab.now);
+    lab.run(&mut up, 15.0);
+    // A video call: 2.4 of the 4 Mbit/s, whatever the queue.
+    lab.household_bps = 2.4e6;
+    lab.household_on = true;
+    lab.run(&mut up, 8.0);
+    let p95 = lab.queue_p95_ms(3.0);
+    assert!(p95 < 100.0, "queue p95 {p95} ms with the call on");
+    let rate = up.pacing_bps().expect("paces");
+    assert!(rate < 1.9e6, "still taking {rate} bit/s beside the call");
+    lab.household_on = false;
+    lab.run(&mut up, 5.0);
+    let rate = up.pacing_bps().expect("paces");
+    assert!(rate > 0.7 * 4e6, "took back only {rate} bit/s within 5 s");
+}
+
+#[test]
+fn an_idle_uplink_is_probed_and_an_unshaped_one_is_bounded_below() {
+    // A viewer asked for 0.5 Mbit/s of chunks on a 4 Mbit/s uplink: the probe shows the rest.
+    let mut lab = Lab::new(4e6, 0.5e6);
+    let mut up = background(lab.now);
+    lab.run(&mut up, 20.0);
+    let capacity = up.capacity_bps().expect("learnt");
+    assert!(capacity > 0.7 * 4e6 && capacity <= 1.01 * 4e6, "capacity {capacity}");
+    assert!(!up.report().probing, "the probe ended");
+    let rate = up.pacing_bps().expect("paces");
+    assert!(rate <= 2.0 * 1e6, "an idle uplink holds no rate it never used: {rate}");
+}
+
+#[test]
+fn foreground_is_paced_only_by_the_cap() {
+    let cfg = UplinkConfig {
+        mode: Mode::Foreground,
+        cap_bps: Some(3e6),
+        ..UplinkConfig::default()
+    };
+    let up = Uplink::new(cfg, Instant::now());
+    assert_eq!(up.pacing_bps(), Some(3e6));
+}
