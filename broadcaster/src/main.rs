@@ -20,7 +20,7 @@ use ed25519_dalek::SigningKey;
 use shoal_peer::Node;
 use shoal_peer::net::node::Publisher;
 use shoal_peer::net::stats::now_us;
-use shoal_peer::ops::cli::{self, SwarmArgs};
+use shoal_peer::ops::cli::{self, SwarmArgs, UploadMode};
 use shoal_peer::ops::status;
 use shoal_proto::{Chunk, ChunkFlags};
 use tokio::sync::{mpsc, oneshot};
@@ -120,6 +120,8 @@ async fn broadcast(args: Args) -> anyhow::Result<()> {
     // impersonated, and every peer knows which neighbour it is.
     let node = Node::spawn(shoal_peer::NodeConfig {
         node_key: Some(key.clone()),
+        // The stream's own upload never steps aside.
+        upload_mode: args.swarm.upload_mode_or(UploadMode::Foreground),
         ..args.swarm.node_config(key.verifying_key(), bootstrap.clone(), core)
     })
     .await?;

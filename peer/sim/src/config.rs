@@ -4,6 +4,7 @@
 use shoal_core::limits;
 
 use super::cpu::CpuConfig;
+use super::sender::SenderModel;
 
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -18,8 +19,15 @@ pub struct SimConfig {
     /// (share of peers, upload as a multiple of the bitrate).
     pub upload_mix: Vec<(f64, f64)>,
     pub source_upload_x: f64,
-    /// Peers' configs leave their upload unset (their links still have `upload_mix`'s rate).
+    /// Peers are not told their upload (their links still have `upload_mix`'s rate): they
+    /// learn it, as `shoal-peer` without `--upload-kbps` does (or, with the `greedy` sender,
+    /// take the default number of children, as before the real-uplinks issue).
     pub upload_unknown: bool,
+    /// Depth of the household router's queue in front of every uplink, ms (`tc tbf …
+    /// latency`); 0 for the model before it: nodes send at exactly their uplink's rate.
+    pub router_queue_ms: u64,
+    /// The congestion control nodes run.
+    pub sender: SenderModel,
     pub deadline_ms: u64,
     pub seed: u64,
     pub fps: u64,
@@ -45,7 +53,9 @@ impl Default for SimConfig {
             malicious: 0.0,
             upload_mix: vec![(0.3, 0.5), (0.5, 2.0), (0.2, 5.0)],
             source_upload_x: 5.0,
-            upload_unknown: false,
+            upload_unknown: true,
+            router_queue_ms: 400,
+            sender: SenderModel::Controlled,
             deadline_ms: 3000,
             seed: 1,
             fps: 30,

@@ -11,6 +11,8 @@ mod encoder;
 mod evil;
 mod network;
 mod report;
+mod router;
+mod sender;
 mod uplink;
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
@@ -32,9 +34,12 @@ use driver::NodeIo;
 use encoder::Encoder;
 use evil::Evil;
 pub use report::{Latency, Report, Startup};
+use router::Router;
+use sender::Sender;
+pub use sender::SenderModel;
 use shoal_core::drive;
 use shoal_core::state::{self, Action, Event, State};
-use uplink::{Payload, Uplink};
+use uplink::{Payload, Queued, Uplink};
 
 enum Role {
     Honest(Box<State>),
@@ -49,9 +54,23 @@ struct Node {
     left_us: Option<u64>,
     startup_us: Option<u64>,
     upload_bps: f64,
+    /// What waits to be sent, and how fast the node's transport sends it.
     uplink: Uplink,
+    sender: Sender,
+    /// The household router in front of the uplink (`None`: the node sends at exactly its
+    /// uplink's rate and nothing queues beyond it).
+    router: Option<Router>,
     sent_data: u64,
     sent_control: u64,
+    sent_padding: u64,
+    /// When each neighbour was last heard from, and last sent anything (for QUIC's idle
+    /// timeout and keep-alives).
+    heard: HashMap<usize, u64>,
+    spoke: HashMap<usize, u64>,
+    /// The item on the paced lane, until its last byte is out.
+    in_flight: Option<InFlight>,
+    /// Which neighbour gets the next padding.
+    pad_turn: usize,
     /// Chunks emitted after its startup that it held within the deadline.
     on_time: u64,
     /// What waits for a core (only with a shared CPU).
@@ -59,6 +78,15 @@ struct Node {
     /// Queued for a core or running on one: new work waits for the next slice.
     on_cpu: bool,
     cpu_us: f64,
+}
+
+/// An item being sent on a node's paced lane.
+struct InFlight {
+    q: Queued,
+    wire: usize,
+    /// Packets lost at random and sent again, and the delay that adds.
+    resent: usize,
+    delay: u64,
 }
 
 /// Work a node does when it gets a core.
@@ -73,6 +101,16 @@ enum Ev {
     Frame,
     Tick(usize),
     TxDone(usize),
+    /// An ACK (or a loss report) reaches node `node` for what it sent on `path`.
+    Acked {
+        node: usize,
+        path: usize,
+        bytes: u64,
+        rtt_us: u64,
+        lost: usize,
+    },
+    /// What the router dropped, queued again at its sender.
+    Resend(usize, Queued),
     Arrive {
         to: usize,
         from: usize,
@@ -130,6 +168,11 @@ pub struct Sim {
     forged_delivered: u64,
     actions: Vec<Action>,
     scratch: BytesMut,
+    /// `SHOAL_SIM_TRACE=n`: print node n's uplink twice a second.
+    trace: Option<usize>,
+    /// Connections closed by QUIC's idle timeout, and neighbours dropped as too slow.
+    idle_timeouts: u64,
+    slow_dropped: u64,
     cpu: Option<Cpu>,
 }
 
@@ -172,6 +215,9 @@ impl Sim {
             forged_delivered: 0,
             actions: Vec::new(),
             scratch: BytesMut::new(),
+            idle_timeouts: 0,
+            trace: std::env::var("SHOAL_SIM_TRACE").ok().and_then(|s| s.parse().ok()),
+            slow_dropped: 0,
             cpu: cfg.cpu.clone().map(Cpu::new),
             cfg,
         };
@@ -233,9 +279,26 @@ impl Sim {
             left_us: None,
             startup_us: if source { Some(0) } else { None },
             upload_bps,
-            uplink: Uplink::new(upload_bps),
+            // Before the uplink controller, each connection had its own chunk queue.
+            uplink: if self.cfg.router_queue_ms > 0 && self.cfg.sender == SenderModel::Greedy {
+                Uplink::per_link()
+            } else {
+                Uplink::default()
+            },
+            sender: if self.cfg.router_queue_ms == 0 {
+                Sender::Exact
+            } else {
+                let declared = (!source && !self.cfg.upload_unknown).then_some(upload_bps);
+                Sender::new(self.cfg.sender, source, declared, self.base)
+            },
+            router: (self.cfg.router_queue_ms > 0).then(|| Router::new(upload_bps, self.cfg.router_queue_ms)),
             sent_data: 0,
             sent_control: 0,
+            sent_padding: 0,
+            heard: HashMap::default(),
+            spoke: HashMap::default(),
+            in_flight: None,
+            pad_turn: 0,
             on_time: 0,
             inbox: Vec::new(),
             on_cpu: false,
@@ -296,9 +359,30 @@ impl Sim {
                 }
                 self.schedule(self.now + TICK_US, Ev::Tick(n));
             }
-            Ev::TxDone(n) => {
-                self.nodes[n].uplink.busy = false;
-                self.transmit(n);
+            Ev::TxDone(n) => self.tx_done(n),
+            Ev::Acked {
+                node,
+                path,
+                bytes,
+                rtt_us,
+                lost,
+            } => {
+                let now = self.instant();
+                let n = &mut self.nodes[node];
+                if n.online && bytes > 0 {
+                    n.heard.insert(path, self.now);
+                }
+                if n.online {
+                    // (A loss report carries no round trip: QUIC samples none from it.)
+                    let rtt = (rtt_us > 0).then(|| Duration::from_micros(rtt_us));
+                    n.sender.acked(path as u64, bytes, rtt, lost, now);
+                }
+            }
+            Ev::Resend(n, q) => {
+                if self.nodes[n].online && self.links.contains(&(n.min(q.to), n.max(q.to))) {
+                    self.nodes[n].uplink.push_again(q.to, q.payload, q.bytes, q.deadline);
+                    self.transmit(n);
+                }
             }
             Ev::Arrive { to, from, payload } if self.cpu.is_some() => {
                 if self.nodes[to].online {
@@ -333,6 +417,10 @@ impl Sim {
                     return;
                 }
                 self.links.insert((from.min(to), from.max(to)));
+                for (x, y) in [(from, to), (to, from)] {
+                    self.nodes[x].heard.insert(y, self.now);
+                    self.nodes[x].spoke.insert(y, self.now);
+                }
                 let (a, b) = (self.nodes[from].addr, self.nodes[to].addr);
                 self.neighbour_up(to, from, a, false);
                 self.neighbour_up(from, to, b, true);
@@ -345,6 +433,7 @@ impl Sim {
             Ev::Down { node, peer } => {
                 if self.nodes[node].online {
                     self.nodes[node].uplink.forget(peer);
+                    self.nodes[node].sender.forget(peer as u64);
                     match &mut self.nodes[node].role {
                         Role::Honest(_) => self.feed(node, Event::NeighbourDown { id: node_id(peer) }),
                         Role::Evil(evil) => evil.down(peer),
@@ -385,6 +474,31 @@ impl Sim {
     }
 
     fn tick(&mut self, n: usize) {
+        let now = self.instant();
+        let node = &mut self.nodes[n];
+        node.sender.poll(now);
+        // The core plans children with what the uplink was seen to carry.
+        if let (Role::Honest(state), Sender::Controlled(_)) = (&mut node.role, &node.sender) {
+            state.set_upload_capacity(node.sender.plan_bps());
+        }
+        if self.trace == Some(n) && self.now % 500_000 < TICK_US {
+            let node = &self.nodes[n];
+            let backlog = node.router.as_ref().map_or(0, |r| r.backlog_us(self.now) / 1000);
+            eprintln!(
+                "t {:.1} expired {} data {} control {} padding {} backlog {backlog} ms children {} {}",
+                self.now as f64 / 1e6,
+                node.uplink.expired,
+                node.sent_data,
+                node.sent_control,
+                node.sent_padding,
+                match &node.role {
+                    Role::Honest(s) => s.children(),
+                    _ => 0,
+                },
+                node.sender.describe()
+            );
+        }
+        self.keep_alive(n);
         match &mut self.nodes[n].role {
             Role::Honest(_) => self.feed(n, Event::Tick),
             Role::Evil(evil) => {
@@ -434,7 +548,11 @@ impl Sim {
                         payload: Payload::Control(messages),
                         ..
                     } => work.messages += messages.len() as u64,
-                    Item::Tick => {}
+                    Item::Tick
+                    | Item::Arrive {
+                        payload: Payload::Padding | Payload::Ping,
+                        ..
+                    } => {}
                 }
             }
             let (cost, held) = cpu.slice(work);
@@ -509,6 +627,7 @@ impl Sim {
     fn close(&mut self, n: usize, peer: usize) {
         if self.links.remove(&(n.min(peer), n.max(peer))) {
             self.nodes[n].uplink.forget(peer);
+            self.nodes[n].sender.forget(peer as u64);
             let delay = self.one_way_us();
             self.schedule(self.now + delay, Ev::Down { node: peer, peer: n });
         }
@@ -519,6 +638,7 @@ impl Sim {
             let bytes = match &payload {
                 Payload::Control(messages) => messages.iter().map(|m| self.frame_len(m)).sum(),
                 Payload::Chunk(c, _) => c.encoded_len(),
+                Payload::Padding | Payload::Ping => 0,
             };
             self.enqueue(n, to, payload, bytes, u64::MAX);
         }

@@ -1,13 +1,23 @@
-//! The network model: per-link latency and jitter, per-1200-byte packet loss with
-//! retransmission after about an RTT (costing upload again), one transmission at a time on
-//! each node's capped uplink, and arrival at the other end.
+//! The network model: each node sends one item at a time at its sender's pace into its
+//! household router's FIFO (which drains at the uplink's rate and drops beyond its depth),
+//! then per-link latency and jitter, per-1200-byte packet loss with retransmission after
+//! about an RTT (costing upload again), and arrival at the other end; ACKs carry round trips
+//! and losses back to the sender's congestion control.
 
 use rand::Rng;
 use shoal_core::state::{Event, Reject};
 use shoal_proto::Message;
 
-use super::uplink::{PACKET_BYTES, Payload};
-use super::{Ev, Role, Sim, node_id};
+use super::InFlight;
+use super::router::Passage;
+use super::sender::Sender;
+use super::uplink::{PACKET_BYTES, Payload, Queued};
+use super::{Ev, Role, Sim, index_of, node_id};
+
+/// The quinn node's keep-alive interval and a PING packet's size.
+const KEEP_ALIVE_US: u64 = 250_000;
+const PING_BYTES: usize = 40;
+const SLOW_AFTER_EXPIRED: u32 = 64;
 
 impl Sim {
     pub(crate) fn one_way_us(&mut self) -> u64 {
@@ -33,14 +43,41 @@ impl Sim {
         self.nodes[from].uplink.push(to, payload, bytes, deadline);
     }
 
-    /// Starts the next transmission on `n`'s uplink if it is idle.
+    /// Sends what `n` has waiting: control, retransmissions and pings at once (their own
+    /// QUIC streams and frames, not paced by the uplink controller), then, if the paced lane
+    /// is idle, the newest chunk (or probe padding) at the sender's pace. Everything goes
+    /// into the node's router queue (which may drop it), then over the path.
     pub(crate) fn transmit(&mut self, n: usize) {
-        if self.nodes[n].uplink.busy || !self.nodes[n].online {
+        if !self.nodes[n].online {
             return;
         }
-        let Some(q) = self.nodes[n].uplink.pop(self.now) else {
+        // (Without routers, the simulator's first model: one lane at the uplink's rate.)
+        if !matches!(self.nodes[n].sender, Sender::Exact) {
+            while let Some(q) = self.nodes[n].uplink.pop_control(self.now) {
+                self.send(n, q, false);
+            }
+        }
+        if self.nodes[n].uplink.busy {
+            return;
+        }
+        let exact = matches!(self.nodes[n].sender, Sender::Exact);
+        let next = if exact {
+            self.nodes[n].uplink.pop(self.now)
+        } else {
+            self.nodes[n].uplink.pop_chunk(self.now)
+        };
+        let Some(q) = next.or_else(|| self.padding(n)) else {
             return;
         };
+        // More chunks wait behind this one: the pace, not the demand, sets what goes out.
+        let held = self.nodes[n].uplink.has_chunks();
+        self.send(n, q, held || exact);
+    }
+
+    /// Sends one item: paced (the lane is busy until its last byte is out) or at once.
+    fn send(&mut self, n: usize, q: Queued, paced_and_held: bool) {
+        let paced = matches!(self.nodes[n].sender, Sender::Exact)
+            || matches!(q.payload, Payload::Chunk(..) | Payload::Padding) && !q.again;
         // Every lost packet is sent again (costing upload) after about an RTT.
         let packets = q.bytes.div_ceil(PACKET_BYTES);
         let mut resent = 0usize;
@@ -56,14 +93,98 @@ impl Sim {
             }
         }
         let wire = q.bytes + resent * PACKET_BYTES.min(q.bytes);
-        let tx = self.nodes[n].uplink.tx_us(wire);
+        let node = &mut self.nodes[n];
+        node.spoke.insert(q.to, self.now);
         match &q.payload {
-            Payload::Chunk(..) => self.nodes[n].sent_data += wire as u64,
-            Payload::Control(_) => self.nodes[n].sent_control += wire as u64,
+            Payload::Chunk(..) => node.sent_data += wire as u64,
+            Payload::Control(_) => node.sent_control += wire as u64,
+            Payload::Padding => node.sent_padding += wire as u64,
+            Payload::Ping => {}
         }
-        self.nodes[n].uplink.busy = true;
+        if !paced {
+            let passage = node.router.as_mut().map(|r| r.pass_now(self.now, wire, PACKET_BYTES));
+            self.after_router(n, q, wire, resent, delay, self.now, passage);
+            return;
+        }
+        let pace_bps = node.sender.pacing_bps(node.upload_bps);
+        if matches!(q.payload, Payload::Chunk(..)) {
+            node.sender.sent(wire, paced_and_held);
+        }
+        let tx = ((wire as f64 * 8.0 / pace_bps) * 1e6).ceil() as u64;
+        node.uplink.busy = true;
+        if let Some(router) = &mut node.router {
+            router.start(self.now, self.now + tx, wire, PACKET_BYTES);
+        }
+        node.in_flight = Some(InFlight { q, wire, resent, delay });
         self.schedule(self.now + tx, Ev::TxDone(n));
-        let arrive = self.now + tx + self.one_way_us() + delay;
+    }
+
+    /// The paced lane's item is out of the node: what the router made of it.
+    pub(crate) fn tx_done(&mut self, n: usize) {
+        let node = &mut self.nodes[n];
+        node.uplink.busy = false;
+        if let Some(f) = node.in_flight.take() {
+            let passage = node.router.as_mut().map(|r| r.finish(self.now));
+            self.after_router(n, f.q, f.wire, f.resent, f.delay, self.now, passage);
+        }
+        self.transmit(n);
+    }
+
+    /// After the router: a drop is heard of a round trip after the full queue, and what was
+    /// dropped is sent again (the item arrives with its last packet); what got through
+    /// arrives over the path and is acknowledged back.
+    #[allow(clippy::too_many_arguments)]
+    fn after_router(
+        &mut self,
+        n: usize,
+        q: Queued,
+        wire: usize,
+        resent: usize,
+        delay: u64,
+        sent_last: u64,
+        passage: Option<Passage>,
+    ) {
+        let leaves = match passage {
+            None => sent_last,
+            Some(Passage { leaves, dropped: 0 }) => leaves,
+            Some(Passage { dropped, .. }) => {
+                // (Loss shows when later packets are acknowledged: after the full queue.)
+                let again = sent_last + self.cfg.router_queue_ms * 1000 + self.cfg.rtt_ms * 1000 * 5 / 4 + 1000;
+                self.schedule(
+                    again,
+                    Ev::Acked {
+                        node: n,
+                        path: q.to,
+                        bytes: wire.saturating_sub(dropped * PACKET_BYTES) as u64,
+                        rtt_us: 0,
+                        lost: dropped,
+                    },
+                );
+                if !matches!(q.payload, Payload::Padding | Payload::Ping) {
+                    let rest = (dropped * PACKET_BYTES).min(wire);
+                    self.schedule(again, Ev::Resend(n, q.with_bytes(rest)));
+                }
+                return;
+            }
+        };
+        let there = self.one_way_us();
+        let arrive = leaves + there + delay;
+        if !matches!(self.nodes[n].sender, Sender::Exact) {
+            // The ACK comes back over the path (its queues are not modelled on the way back).
+            // QUIC samples a round trip per packet, from when that packet was sent: the last
+            // packet's, here (its wait in the router and the path, not the item's pacing).
+            let rtt_us = leaves.saturating_sub(sent_last) + there + self.one_way_us();
+            self.schedule(
+                sent_last + rtt_us,
+                Ev::Acked {
+                    node: n,
+                    path: q.to,
+                    bytes: wire as u64,
+                    rtt_us,
+                    lost: resent,
+                },
+            );
+        }
         self.schedule(
             arrive,
             Ev::Arrive {
@@ -74,16 +195,79 @@ impl Sim {
         );
     }
 
+    /// QUIC's idle timeout and keep-alives, where routers queue: a connection that heard
+    /// nothing (no packet, no ACK) for the idle timeout is closed, and one that sent nothing
+    /// for a keep-alive interval sends a PING. Behind a full router queue both happen, and
+    /// the swarm loses the neighbour.
+    pub(crate) fn keep_alive(&mut self, n: usize) {
+        if self.cfg.router_queue_ms == 0 {
+            return;
+        }
+        let Role::Honest(state) = &self.nodes[n].role else {
+            return;
+        };
+        let neighbours: Vec<usize> = state.neighbours().map(|(id, _)| index_of(&id)).collect();
+        // The quinn node drops a neighbour that let 64 chunks in a row expire in its queue
+        // (link.rs), unless its own pacer held them.
+        if !matches!(self.nodes[n].sender, Sender::Controlled(_)) {
+            for peer in self.nodes[n].uplink.slow(SLOW_AFTER_EXPIRED) {
+                self.slow_dropped += 1;
+                self.close(n, peer);
+                self.feed(n, Event::NeighbourDown { id: node_id(peer) });
+            }
+        }
+        let idle = self.cfg.detect_ms * 1000;
+        for peer in neighbours {
+            if !self.links.contains(&(n.min(peer), n.max(peer))) {
+                continue;
+            }
+            let node = &self.nodes[n];
+            let heard = node.heard.get(&peer).copied().unwrap_or(self.now);
+            if self.now.saturating_sub(heard) > idle {
+                self.links.remove(&(n.min(peer), n.max(peer)));
+                self.nodes[n].uplink.forget(peer);
+                self.nodes[n].sender.forget(peer as u64);
+                self.idle_timeouts += 1;
+                self.feed(n, Event::NeighbourDown { id: node_id(peer) });
+                continue;
+            }
+            let spoke = node.spoke.get(&peer).copied().unwrap_or(self.now);
+            if self.now.saturating_sub(spoke) >= KEEP_ALIVE_US {
+                self.nodes[n].spoke.insert(peer, self.now);
+                self.enqueue(n, peer, Payload::Ping, PING_BYTES, u64::MAX);
+            }
+        }
+        self.transmit(n);
+    }
+
+    /// Padding while the node's uplink controller probes what the uplink carries: to its
+    /// neighbours in turn, a few packets at a time.
+    fn padding(&mut self, n: usize) -> Option<Queued> {
+        if self.nodes[n].sender.probe_bps() <= 0.0 {
+            return None;
+        }
+        let Role::Honest(state) = &self.nodes[n].role else {
+            return None;
+        };
+        let neighbours: Vec<usize> = state.neighbours().map(|(id, _)| index_of(&id)).collect();
+        let node = &mut self.nodes[n];
+        node.pad_turn = node.pad_turn.wrapping_add(1);
+        let to = *neighbours.get(node.pad_turn % neighbours.len().max(1))?;
+        Some(Queued::new(to, Payload::Padding, 4 * PACKET_BYTES, u64::MAX))
+    }
+
     pub(crate) fn arrive(&mut self, to: usize, from: usize, payload: Payload) {
         if !self.nodes[to].online || !self.links.contains(&(from.min(to), from.max(to))) {
             return;
         }
+        self.nodes[to].heard.insert(from, self.now);
         match &mut self.nodes[to].role {
             Role::Evil(evil) => {
                 let out = evil.receive(from, &payload);
                 self.evil_out(to, out);
             }
             Role::Honest(_) => match payload {
+                Payload::Padding | Payload::Ping => {}
                 Payload::Control(messages) => {
                     for msg in messages {
                         self.feed(

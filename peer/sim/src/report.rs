@@ -35,6 +35,22 @@ pub struct Report {
     /// Peers that ever joined (churn adds fresh ones).
     pub nodes_total: usize,
     pub source_upload_bps: u64,
+    /// Queueing delay in the household routers, over everything honest nodes sent through
+    /// them (absent without router queues).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub router_queue_ms: Option<Latency>,
+    /// Items the routers dropped from full queues.
+    pub router_dropped: u64,
+    /// Connections closed because nothing came back for QUIC's idle timeout.
+    pub idle_timeouts: u64,
+    /// Neighbours dropped for letting their chunks expire in a row.
+    pub slow_dropped: u64,
+    /// Padding bytes (capacity probes) / DATA bytes.
+    pub padding_ratio: f64,
+    /// Honest viewers' learnt capacity / their uplink's rate, at the end: p10 and p50
+    /// (absent when nothing is learnt).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity_learnt: Option<Ratios>,
     pub wall_s: f64,
     /// Only when the shared CPU is modelled.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -55,6 +71,12 @@ pub struct Latency {
     pub p95: u64,
     pub p99: u64,
     pub max: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Ratios {
+    pub p10: f64,
+    pub p50: f64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -92,6 +114,18 @@ impl Sim {
             if std::env::var_os("SHOAL_SIM_DEBUG").is_some()
                 && let Role::Honest(state) = &node.role
             {
+                if let Some(r) = &node.router {
+                    let mut q = r.queued_us.clone();
+                    q.sort_unstable();
+                    eprintln!(
+                        "{} router: dropped {} queue p50 {} p95 {} ms; sender {}",
+                        node.addr,
+                        r.dropped,
+                        q.get(q.len() / 2).copied().unwrap_or(0) / 1000,
+                        q.get(q.len() * 95 / 100).copied().unwrap_or(0) / 1000,
+                        node.sender.describe()
+                    );
+                }
                 eprintln!(
                     "{} up {:.1}x expired {} joined {} startup {:?} on_time {} neighbours {} children {} depths {:?} parents {:?} counters {:?}",
                     node.addr,
@@ -143,8 +177,8 @@ impl Sim {
             }
             let online_s = online_until.saturating_sub(node.joined_us) as f64;
             if online_s > 5e6 {
-                max_peer_upload =
-                    max_peer_upload.max((node.sent_data + node.sent_control) as f64 / (bytes_per_us * online_s));
+                max_peer_upload = max_peer_upload
+                    .max((node.sent_data + node.sent_control + node.sent_padding) as f64 / (bytes_per_us * online_s));
             }
         }
         let source = &self.nodes[SOURCE];
@@ -172,7 +206,47 @@ impl Sim {
             });
             cpu.report(end, busy, seconds)
         });
+        let honest = || self.nodes.iter().filter(|n| matches!(n.role, Role::Honest(_)));
+        let mut queued: Vec<u32> = honest()
+            .filter_map(|n| n.router.as_ref())
+            .flat_map(|r| r.queued_us.iter().copied())
+            .collect();
+        queued.sort_unstable();
+        let router_queue_ms = (!queued.is_empty()).then(|| {
+            let at = |q: f64| u64::from(queued[((queued.len() - 1) as f64 * q).round() as usize]) / 1000;
+            Latency {
+                p50: at(0.5),
+                p95: at(0.95),
+                p99: at(0.99),
+                max: at(1.0),
+            }
+        });
+        let mut learnt: Vec<f64> = honest()
+            .skip(1)
+            .filter(|n| n.online)
+            .filter_map(|n| Some(n.sender.capacity_bps()? / n.upload_bps))
+            .collect();
+        learnt.sort_by(f64::total_cmp);
+        let capacity_learnt = (!learnt.is_empty()).then(|| {
+            let at = |q: f64| round(learnt[((learnt.len() - 1) as f64 * q).round() as usize], 3);
+            Ratios {
+                p10: at(0.1),
+                p50: at(0.5),
+            }
+        });
+        let padding: u64 = self.nodes.iter().map(|n| n.sent_padding).sum();
         Report {
+            router_queue_ms,
+            router_dropped: self
+                .nodes
+                .iter()
+                .filter_map(|n| n.router.as_ref())
+                .map(|r| r.dropped)
+                .sum(),
+            idle_timeouts: self.idle_timeouts,
+            slow_dropped: self.slow_dropped,
+            padding_ratio: round(padding as f64 / data_sent.max(1) as f64, 4),
+            capacity_learnt,
             peers: self.cfg.peers,
             duration_s: self.cfg.duration_s,
             delivery_ratio: round(on_time as f64 / expected.max(1) as f64, 5),

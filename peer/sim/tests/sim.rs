@@ -60,6 +60,8 @@ fn a_swarm_on_one_busy_machine_waits_for_its_cores() {
         jitter_ms: 0,
         upload_mix: vec![(1.0, 50.0)],
         source_upload_x: 50.0,
+        // Loopback, as scripts/bench-swarm: no household routers.
+        router_queue_ms: 0,
         ..SimConfig::default()
     };
     let own = run(base.clone());

@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use shoal_peer::Node;
-use shoal_peer::ops::cli::{self, SwarmArgs, TicketArgs};
+use shoal_peer::ops::cli::{self, SwarmArgs, TicketArgs, UploadMode};
 use shoal_peer::ops::status;
 use tokio_util::sync::CancellationToken;
 
@@ -43,7 +43,17 @@ async fn relay(args: Args) -> anyhow::Result<()> {
         core.limits.max_neighbours = core.limits.max_neighbours.max(PUBLIC_NEIGHBOURS);
         core.limits.max_incoming_connections = core.limits.max_incoming_connections.max(PUBLIC_NEIGHBOURS);
     }
-    let node = Node::spawn(args.swarm.node_config(ticket.stream_key, dial, core)).await?;
+    // A public relay is a server: its upload is what it is there for.
+    let mode = if args.public {
+        UploadMode::Foreground
+    } else {
+        UploadMode::Background
+    };
+    let node = Node::spawn(shoal_peer::NodeConfig {
+        upload_mode: args.swarm.upload_mode_or(mode),
+        ..args.swarm.node_config(ticket.stream_key, dial, core)
+    })
+    .await?;
     println!(
         "relaying \"{}\" on {} as node {}",
         ticket.name,

@@ -5,7 +5,7 @@
 use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -23,7 +23,7 @@ use shoal_core::limits::Limits;
 use shoal_core::state::{Event, Reject};
 
 use super::mailbox::{Input, LinkHandle};
-use super::pacer::Pacer;
+use super::pacer::{PIECE, Pacer};
 use super::stats::{Kind, Link as LinkStats, Stats};
 
 /// Chunk streams written to one neighbour at once; priorities order them inside QUIC.
@@ -152,7 +152,7 @@ pub struct Shared {
     pub stream_key: VerifyingKey,
     pub events: mpsc::Sender<Input>,
     pub stats: Arc<Stats>,
-    pub pacer: Option<Arc<Pacer>>,
+    pub pacer: Arc<Pacer>,
     pub limits: Limits,
 }
 
@@ -182,7 +182,9 @@ pub async fn start(
         stats: stats.clone(),
     };
     shared.events.send(Input::Linked(handle)).await.ok()?;
+    shared.pacer.add_connection(conn.clone());
     let mut tasks = JoinSet::new();
+    tasks.spawn(discard_padding(conn.clone()));
     tasks.spawn(read_control(peer.node_id, recv, buf, shared.clone(), stats.clone()));
     tasks.spawn(write_control(send, control_rx, shared.clone(), stats.clone()));
     tasks.spawn(read_chunks(peer.node_id, conn.clone(), shared.clone(), stats.clone()));
@@ -247,6 +249,11 @@ async fn write_control(
             return;
         }
     }
+}
+
+/// Padding datagrams a neighbour sends while it probes its uplink: read and dropped.
+async fn discard_padding(conn: quinn::Connection) {
+    while conn.read_datagram().await.is_ok() {}
 }
 
 async fn read_chunks(from: NodeId, conn: quinn::Connection, shared: Shared, stats: Arc<LinkStats>) {
@@ -345,7 +352,7 @@ async fn write_chunks(
         if queue.len() > shared.limits.chunk_queue {
             let before = queue.len();
             queue.retain(|q| q.1 > now);
-            if shared.pacer.is_none() {
+            if !shared.pacer.paces() {
                 expired_in_row.fetch_add(before - queue.len(), Relaxed);
             }
         }
@@ -360,13 +367,13 @@ async fn write_chunks(
         let Some(Queued(chunk, deadline)) = queue.pop() else {
             continue;
         };
-        if shared.pacer.as_ref().is_some_and(|p| p.allows_nothing()) {
+        if shared.pacer.allows_nothing() {
             continue; // this node uploads no chunks at all
         }
         if now >= deadline {
             // Behind its deadline in our queue: the neighbour's slowness, unless our own
-            // upload cap held it back.
-            if shared.pacer.is_none() {
+            // pace held it back.
+            if !shared.pacer.paces() {
                 expired_in_row.fetch_add(1, Relaxed);
             }
             continue;
@@ -377,42 +384,45 @@ async fn write_chunks(
         writers.spawn(async move {
             let _slot = slot;
             let len = chunk.encoded_len();
-            // Waiting for our own upload cap is not the neighbour's slowness: not counted.
-            if let Some(pacer) = &shared.pacer
-                && tokio::time::timeout_at(deadline, pacer.take(len)).await.is_err()
-            {
+            let stamp = chunk.header.timestamp_us;
+            // Opening the stream waits for the neighbour's stream credit: the deadline covers it.
+            let Ok(Ok(mut send)) = tokio::time::timeout_at(deadline, conn.open_uni()).await else {
+                expired_in_row.fetch_add(1, Relaxed);
                 return;
-            }
+            };
+            // Newer chunks get higher priority; i32 wraps only after years of chunks.
+            let _ = send.set_priority((chunk.header.seq & 0x7fff_ffff) as i32);
+            let header = Bytes::copy_from_slice(&chunk.header.to_bytes()[..HEADER_LEN]);
+            let sig = Bytes::copy_from_slice(&chunk.signature);
+            // Waiting for our own uplink's pace is not the neighbour's slowness.
+            let pacing = AtomicBool::new(false);
             let write = async {
-                let mut send = conn.open_uni().await.ok()?;
-                // Newer chunks get higher priority; i32 wraps only after years of chunks.
-                let _ = send.set_priority((chunk.header.seq & 0x7fff_ffff) as i32);
-                let header = Bytes::copy_from_slice(&chunk.header.to_bytes()[..HEADER_LEN]);
-                let sig = Bytes::copy_from_slice(&chunk.signature);
-                let mut parts = [header, chunk.payload.clone(), sig];
-                let written = tokio::time::timeout_at(deadline, send.write_all_chunks(&mut parts)).await;
-                match written {
-                    Ok(Ok(())) => {
-                        let _ = send.finish();
-                        Some(true)
-                    }
-                    Ok(Err(_)) => None,
-                    Err(_) => {
-                        let _ = send.reset(close::EXPIRED.into());
-                        Some(false)
+                // A few packets at a time, as the uplink's pace lets them out.
+                for mut part in [header, chunk.payload.clone(), sig] {
+                    while !part.is_empty() {
+                        let piece = part.split_to(part.len().min(PIECE));
+                        pacing.store(true, Relaxed);
+                        shared.pacer.take(piece.len(), stamp).await;
+                        pacing.store(false, Relaxed);
+                        send.write_chunk(piece).await?;
                     }
                 }
+                anyhow::Ok(())
             };
-            // Opening the stream waits for the neighbour's stream credit: the deadline covers it.
             match tokio::time::timeout_at(deadline, write).await {
-                Ok(Some(true)) => {
+                Ok(Ok(())) => {
+                    let _ = send.finish();
                     expired_in_row.store(0, Relaxed);
                     shared.stats.sent(Some(&stats), Kind::Data, len);
                 }
-                Ok(Some(false)) | Err(_) => {
-                    expired_in_row.fetch_add(1, Relaxed);
+                Ok(Err(_)) => {} // the connection went away
+                Err(_) => {
+                    // Not sent whole in time: the neighbour must not read half a chunk.
+                    let _ = send.reset(close::EXPIRED.into());
+                    if !pacing.load(Relaxed) {
+                        expired_in_row.fetch_add(1, Relaxed);
+                    }
                 }
-                Ok(None) => {}
             }
         });
     }

@@ -12,3 +12,4 @@ pub mod node;
 pub mod pacer;
 pub mod stats;
 pub mod transport;
+pub mod uplink;

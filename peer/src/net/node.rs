@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use shoal_core::drive;
 use shoal_core::state::{self, Event, State};
+use shoal_core::uplink::{Mode, Uplink, UplinkConfig};
 
 use super::connect::{Dialer, run_link};
 use super::link::{Identity, Shared};
@@ -23,6 +24,7 @@ use super::links::Links;
 use super::mailbox::Input;
 use super::pacer::Pacer;
 use super::stats::{Stats, spawn_writer};
+use super::uplink::{Reporting, SharedUplink};
 
 /// Events queued towards the core from all links together.
 const INPUT_QUEUE: usize = 4096;
@@ -44,6 +46,9 @@ pub struct NodeConfig {
     pub dial: Vec<SocketAddr>,
     /// The most this node uploads, in kbit/s (all chunk streams together).
     pub upload_kbps: Option<u64>,
+    /// Whether its chunk uploads step aside for the household's traffic (background) or
+    /// are paced only by `upload_kbps` (foreground: the broadcaster, public relays).
+    pub upload_mode: Mode,
     pub core: state::Config,
     pub stats_json: Option<PathBuf>,
     /// Ask the router to forward a public port here (PCP, NAT-PMP, UPnP-IGD).
@@ -68,7 +73,23 @@ impl Node {
             None => SigningKey::from_bytes(&random_seed()?),
         };
         let node_id = NodeId(node_key.verifying_key().to_bytes());
-        let endpoint = super::transport::endpoint(config.listen, &config.core.limits, &node_key)?;
+        let uplink = SharedUplink::new(Uplink::new(
+            UplinkConfig {
+                mode: config.upload_mode,
+                cap_bps: config.upload_kbps.map(|k| k as f64 * 1000.0),
+                // A foreground node is presumed strong; a node that uploads nothing has
+                // nothing to learn.
+                probe: config.upload_mode == Mode::Background && config.upload_kbps != Some(0),
+                ..UplinkConfig::default()
+            },
+            Instant::now().into_std(),
+        ));
+        let endpoint = super::transport::endpoint_with(
+            config.listen,
+            &config.core.limits,
+            &node_key,
+            Reporting::factory(uplink.clone()),
+        )?;
         let local_addr = endpoint.local_addr()?;
         let stats = Stats::new(
             node_id,
@@ -87,11 +108,13 @@ impl Node {
             stream_key: config.stream_key,
             listen: listen_rx,
         };
+        let pacer = Pacer::new(uplink.clone(), config.upload_kbps == Some(0), stats.clone());
+        tasks.spawn(pacer.clone().run(cancel.clone()));
         let shared = Shared {
             stream_key: config.stream_key,
             events: inputs.clone(),
             stats: stats.clone(),
-            pacer: config.upload_kbps.map(|k| Arc::new(Pacer::new(k))),
+            pacer,
             limits: config.core.limits.clone(),
         };
         let mut core_config = config.core;
@@ -119,6 +142,7 @@ impl Node {
             stats.clone(),
             dialer,
             listen_tx,
+            uplink,
         ));
         tasks.spawn(accept(
             endpoint.clone(),
@@ -211,6 +235,7 @@ async fn run_core(
     stats: Arc<Stats>,
     dialer: Dialer,
     listen: watch::Sender<Vec<SocketAddr>>,
+    uplink: SharedUplink,
 ) {
     let cancel = dialer.cancel.clone();
     let mut links = Links::new(stats.clone(), deliveries, dialer);
@@ -274,7 +299,12 @@ async fn run_core(
             let _ = core.handle(Event::NeighbourDown { id }, now).count();
         }
         if is_tick {
+            // The core plans children with what the uplink was seen to carry.
+            let report = uplink.lock().report();
+            let plan = uplink.lock().plan_bps();
+            core.set_upload_capacity(plan.map(|b| b as u64));
             stats.set_core(&core);
+            stats.set_uplink(report);
         }
     }
     // Shutting down: tell every neighbour we are leaving.

@@ -134,6 +134,8 @@ pub struct Stats {
     /// Where neighbours see this node.
     observed: Mutex<Observed>,
     mapping: Mutex<Option<Mapping>>,
+    uplink: Mutex<Option<shoal_core::uplink::Report>>,
+    padding_sent: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -159,6 +161,8 @@ impl Stats {
             wire_forgotten: Mutex::default(),
             observed: Mutex::default(),
             mapping: Mutex::default(),
+            uplink: Mutex::default(),
+            padding_sent: AtomicU64::new(0),
             limits,
         })
     }
@@ -255,6 +259,16 @@ impl Stats {
     /// What the router forwards to this node, if it does.
     pub fn mapping(&self) -> Option<Mapping> {
         *lock(&self.mapping)
+    }
+
+    /// What the uplink controller says now.
+    pub fn set_uplink(&self, report: shoal_core::uplink::Report) {
+        *lock(&self.uplink) = Some(report);
+    }
+
+    /// Padding datagrams sent to probe the uplink.
+    pub fn padding_sent(&self, bytes: usize) {
+        self.padding_sent.fetch_add(bytes as u64, Relaxed);
     }
 
     pub fn set_mapping(&self, mapping: Option<Mapping>) {
@@ -373,8 +387,38 @@ impl Stats {
                 newest_seq,
             }),
             startup_ms: startup.map(|d| d.as_millis() as u64),
+            uplink: lock(&self.uplink).as_ref().map(|r| UplinkView {
+                mode: r.mode.as_str().into(),
+                capacity_kbps: r.capacity_bps.map(|b| (b / 1000.0).round() as u64),
+                how: r.how.as_str().into(),
+                pacing_kbps: r.pacing_bps.map(|b| (b / 1000.0).round() as u64),
+                queue_ms: r.queue.map(|q| q.as_secs_f64() * 1000.0),
+                probing: r.probing,
+                yielding: r.yielding,
+                padding_bytes: self.padding_sent.load(Relaxed),
+            }),
         }
     }
+}
+
+/// The uplink as this node learnt it, and how it paces its chunk uploads.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct UplinkView {
+    /// `background` (steps aside for the household) or `foreground`.
+    pub mode: String,
+    /// What the uplink carries, kbit/s, and how that was found: `measured` (seen full),
+    /// `at least` (never seen full), `unknown`.
+    pub capacity_kbps: Option<u64>,
+    pub how: String,
+    /// The rate chunks are released at, kbit/s (none: unpaced).
+    pub pacing_kbps: Option<u64>,
+    /// Queueing delay on the uplink at the last measure.
+    pub queue_ms: Option<f64>,
+    pub probing: bool,
+    /// Holding back for a queue the household built.
+    pub yielding: bool,
+    /// Padding sent to probe the uplink, bytes.
+    pub padding_bytes: u64,
 }
 
 /// A node's stats at one moment: what `--stats-json`, `/stats.json`, `/metrics`, the status
@@ -417,6 +461,9 @@ pub struct Snapshot {
     pub live_chunks: Option<LiveChunks>,
     /// Start → a whole keyframe segment held.
     pub startup_ms: Option<u64>,
+    /// What the uplink carries and how chunk uploads are paced.
+    #[serde(default)]
+    pub uplink: Option<UplinkView>,
 }
 
 impl Snapshot {

@@ -31,10 +31,20 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Padding datagrams buffered from one neighbour before the oldest are dropped.
+const PADDING_BUFFER: usize = 64 * 1024;
 /// How often an otherwise quiet connection sends a ping.
 const KEEP_ALIVE: Duration = Duration::from_millis(250);
 
-fn transport_config(limits: &Limits) -> Arc<quinn::TransportConfig> {
+/// What paces a node's connections: BBR each (tests and tools), or BBR each reporting to
+/// the node's uplink controller (`uplink.rs`).
+pub type Congestion = Arc<dyn quinn::congestion::ControllerFactory + Send + Sync>;
+
+fn plain() -> Congestion {
+    Arc::new(quinn::congestion::BbrConfig::default())
+}
+
+fn transport_config(limits: &Limits, congestion: Congestion) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     // Bounded buffers per connection, whatever a neighbour sends or fails to read: a chunk
     // stream carries one chunk, the control stream is read as it comes.
@@ -52,7 +62,9 @@ fn transport_config(limits: &Limits) -> Arc<quinn::TransportConfig> {
     // Loss-based control (Cubic) reads every random loss as congestion: at 2 % loss and
     // 50 ms RTT it caps a connection below a 2 Mbit/s stream. BBR paces by measured
     // bandwidth and round trip instead (measured with scripts/bench-swarm).
-    t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+    t.congestion_controller_factory(congestion);
+    // Datagrams carry only a neighbour's uplink probe (padding, read and dropped).
+    t.datagram_receive_buffer_size(Some(PADDING_BUFFER));
     t.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("1 s fits a QUIC idle timeout")));
     Arc::new(t)
 }
@@ -60,6 +72,16 @@ fn transport_config(limits: &Limits) -> Arc<quinn::TransportConfig> {
 /// Binds `listen` and returns an endpoint that serves and dials shoal connections as the
 /// holder of `key`.
 pub fn endpoint(listen: SocketAddr, limits: &Limits, key: &SigningKey) -> anyhow::Result<quinn::Endpoint> {
+    endpoint_with(listen, limits, key, plain())
+}
+
+/// `endpoint`, its connections paced by `congestion`.
+pub fn endpoint_with(
+    listen: SocketAddr,
+    limits: &Limits,
+    key: &SigningKey,
+    congestion: Congestion,
+) -> anyhow::Result<quinn::Endpoint> {
     let (cert, private) = certificate(key)?;
     let mut server_tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -67,16 +89,24 @@ pub fn endpoint(listen: SocketAddr, limits: &Limits, key: &SigningKey) -> anyhow
         .with_single_cert(vec![cert], private)?;
     server_tls.alpn_protocols = vec![shoal_proto::ALPN.to_vec()];
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(server_tls)?));
-    server.transport_config(transport_config(limits));
+    server.transport_config(transport_config(limits, congestion.clone()));
 
     let socket = std::net::UdpSocket::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let mut endpoint = udp_endpoint(socket, server).with_context(|| format!("cannot start QUIC on {listen}"))?;
-    endpoint.set_default_client_config(client_config(key, limits)?);
+    endpoint.set_default_client_config(client_config_with(key, limits, congestion)?);
     Ok(endpoint)
 }
 
 /// How this node dials as the holder of `key` (the endpoint's default; a test dials as others).
 pub fn client_config(key: &SigningKey, limits: &Limits) -> anyhow::Result<quinn::ClientConfig> {
+    client_config_with(key, limits, plain())
+}
+
+fn client_config_with(
+    key: &SigningKey,
+    limits: &Limits,
+    congestion: Congestion,
+) -> anyhow::Result<quinn::ClientConfig> {
     let (cert, private) = certificate(key)?;
     let mut client_tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -85,7 +115,7 @@ pub fn client_config(key: &SigningKey, limits: &Limits) -> anyhow::Result<quinn:
         .with_client_auth_cert(vec![cert], private)?;
     client_tls.alpn_protocols = vec![shoal_proto::ALPN.to_vec()];
     let mut client = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(client_tls)?));
-    client.transport_config(transport_config(limits));
+    client.transport_config(transport_config(limits, congestion));
     Ok(client)
 }
 

@@ -12,6 +12,7 @@ use shoal_proto::Ticket;
 
 use shoal_core::limits::Limits;
 use shoal_core::state;
+use shoal_core::uplink::Mode;
 
 /// Swarm options shared by the broadcaster, the relay peer and the gateway.
 #[derive(clap::Args, Debug, Clone)]
@@ -40,6 +41,12 @@ pub struct SwarmArgs {
     /// The most this node uploads, in kbit/s (default: no cap; 0: upload no chunks at all).
     #[arg(long, value_name = "KBPS")]
     pub upload_kbps: Option<u64>,
+    /// How chunk uploads share this machine's uplink: `background` steps aside for the
+    /// household's calls, games and uploads, as µTP does (the default for viewers and
+    /// relays); `foreground` is paced only by --upload-kbps (the default for the broadcaster
+    /// and --public relays).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub upload_mode: Option<UploadMode>,
     /// Rewrite this file with the node's counters (JSON) about once a second.
     #[arg(long, value_name = "PATH")]
     pub stats_json: Option<PathBuf>,
@@ -54,7 +61,21 @@ pub struct SwarmArgs {
     pub max_incoming_connections: u64,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UploadMode {
+    Background,
+    Foreground,
+}
+
 impl SwarmArgs {
+    /// `--upload-mode`, or this binary's default.
+    pub fn upload_mode_or(&self, default: UploadMode) -> Mode {
+        match self.upload_mode.unwrap_or(default) {
+            UploadMode::Background => Mode::Background,
+            UploadMode::Foreground => Mode::Foreground,
+        }
+    }
+
     /// `--dht`, or `--dht-bootstrap` (which implies it).
     fn wants_dht(&self) -> bool {
         self.dht || !self.dht_bootstrap.is_empty()
@@ -93,6 +114,7 @@ impl SwarmArgs {
             listen: self.listen,
             dial,
             upload_kbps: self.upload_kbps,
+            upload_mode: self.upload_mode_or(UploadMode::Background),
             core,
             stats_json: self.stats_json.clone(),
             port_mapping: !self.no_port_mapping,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::log::{CLEAR_LINE, SHOWN};
-use crate::net::stats::{Snapshot, Stats};
+use crate::net::stats::{Snapshot, Stats, UplinkView};
 
 /// What one second of the status line is made of.
 pub struct Now<'a> {
@@ -43,7 +43,8 @@ pub async fn show(stats: Arc<Stats>, cancel: CancellationToken, extra: impl Fn(&
         let neighbours = s.connected_neighbours();
         let latency = s.latency_ms.p50.map_or("–".to_string(), duration);
         let line = format!(
-            "{neighbours} neighbours · in {mbps_in:.2} Mbit/s · out {mbps_out:.2} Mbit/s · latency {latency}{}",
+            "{neighbours} neighbours · in {mbps_in:.2} Mbit/s · out {mbps_out:.2} Mbit/s · latency {latency}{}{}",
+            s.uplink.as_ref().map_or(String::new(), uplink),
             extra(&Now {
                 stats: &s,
                 mbps_in,
@@ -59,6 +60,24 @@ pub async fn show(stats: Arc<Stats>, cancel: CancellationToken, extra: impl Fn(&
     if SHOWN.swap(false, Relaxed) {
         let _ = std::io::stderr().write_all(CLEAR_LINE);
     }
+}
+
+/// ` · uplink 3.8 Mbit/s (measured) · yielding`: what the uplink carries and whether shoal
+/// is stepping aside for the household.
+pub fn uplink(u: &UplinkView) -> String {
+    let capacity = match (u.capacity_kbps, u.how.as_str()) {
+        (Some(kbps), "measured") => format!("{:.1} Mbit/s", kbps as f64 / 1000.0),
+        (Some(kbps), _) => format!("≥ {:.1} Mbit/s", kbps as f64 / 1000.0),
+        (None, _) => "unknown".to_string(),
+    };
+    let doing = if u.yielding {
+        " · yielding to other traffic"
+    } else if u.probing {
+        " · probing"
+    } else {
+        ""
+    };
+    format!(" · uplink {capacity}{doing}")
 }
 
 /// No extra: the swarm's facts only.

@@ -57,6 +57,8 @@ pub struct State {
     punches: Punches,
     /// The public address the router forwards to this node, first in `config.listen`.
     mapped: Option<SocketAddr>,
+    /// The upload the owner declared (`--upload-kbps`): a hard cap on what is learnt.
+    declared_upload: Option<u64>,
     started: Instant,
     startup: Option<Duration>,
     out: Outbox,
@@ -73,6 +75,7 @@ impl State {
             meter: StreamMeter::default(),
             punches: Punches::default(),
             mapped: None,
+            declared_upload: config.upload_bps,
             started: now,
             startup: None,
             out: Outbox::default(),
@@ -131,6 +134,16 @@ impl State {
     /// The stream's rate in bit/s over the last two seconds of broadcaster time, once seen.
     pub fn stream_bps(&self) -> Option<f64> {
         self.meter.bps()
+    }
+
+    /// What the uplink was seen to carry (bit/s), from the node's uplink controller; `None`
+    /// when nothing is known. Children are planned with the smaller of it and the declared
+    /// `--upload-kbps`, and shed (newest first) when it falls.
+    pub fn set_upload_capacity(&mut self, learnt: Option<u64>) {
+        self.config.upload_bps = match (self.declared_upload, learnt) {
+            (Some(d), Some(l)) => Some(d.min(l)),
+            (d, l) => d.or(l),
+        };
     }
 
     /// The router now forwards `external` to this node (or no longer does): it heads the

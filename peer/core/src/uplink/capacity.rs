@@ -1,11 +1,14 @@
-//! What the uplink carries, from what it delivered: bytes acknowledged per second. A second in
-//! which a queue stood on the uplink (half the delay target or more) was a full uplink, so
-//! what it delivered is the capacity (or our share of it, beside the household's traffic);
-//! any other second only shows the capacity is at least what went through.
+//! What the uplink carries, from what it delivered: bytes acknowledged. While a queue stands
+//! on the uplink (half the delay target or more) it is full, so what it delivers then is the
+//! capacity (or our share of it, beside the household's traffic); a second with too little
+//! of that (a keyframe's burst is not a full uplink) only shows the capacity is at least
+//! what went through.
 
 use std::time::{Duration, Instant};
 
 const WINDOW: Duration = Duration::from_secs(1);
+/// Full time in a window that makes it a measure of the capacity.
+const FULL_FOR: Duration = Duration::from_millis(300);
 /// A fall of the estimate is "lately" for this long (probe again soon, to see it come back).
 const FELL_LATELY: Duration = Duration::from_secs(30);
 
@@ -34,8 +37,12 @@ impl How {
 #[derive(Debug)]
 pub struct Capacity {
     window_start: Instant,
+    step_start: Instant,
     acked: u64,
-    full: bool,
+    acked_step: u64,
+    /// Bytes acknowledged in the window's full steps, and how long those lasted.
+    acked_full: u64,
+    full_for: Duration,
     estimate: Option<f64>,
     how: How,
     measured_at: Option<Instant>,
@@ -48,8 +55,11 @@ impl Capacity {
     pub fn new(now: Instant) -> Self {
         Capacity {
             window_start: now,
+            step_start: now,
             acked: 0,
-            full: false,
+            acked_step: 0,
+            acked_full: 0,
+            full_for: Duration::ZERO,
             estimate: None,
             how: How::Unknown,
             measured_at: None,
@@ -60,20 +70,27 @@ impl Capacity {
 
     pub fn acked(&mut self, bytes: u64) {
         self.acked += bytes;
+        self.acked_step += bytes;
     }
 
     /// One control step: `queue` is the uplink's queueing delay in it, if measured.
-    pub fn step(&mut self, now: Instant, queue: Option<Duration>, target: Duration, sent_bps: f64) {
+    /// `congested`: the router dropped what came with a full queue (a shallow router fills
+    /// before the delay reaches the target).
+    pub fn step(&mut self, now: Instant, queue: Option<Duration>, target: Duration, congested: bool, sent_bps: f64) {
         self.recent_sent = 0.7 * self.recent_sent + 0.3 * sent_bps;
-        if queue.is_some_and(|q| q >= target / 2) {
-            self.full = true;
+        if congested || queue.is_some_and(|q| q >= target / 2) {
+            self.acked_full += self.acked_step;
+            self.full_for += now.duration_since(self.step_start);
         }
+        self.acked_step = 0;
+        self.step_start = now;
         let elapsed = now.duration_since(self.window_start);
         if elapsed < WINDOW {
             return;
         }
         let delivered = self.acked as f64 * 8.0 / elapsed.as_secs_f64();
-        if self.full {
+        if self.full_for >= FULL_FOR {
+            let delivered = self.acked_full as f64 * 8.0 / self.full_for.as_secs_f64();
             let new = match (self.how, self.estimate) {
                 (How::Measured, Some(e)) => 0.5 * e + 0.5 * delivered,
                 _ => delivered,
@@ -92,7 +109,8 @@ impl Capacity {
         }
         self.window_start = now;
         self.acked = 0;
-        self.full = false;
+        self.acked_full = 0;
+        self.full_for = Duration::ZERO;
     }
 
     pub fn bps(&self) -> Option<f64> {
@@ -131,6 +149,7 @@ mod tests {
                 *t,
                 Some(Duration::from_millis(queue_ms)),
                 Duration::from_millis(60),
+                false,
                 0.0,
             );
         }
@@ -146,6 +165,13 @@ mod tests {
         second(&mut c, &mut t, 375_000, 55); // 3 Mbit/s with a standing queue: full
         assert_eq!((c.bps(), c.how()), (Some(3e6), How::Measured));
         second(&mut c, &mut t, 125_000, 3); // less asked of it: still 3
+        assert_eq!(c.bps(), Some(3e6));
+        // A keyframe's burst: a queue for 200 ms of the second is not a full uplink.
+        for (i, q) in [40, 40, 0, 0, 0, 0, 0, 0, 0, 0].into_iter().enumerate() {
+            c.acked(if i < 2 { 50_000 } else { 5_000 });
+            t += Duration::from_millis(100);
+            c.step(t, Some(Duration::from_millis(q)), Duration::from_millis(60), false, 0.0);
+        }
         assert_eq!(c.bps(), Some(3e6));
         assert!(!c.fell_lately());
         // The household takes the uplink: full, and only 0.5 Mbit/s ours.

@@ -1,8 +1,8 @@
 //! Queueing delay on this node's uplink, from round-trip samples: each path (connection) keeps
 //! its own base delay (LEDBAT's history of per-minute minima), and the uplink's queue is what
-//! all trusted paths see above their bases. The household router's queue is common to every
+//! trusted paths see above their bases. The household router's queue is common to every
 //! path; what a single path adds (the neighbour's own uplink, on the ACK's way back) is not, so
-//! the smallest excess across paths is ours.
+//! the lower median of the paths' excess is ours.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -14,6 +14,9 @@ const BASE_HISTORY: usize = 10;
 const BASE_BUCKET: Duration = Duration::from_secs(60);
 /// Paths followed at once; beyond it the quietest is forgotten (a node has tens of neighbours).
 pub const MAX_PATHS: usize = 256;
+/// A path opened while the uplink's queue reads less than this takes its samples as base.
+/// (Not zero: round trips jitter by a few milliseconds.)
+const TRUST_BELOW: Duration = Duration::from_millis(15);
 /// How long the largest recent sample is remembered (to tell tail drop from random loss).
 const RECENT_MAX_FOR: Duration = Duration::from_secs(2);
 
@@ -26,9 +29,9 @@ struct Path {
     /// Largest sample lately, and when it was taken.
     recent_max: (Duration, Instant),
     latest: Duration,
-    /// Its base is believed: the path was opened while our queue was empty, or a slowdown
-    /// has drained the queue since. (A path opened behind our own standing queue would take
-    /// that queue for its base and report it as no delay at all.)
+    /// Its base is believed: the path was opened while our queue was (nearly) empty, or a
+    /// slowdown has drained the queue since. (A path opened behind our own standing queue
+    /// would take that queue for its base and report it as no delay at all.)
     trusted: bool,
     last_sample: Instant,
 }
@@ -47,10 +50,9 @@ pub struct Delays {
 }
 
 impl Delays {
-    /// One round-trip sample on `path`. `queue_empty` says whether our own queue is believed
-    /// empty now (a new path's base can be trusted).
+    /// One round-trip sample on `path`.
     pub fn sample(&mut self, path: u64, rtt: Duration, now: Instant) {
-        let queue_empty = self.queue.is_none_or(|q| q < Duration::from_millis(5));
+        let queue_empty = self.queue.is_none_or(|q| q < TRUST_BELOW);
         if !self.paths.contains_key(&path) && self.paths.len() >= MAX_PATHS {
             let quietest = self.paths.iter().min_by_key(|(_, p)| p.last_sample).map(|(id, _)| *id);
             if let Some(id) = quietest {
@@ -82,32 +84,36 @@ impl Delays {
         p.last_sample = now;
     }
 
+    /// The queue was seen drained (a slowdown): every path's base is now believed.
+    pub fn trust_all(&mut self) {
+        for p in self.paths.values_mut() {
+            p.trusted = true;
+        }
+    }
+
     pub fn forget(&mut self, path: u64) {
         self.paths.remove(&path);
     }
 
-    /// Closes a control step: the uplink's queueing delay over it (the smallest excess over
-    /// base among trusted paths sampled in the step), or `None` if none was.
+    /// Closes a control step: the uplink's queueing delay over it (the lower median of the
+    /// excess over base of the paths sampled in the step), or `None` if none was.
     pub fn step(&mut self) -> Option<Duration> {
-        let queue = self
+        let mut excess: Vec<Duration> = self
             .paths
             .values_mut()
             .filter_map(|p| {
                 let min = p.step_min.take()?;
                 p.trusted.then(|| min.saturating_sub(p.base()))
             })
-            .min();
+            .collect();
+        // The lower median: what most paths share. (The smallest would let one path whose
+        // base was taken behind a queue hide the queue from all the others.)
+        excess.sort_unstable();
+        let queue = excess.get(excess.len().saturating_sub(1) / 2).copied();
         if queue.is_some() {
             self.queue = queue;
         }
         queue
-    }
-
-    /// The queue was drained (a slowdown ended): every path's base is now believed.
-    pub fn trust_all(&mut self) {
-        for p in self.paths.values_mut() {
-            p.trusted = true;
-        }
     }
 
     /// The queueing delay at the last step that measured one.
@@ -130,6 +136,12 @@ impl Delays {
         range >= Duration::from_millis(20) && p.latest.saturating_sub(base) * 4 >= range * 3
     }
 
+    /// What `path`'s latest sample had above its base.
+    pub fn excess(&self, path: u64) -> Option<Duration> {
+        let p = self.paths.get(&path)?;
+        Some(p.latest.saturating_sub(p.base()))
+    }
+
     pub fn smallest_base(&self) -> Option<Duration> {
         self.paths.values().map(Path::base).min()
     }
@@ -148,31 +160,32 @@ mod tests {
     }
 
     #[test]
-    fn the_queue_is_the_smallest_excess_over_base_among_trusted_paths() {
+    fn the_queue_is_what_most_paths_see_above_their_bases() {
         let t0 = Instant::now();
         let mut d = Delays::default();
-        // Two neighbours, 20 and 80 ms away, sampled while our queue was empty.
+        // Three neighbours, 20, 50 and 80 ms away, sampled while our queue was empty.
         d.sample(1, ms(20), t0);
         d.sample(2, ms(80), t0);
+        d.sample(3, ms(50), t0);
         assert_eq!(d.step(), Some(ms(0)));
         // Our router queue fills by 50 ms; neighbour 2's own uplink adds 100 more to its ACKs.
         d.sample(1, ms(70), t0 + ms(100));
         d.sample(2, ms(230), t0 + ms(100));
-        assert_eq!(d.step(), Some(ms(50)), "what every path shares");
+        d.sample(3, ms(100), t0 + ms(100));
+        assert_eq!(d.step(), Some(ms(50)), "what most paths share");
         // A path opened behind that queue takes it for its base: not believed yet.
-        d.sample(3, ms(60), t0 + ms(150));
-        d.sample(1, ms(70), t0 + ms(200));
-        d.sample(3, ms(60), t0 + ms(200));
-        assert_eq!(d.step(), Some(ms(50)));
-        // A slowdown drains the queue: path 3 shows its true base and is believed from then on.
-        d.sample(3, ms(10), t0 + ms(300));
+        d.sample(4, ms(60), t0 + ms(150));
+        d.sample(4, ms(60), t0 + ms(200));
+        assert_eq!(d.step(), None, "path 4 alone, not believed");
+        // A slowdown drains the queue: path 4 shows its true base and is believed from then on.
+        d.sample(4, ms(10), t0 + ms(300));
         d.trust_all();
         d.step();
-        d.sample(1, ms(70), t0 + ms(400));
-        d.sample(3, ms(60), t0 + ms(400));
-        assert_eq!(d.step(), Some(ms(50)));
+        d.sample(1, ms(90), t0 + ms(400));
+        d.sample(4, ms(80), t0 + ms(400));
+        assert_eq!(d.step(), Some(ms(70)), "paths 1 and 4 agree");
         assert_eq!(d.step(), None, "nothing sampled in this step");
-        assert_eq!(d.queue(), Some(ms(50)), "the last measured queue stays");
+        assert_eq!(d.queue(), Some(ms(70)), "the last measured queue stays");
     }
 
     #[test]

@@ -25,6 +25,8 @@ use capacity::Capacity;
 pub use capacity::How;
 use delay::Delays;
 
+/// Share of the measured capacity chunks are released at, at most (between probes).
+const UNDER_CAPACITY: f64 = 0.95;
 /// How often the rate is adjusted.
 pub const STEP: Duration = Duration::from_millis(100);
 /// Rate before anything is known.
@@ -32,11 +34,24 @@ const INITIAL_BPS: f64 = 1_000_000.0;
 /// The least a yielding uplink keeps sending (LEDBAT's two packets per round trip, roughly):
 /// it keeps round-trip samples coming, so it sees the household's traffic go away.
 pub const FLOOR_BPS: f64 = 64_000.0;
-/// Steps over which the delivery rate is the largest seen (ACKs come in bursts).
-const DELIVERED_STEPS: usize = 3;
+/// Steps over which the delivery rate is followed (ACKs come in bursts: rates are taken over
+/// two steps).
+const DELIVERED_STEPS: usize = 10;
 /// Slowdowns: how long the rate stays at the floor, and how often.
+/// (LEDBAT++ slows down every nine slowdowns' length; every slowdown holds back the chunks
+/// of this node's children, and a new path's base is taken less the queue the others see, so
+/// shoal slows down less often.)
 const SLOWDOWN: Duration = Duration::from_millis(200);
-const SLOWDOWN_EVERY: Duration = Duration::from_secs(10);
+const SLOWDOWN_MAX: Duration = Duration::from_millis(500);
+/// The least delay target, whatever the router drops at.
+const MIN_TARGET: Duration = Duration::from_millis(10);
+/// Without drops for this long, the target grows back by a quarter.
+const TARGET_REGROW: Duration = Duration::from_secs(30);
+/// More to send and no queue for this many steps (2.5 s): grow past the measured capacity.
+const ROOM_STEPS: u32 = 25;
+/// A queue standing this many steps (five seconds) calls for a slowdown when one is due.
+const STANDING_STEPS: u32 = 50;
+const SLOWDOWN_EVERY: Duration = Duration::from_secs(30);
 /// A probe ends after this long even if the uplink never filled (a fast, unshaped uplink).
 const PROBE_FOR: Duration = Duration::from_secs(6);
 /// Probes are spaced out while the estimate holds, up to this.
@@ -115,8 +130,16 @@ pub struct Uplink {
     delivered: VecDeque<f64>,
     /// A loss came with a full queue in this step.
     congested_step: bool,
-    /// Steps in a row that measured (almost) no queue.
-    empty_steps: u32,
+    /// The delay target in force: the configured one, or less behind a router that drops
+    /// before its queue reaches it (a shallow, well-managed queue); and the queue at which
+    /// drops came lately.
+    target: Duration,
+    drops_at: Option<Duration>,
+    target_set: Instant,
+    /// Steps in a row with a queue of a quarter of the target or more.
+    standing_steps: u32,
+    /// Steps in a row with more to send and (almost) no queue.
+    room_steps: u32,
     slowdown_until: Option<Instant>,
     next_slowdown: Option<Instant>,
     rate_before_slowdown: f64,
@@ -140,7 +163,11 @@ impl Uplink {
             acked_step: 0,
             delivered: VecDeque::new(),
             congested_step: false,
-            empty_steps: 0,
+            target: cfg.target,
+            drops_at: None,
+            target_set: now,
+            standing_steps: 0,
+            room_steps: 0,
             slowdown_until: None,
             next_slowdown: None,
             rate_before_slowdown: rate,
@@ -172,9 +199,15 @@ impl Uplink {
     pub fn on_lost(&mut self, path: u64) {
         if self.cfg.mode == Mode::Background
             && self.slowdown_until.is_none()
-            && self.delays.loss_is_congestion(path, self.cfg.target)
+            && self.delays.loss_is_congestion(path, self.target)
         {
             self.congested_step = true;
+            // A router that drops at this queue is shallower than the target: aim below it.
+            if let Some(q) = self.delays.excess(path) {
+                let at = self.drops_at.map_or(q, |d| d.mul_f64(0.7) + q.mul_f64(0.3));
+                self.drops_at = Some(at);
+                self.target = at.mul_f64(0.8).clamp(MIN_TARGET, self.cfg.target);
+            }
         }
     }
 
@@ -216,6 +249,24 @@ impl Uplink {
         Some(self.cfg.cap_bps.map_or(seen, |c| c.min(seen)))
     }
 
+    /// The upload the swarm core may plan children with (bit/s), or `None` to let it use its
+    /// defaults. A yielding (background) node plans with what it has seen its uplink carry,
+    /// and until it has seen anything with the rate it starts at: enough to answer repairs,
+    /// too little to take children (a newcomer is probed, not trusted). A foreground node
+    /// (a public relay, presumed strong) plans with defaults until its uplink was seen full.
+    pub fn plan_bps(&self) -> Option<f64> {
+        match (self.cfg.mode, self.capacity.how()) {
+            (_, How::Measured) => self.capacity_bps(),
+            // The owner's word stands until the uplink is seen to carry less.
+            (Mode::Background, _) if self.cfg.cap_bps.is_some() => self.cfg.cap_bps,
+            (Mode::Background, _) => {
+                let seen = self.capacity_bps().unwrap_or(0.0).max(INITIAL_BPS);
+                Some(self.cfg.cap_bps.map_or(seen, |c| c.min(seen)))
+            }
+            (Mode::Foreground, _) => self.cfg.cap_bps,
+        }
+    }
+
     pub fn report(&self) -> Report {
         Report {
             mode: self.cfg.mode,
@@ -236,10 +287,19 @@ impl Uplink {
         let elapsed = now.duration_since(self.step_at).as_secs_f64();
         self.step_at = now;
         let queue = self.delays.step();
-        if queue.is_some_and(|q| q < Duration::from_millis(5)) {
-            self.empty_steps += 1;
-        } else if queue.is_some() {
-            self.empty_steps = 0;
+        let congested = std::mem::take(&mut self.congested_step);
+        if !congested && now.duration_since(self.target_set) >= TARGET_REGROW {
+            // No drop for a while: let the target grow back (the household may have changed
+            // routers, or the drops were not the router's).
+            self.target = self.target.mul_f64(1.25).min(self.cfg.target);
+            self.target_set = now;
+        } else if congested {
+            self.target_set = now;
+        }
+        match queue {
+            Some(q) if q >= self.target / 4 => self.standing_steps += 1,
+            Some(_) => self.standing_steps = 0,
+            None => {}
         }
         let sent_bps = self.sent_step as f64 * 8.0 / elapsed;
         // More was asked than allowed for a good part of the step (or padding filled it):
@@ -252,30 +312,31 @@ impl Uplink {
             self.delivered.pop_front();
         }
         self.acked_step = 0;
-        self.capacity.step(now, queue, self.cfg.target, sent_bps);
+        self.capacity.step(now, queue, self.target, congested, sent_bps);
         self.run_probe(now);
-        if self.slowing_down(now) {
+        if self.slowing_down(now, queue) {
             return;
         }
-        // What the uplink delivered lately: the rate, when the rate was too high.
-        let delivered = self.delivered.iter().copied().fold(0.0, f64::max);
-        // Gain on what was delivered, by where the queue stands: ×1.25 with no queue, ×1 at
-        // half the target (where it settles, so the target is a ceiling rather than a
-        // standing queue), ×0.83 at the target, ×0.5 at twice the target or when a loss came
-        // with a full queue.
-        let gain = queue.map_or(1.0, |q| {
-            let (q, half) = (q.as_secs_f64(), self.cfg.target.as_secs_f64() / 2.0);
+        // What the uplink delivered: lately, and at most over the window (the bottleneck's
+        // rate, once a queue stood: then the uplink, not we, set what went through).
+        let pairs = self.delivered.iter().zip(self.delivered.iter().skip(1));
+        let bottleneck = pairs.map(|(a, b)| (a + b) / 2.0).fold(0.0, f64::max);
+        let recent = self.delivered.iter().rev().take(2).sum::<f64>() / 2.0;
+        // Gain by where the queue stands: ×1.25 with (almost) none, ×1 at half the target
+        // (where it settles, so the target is a ceiling rather than a standing queue), ×0.83
+        // at the target, ×0.5 at twice the target or when a loss came with a full queue.
+        let mut gain = queue.map_or(1.0, |q| {
+            let (q, half) = (q.as_secs_f64(), self.target.as_secs_f64() / 2.0);
             if q <= half {
-                // Quick while the uplink shows no queue for a while (starting, or taking it
-                // back), gentle near where it settles.
-                let most = if self.empty_steps >= 3 { 0.25 } else { 0.1 };
-                1.0 + most * (1.0 - q / half)
+                1.0 + 0.25 * (1.0 - q / half)
             } else {
-                (1.0 - 0.5 * (q - half) / (3.0 * half)).max(0.5)
+                // (×0.75 at most until twice the target: a keyframe's burst is no reason to
+                // halve.)
+                let floor = if q > 4.0 * half { 0.5 } else { 0.75 };
+                (1.0 - 0.5 * (q - half) / (3.0 * half)).max(floor)
             }
         });
-        let mut gain = gain;
-        if std::mem::take(&mut self.congested_step) {
+        if congested {
             gain = gain.min(0.5);
         }
         // A change shows in the samples only a round trip (queue included) later: until then
@@ -287,54 +348,81 @@ impl Uplink {
         });
         if !settling {
             let next = if gain < 1.0 {
-                (delivered * gain).min(self.rate)
+                // Down by the gain: from what the uplink delivered if we filled it, else from
+                // the rate (what we sent was less: the queue is not all ours).
+                let from = if limited { recent.min(self.rate) } else { self.rate };
+                (from.max(FLOOR_BPS) * gain).min(self.rate)
             } else if limited {
-                delivered.max(FLOOR_BPS) * gain
+                // More to send than the rate lets out: up to a quarter above what the uplink
+                // was seen to deliver, never down without a queue.
+                self.rate.max(bottleneck * gain)
             } else {
-                // Asked for less than allowed: keep the rate (demand comes back), but hold
-                // none the uplink never tried beyond twice what was used.
-                let next = delivered.max(FLOOR_BPS) * gain;
-                self.rate.max(next).min((2.0 * sent_bps).max(INITIAL_BPS).max(next))
+                // Asked for less than allowed: keep the rate (demand comes back, in bursts:
+                // a keyframe to every child at once), but hold none the uplink was not seen
+                // to carry and never tried beyond twice what was used.
+                let next = self.rate.max(bottleneck * gain);
+                let seen = self.capacity.bps().unwrap_or(0.0);
+                next.min((2.0 * sent_bps).max(INITIAL_BPS).max(seen).max(bottleneck * gain))
             };
             if next != self.rate {
                 self.rate = next;
                 self.last_change = Some(now);
             }
         }
-        let cap = self.cfg.cap_bps.unwrap_or(f64::INFINITY);
+        // Once the uplink was measured, stay a little under it: the queue then drains
+        // instead of standing at the controller's set point (every hop's chunks wait in it,
+        // and so do the household's packets). Probes measure it again, to see it grow.
+        // (Not while more waits and the queue stays empty: the uplink has room beyond what
+        // was measured, as when the household's traffic that was measured beside is gone.)
+        self.room_steps = if limited && queue.is_some_and(|q| q < self.target / 4) {
+            self.room_steps + 1
+        } else {
+            0
+        };
+        let mut cap = self.cfg.cap_bps.unwrap_or(f64::INFINITY);
+        if self.capacity.how() == How::Measured && self.probe_until.is_none() && self.room_steps < ROOM_STEPS {
+            cap = cap.min(UNDER_CAPACITY * self.capacity.bps().unwrap_or(f64::INFINITY));
+        }
         self.rate = self.rate.clamp(FLOOR_BPS.min(cap), cap.max(FLOOR_BPS.min(cap)));
         // Over target while sending under half of what the uplink carries: the queue is
         // the household's, and we are stepping aside.
         self.yielding =
-            queue.is_some_and(|q| q > self.cfg.target) && self.capacity.bps().is_some_and(|c| self.rate < 0.5 * c);
+            queue.is_some_and(|q| q > self.target) && self.capacity.bps().is_some_and(|c| self.rate < 0.5 * c);
     }
 
     /// LEDBAT++'s periodic slowdown: the rate drops to the floor long enough for our own
     /// queue to drain, so every path's base delay is measured again. True while it lasts.
-    fn slowing_down(&mut self, now: Instant) -> bool {
+    fn slowing_down(&mut self, now: Instant, queue: Option<Duration>) -> bool {
         if self.cfg.mode == Mode::Foreground || self.delays.is_empty() {
             return false;
         }
         if let Some(until) = self.slowdown_until {
-            if now < until {
+            // Until the queue is seen drained (LEDBAT++ slows for two round trips, queue
+            // included), at least `SLOWDOWN`, at most `SLOWDOWN_MAX`.
+            let drained = queue.is_some_and(|q| q < self.target / 4);
+            let started = until - SLOWDOWN;
+            if now < until || (!drained && now.duration_since(started) < SLOWDOWN_MAX) {
                 return true;
             }
             self.slowdown_until = None;
             self.rate = self.rate_before_slowdown;
-            self.delays.trust_all();
+            if drained {
+                self.delays.trust_all();
+            }
             self.next_slowdown = Some(now + SLOWDOWN_EVERY);
             return false;
         }
         let next = *self.next_slowdown.get_or_insert(now + SLOWDOWN_EVERY);
-        // Only worth it when we hold a queue; an empty one shows every base already.
-        if now >= next && self.probe_until.is_none() && self.delays.queue().is_some_and(|q| q > self.cfg.target / 4) {
+        if now < next {
+            return false;
+        }
+        // Only while a queue has stood since the last one: an empty queue shows every path's
+        // base already, and a slowdown holds back every child's chunks.
+        if self.probe_until.is_none() && self.rate > 2.0 * FLOOR_BPS && self.standing_steps >= STANDING_STEPS {
             self.rate_before_slowdown = self.rate;
             self.rate = FLOOR_BPS;
             self.slowdown_until = Some(now + SLOWDOWN);
             return true;
-        }
-        if now >= next {
-            self.next_slowdown = Some(now + SLOWDOWN_EVERY);
         }
         false
     }

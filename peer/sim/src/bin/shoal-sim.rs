@@ -38,10 +38,20 @@ struct Args {
     /// share:multiple,… — that share of peers uploads that multiple of the bitrate.
     #[arg(long, default_value = "0.3:0.5,0.5:2,0.2:5")]
     upload_mix: String,
-    /// Peers are not told their upload (as `shoal-peer` without --upload-kbps): each takes
-    /// the default number of children, whatever its link carries.
-    #[arg(long)]
+    /// Peers are not told their upload, as `shoal-peer` without --upload-kbps (the default).
+    #[arg(long, conflicts_with = "declare_upload")]
     upload_unknown: bool,
+    /// Peers are told their upload, as with --upload-kbps set to their uplink's rate.
+    #[arg(long)]
+    declare_upload: bool,
+    /// Depth of the household router queue in front of every uplink (0: nodes send at
+    /// exactly their uplink's rate, and nothing queues).
+    #[arg(long, default_value_t = 400)]
+    router_queue_ms: u64,
+    /// Congestion control the nodes run: controlled (the uplink controller) or greedy (the
+    /// transport before it, which keeps router queues full).
+    #[arg(long, default_value = "controlled")]
+    sender: shoal_sim::SenderModel,
     /// The source uploads at most this multiple of the bitrate.
     #[arg(long, default_value_t = 5.0)]
     source_upload_x: f64,
@@ -100,7 +110,9 @@ fn main() {
         malicious: a.malicious,
         upload_mix,
         source_upload_x: a.source_upload_x,
-        upload_unknown: a.upload_unknown,
+        upload_unknown: !a.declare_upload,
+        router_queue_ms: a.router_queue_ms,
+        sender: a.sender,
         deadline_ms: a.deadline_ms,
         seed: a.seed,
         fps: a.fps,
