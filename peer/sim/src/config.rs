@@ -28,6 +28,9 @@ pub struct SimConfig {
     pub router_queue_ms: u64,
     /// The congestion control nodes run.
     pub sender: SenderModel,
+    /// Share of viewers whose household uploads in bulk through the same router now and
+    /// then (20 s on, 40 s off, Cubic-like).
+    pub cross_traffic: f64,
     pub deadline_ms: u64,
     pub seed: u64,
     pub fps: u64,
@@ -56,6 +59,7 @@ impl Default for SimConfig {
             upload_unknown: true,
             router_queue_ms: 400,
             sender: SenderModel::Controlled,
+            cross_traffic: 0.0,
             deadline_ms: 3000,
             seed: 1,
             fps: 30,

@@ -9,6 +9,7 @@ mod cpu;
 mod driver;
 mod encoder;
 mod evil;
+mod household;
 mod network;
 mod report;
 mod router;
@@ -69,6 +70,8 @@ struct Node {
     spoke: HashMap<usize, u64>,
     /// The item on the paced lane, until its last byte is out.
     in_flight: Option<InFlight>,
+    /// Its household's own bulk upload through the same router (`--cross-traffic`).
+    household: Option<household::Household>,
     /// Which neighbour gets the next padding.
     pad_turn: usize,
     /// Chunks emitted after its startup that it held within the deadline.
@@ -111,6 +114,8 @@ enum Ev {
     },
     /// What the router dropped, queued again at its sender.
     Resend(usize, Queued),
+    /// A node's household sends through its router.
+    Household(usize),
     Arrive {
         to: usize,
         from: usize,
@@ -248,7 +253,11 @@ impl Sim {
             }
         }
         let evil = self.rng.random::<f64>() < self.cfg.malicious;
-        self.add_node(bitrate * multiple, evil, false)
+        let n = self.add_node(bitrate * multiple, evil, false);
+        if self.cfg.router_queue_ms > 0 && self.rng.random::<f64>() < self.cfg.cross_traffic {
+            self.nodes[n].household = Some(household::Household::new(&mut self.rng));
+        }
+        n
     }
 
     fn add_node(&mut self, upload_bps: f64, evil: bool, source: bool) -> usize {
@@ -298,6 +307,7 @@ impl Sim {
             heard: HashMap::default(),
             spoke: HashMap::default(),
             in_flight: None,
+            household: None,
             pad_turn: 0,
             on_time: 0,
             inbox: Vec::new(),
@@ -378,6 +388,7 @@ impl Sim {
                     n.sender.acked(path as u64, bytes, rtt, lost, now);
                 }
             }
+            Ev::Household(n) => self.household(n),
             Ev::Resend(n, q) => {
                 if self.nodes[n].online && self.links.contains(&(n.min(q.to), n.max(q.to))) {
                     self.nodes[n].uplink.push_again(q.to, q.payload, q.bytes, q.deadline);
@@ -443,6 +454,9 @@ impl Sim {
             Ev::Close { node, peer } => self.close(node, peer),
             Ev::Join(n) => {
                 self.nodes[n].online = true;
+                if self.nodes[n].household.is_some() {
+                    self.schedule(self.now, Ev::Household(n));
+                }
                 self.nodes[n].joined_us = self.now;
                 let bootstrap = self.nodes[SOURCE].addr;
                 if let Role::Honest(state) = &mut self.nodes[n].role {

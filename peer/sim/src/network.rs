@@ -76,8 +76,8 @@ impl Sim {
 
     /// Sends one item: paced (the lane is busy until its last byte is out) or at once.
     fn send(&mut self, n: usize, q: Queued, paced_and_held: bool) {
-        let paced = matches!(self.nodes[n].sender, Sender::Exact)
-            || matches!(q.payload, Payload::Chunk(..) | Payload::Padding) && !q.again;
+        let paced =
+            matches!(self.nodes[n].sender, Sender::Exact) || matches!(q.payload, Payload::Chunk(..) | Payload::Padding);
         // Every lost packet is sent again (costing upload) after about an RTT.
         let packets = q.bytes.div_ceil(PACKET_BYTES);
         let mut resent = 0usize;
@@ -238,6 +238,28 @@ impl Sim {
             }
         }
         self.transmit(n);
+    }
+
+    /// A household's bulk upload: its packets into the node's router, a cut when some are
+    /// dropped at the full queue.
+    pub(crate) fn household(&mut self, n: usize) {
+        let node = &mut self.nodes[n];
+        if !node.online {
+            return;
+        }
+        let (Some(h), Some(router)) = (&mut node.household, &mut node.router) else {
+            return;
+        };
+        let rtt = self.cfg.rtt_ms * 1000 + router.backlog_us(self.now);
+        let bytes = h.tick(self.now, rtt);
+        if bytes > 0 {
+            let passage = router.pass_now(self.now, bytes, PACKET_BYTES);
+            if passage.dropped > 0 {
+                h.dropped(self.now, rtt);
+                h.sent_bits -= (passage.dropped.min(bytes.div_ceil(PACKET_BYTES)) * PACKET_BYTES * 8) as f64;
+            }
+        }
+        self.schedule(self.now + super::household::TICK_US, Ev::Household(n));
     }
 
     /// Padding while the node's uplink controller probes what the uplink carries: to its

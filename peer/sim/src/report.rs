@@ -45,6 +45,10 @@ pub struct Report {
     pub idle_timeouts: u64,
     /// Neighbours dropped for letting their chunks expire in a row.
     pub slow_dropped: u64,
+    /// Households' bulk uploads beside shoal (`--cross-traffic`): their mean rate while on,
+    /// as a share of their uplinks (absent without cross traffic).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cross_traffic_share: Option<f64>,
     /// Padding bytes (capacity probes) / DATA bytes.
     pub padding_ratio: f64,
     /// Honest viewers' learnt capacity / their uplink's rate, at the end: p10 and p50
@@ -244,6 +248,17 @@ impl Sim {
                 .map(|r| r.dropped)
                 .sum(),
             idle_timeouts: self.idle_timeouts,
+            cross_traffic_share: {
+                let shares: Vec<f64> = self
+                    .nodes
+                    .iter()
+                    .filter_map(|n| {
+                        let h = n.household.as_ref()?;
+                        (h.on_us > 0).then(|| h.sent_bits / (h.on_us as f64 / 1e6) / n.upload_bps)
+                    })
+                    .collect();
+                (!shares.is_empty()).then(|| round(shares.iter().sum::<f64>() / shares.len() as f64, 3))
+            },
             slow_dropped: self.slow_dropped,
             padding_ratio: round(padding as f64 / data_sent.max(1) as f64, 4),
             capacity_learnt,

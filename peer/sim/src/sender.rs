@@ -125,7 +125,7 @@ impl Sender {
         match self {
             Sender::Exact => "exact".into(),
             Sender::Greedy(g) => format!("greedy {:.0} kbit/s", g.rate / 1e3),
-            Sender::Controlled(u) => format!("{:?}", u.report()),
+            Sender::Controlled(u) => format!("{:?} paths {}", u.report(), u.describe_paths()),
         }
     }
 

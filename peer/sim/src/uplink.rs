@@ -36,9 +36,6 @@ pub struct Queued {
     pub bytes: usize,
     /// Virtual µs after which the chunk is not worth sending.
     pub deadline: u64,
-    /// Sent again (dropped by the router): QUIC's retransmissions are not paced by the
-    /// uplink controller.
-    pub again: bool,
     /// Chunk sending order, computed once: newest first, then first queued.
     key: (u64, std::cmp::Reverse<u64>),
 }
@@ -51,7 +48,6 @@ impl Queued {
             payload,
             bytes,
             deadline,
-            again: false,
             key: (u64::MAX, std::cmp::Reverse(0)),
         }
     }
@@ -87,6 +83,8 @@ impl Ord for Queued {
 pub struct Uplink {
     pub busy: bool,
     control: VecDeque<Queued>,
+    /// Chunk bytes to send again, before any new chunk.
+    again: VecDeque<Queued>,
     /// Newest first across all neighbours (one scheduler for the uplink)...
     chunks: BinaryHeap<Queued>,
     /// ...or, as the quinn node wrote chunks before its uplink controller: each neighbour's
@@ -134,7 +132,6 @@ impl Uplink {
             payload,
             bytes,
             deadline,
-            again: false,
             key,
         };
         match queued.payload {
@@ -151,23 +148,28 @@ impl Uplink {
         }
     }
 
-    /// Bytes the router dropped, sent again ahead of anything new (QUIC retransmits first).
+    /// Bytes the router dropped, sent again ahead of anything new (QUIC retransmits first):
+    /// control at once, chunk bytes first on the paced lane (QUIC's congestion control
+    /// paces retransmissions too).
     pub fn push_again(&mut self, to: usize, payload: Payload, bytes: usize, deadline: u64) {
         self.order += 1;
         let key = (u64::MAX, std::cmp::Reverse(self.order));
-        self.control.push_front(Queued {
+        let q = Queued {
             to,
             payload,
             bytes,
             deadline,
-            again: false,
             key,
-        });
+        };
+        match q.payload {
+            Payload::Chunk(..) => self.again.push_back(q),
+            _ => self.control.push_front(q),
+        }
     }
 
     /// Chunks wait: whatever paces this uplink is holding them back.
     pub fn has_chunks(&self) -> bool {
-        !self.chunks.is_empty() || !self.links.is_empty() || !self.committed.is_empty()
+        !self.again.is_empty() || !self.chunks.is_empty() || !self.links.is_empty() || !self.committed.is_empty()
     }
 
     /// Neighbours that let this many chunks in a row expire: too slow to feed.
@@ -234,6 +236,13 @@ impl Uplink {
 
     /// The next chunk worth sending at `now` (or padding).
     pub fn pop_chunk(&mut self, now: u64) -> Option<Queued> {
+        while let Some(q) = self.again.pop_front() {
+            if now > q.deadline {
+                self.expired += 1; // its stream was reset
+                continue;
+            }
+            return Some(q);
+        }
         self.commit(now);
         while let Some(q) = self.next_chunk() {
             if self.per_link {
@@ -255,6 +264,7 @@ impl Uplink {
     /// Drops everything queued towards `to` (the link is gone).
     pub fn forget(&mut self, to: usize) {
         self.control.retain(|q| q.to != to);
+        self.again.retain(|q| q.to != to);
         self.chunks.retain(|q| q.to != to);
         self.links.remove(&to);
         self.committed.remove(&to);

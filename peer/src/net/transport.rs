@@ -63,6 +63,12 @@ fn transport_config(limits: &Limits, congestion: Congestion) -> Arc<quinn::Trans
     // 50 ms RTT it caps a connection below a 2 Mbit/s stream. BBR paces by measured
     // bandwidth and round trip instead (measured with scripts/bench-swarm).
     t.congestion_controller_factory(congestion);
+    // Acknowledge at once: a round trip then measures the path and its queues, not the
+    // receiver's delayed ACK (up to 25 ms, which the uplink controller would take for a
+    // queue on a quiet connection). ACK frequency extension; both sides are quinn.
+    let mut acks = quinn::AckFrequencyConfig::default();
+    acks.max_ack_delay(Some(Duration::from_millis(1)));
+    t.ack_frequency_config(Some(acks));
     // Datagrams carry only a neighbour's uplink probe (padding, read and dropped).
     t.datagram_receive_buffer_size(Some(PADDING_BUFFER));
     t.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("1 s fits a QUIC idle timeout")));

@@ -1,6 +1,7 @@
 //! `shoal-bulk`: a household's bulk TCP upload for the shaped-uplink lab. `shoal-bulk sink
 //! ADDR` accepts connections and prints, once a second, the bytes received in that second;
-//! `shoal-bulk send ADDR SECONDS` sends as fast as TCP lets it for that long, then stops.
+//! `shoal-bulk send ADDR SECONDS [cubic|bbr|reno]` sends as fast as TCP (with that congestion
+//! control) lets it for that long, then stops.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -14,8 +15,13 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["sink", addr] => sink(addr),
-        ["send", addr, seconds] => send(addr, Duration::from_secs(seconds.parse().context("SECONDS")?)),
-        _ => anyhow::bail!("usage: shoal-bulk sink ADDR | shoal-bulk send ADDR SECONDS"),
+        ["send", addr, seconds] => send(addr, Duration::from_secs(seconds.parse().context("SECONDS")?), None),
+        ["send", addr, seconds, tcp] => send(
+            addr,
+            Duration::from_secs(seconds.parse().context("SECONDS")?),
+            Some(tcp),
+        ),
+        _ => anyhow::bail!("usage: shoal-bulk sink ADDR | shoal-bulk send ADDR SECONDS [CONGESTION-CONTROL]"),
     }
 }
 
@@ -46,8 +52,18 @@ fn sink(addr: &str) -> anyhow::Result<()> {
     }
 }
 
-fn send(addr: &str, seconds: Duration) -> anyhow::Result<()> {
-    let mut stream = TcpStream::connect(addr).with_context(|| format!("cannot connect to {addr}"))?;
+fn send(addr: &str, seconds: Duration, tcp: Option<&str>) -> anyhow::Result<()> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    if let Some(tcp) = tcp {
+        socket
+            .set_tcp_congestion(tcp.as_bytes())
+            .with_context(|| format!("cannot use TCP congestion control {tcp}"))?;
+    }
+    let to: std::net::SocketAddr = addr.parse().with_context(|| format!("{addr} is not ADDR:PORT"))?;
+    socket
+        .connect(&to.into())
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    let mut stream: TcpStream = socket.into();
     stream.set_write_timeout(Some(Duration::from_millis(500)))?;
     let buf = vec![0u8; 16 * 1024];
     let end = Instant::now() + seconds;

@@ -2,7 +2,8 @@
 //! namespaces, streams through it, prints one JSON report, and removes everything.
 //!
 //! `shoal-uplinks [--declare] [--queue-ms 400] [--seconds 60] [--bitrate-kbps 2000]
-//! [--household N] 1000,4000,1000,4000,10000,1000,4000,10000`
+//! [--household N] [--household-tcp cubic|bbr|reno] 1000,4000,1000,4000,10000,1000,4000,10000` (the household: by default the
+//! first of the strongest viewers)
 
 use anyhow::Context;
 use shoal_tests::process::test_dir;
@@ -19,7 +20,8 @@ fn main() -> anyhow::Result<()> {
         bitrate_kbps: 2000,
         seconds: 60,
         declare: false,
-        household: 0,
+        household: usize::MAX,
+        household_tcp: "cubic".into(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -30,6 +32,7 @@ fn main() -> anyhow::Result<()> {
             "--seconds" => config.seconds = value("--seconds")?.parse()?,
             "--bitrate-kbps" => config.bitrate_kbps = value("--bitrate-kbps")?.parse()?,
             "--household" => config.household = value("--household")?.parse()?,
+            "--household-tcp" => config.household_tcp = value("--household-tcp")?,
             list => {
                 config.uplinks_kbps = list
                     .split(',')
@@ -37,6 +40,11 @@ fn main() -> anyhow::Result<()> {
                     .collect::<anyhow::Result<_>>()?
             }
         }
+    }
+    if config.household == usize::MAX {
+        // The first of the strongest: a viewer that relays at least one copy.
+        let most = config.uplinks_kbps.iter().max().copied().unwrap_or(0);
+        config.household = config.uplinks_kbps.iter().position(|k| *k == most).unwrap_or(0);
     }
     anyhow::ensure!(
         config.household < config.uplinks_kbps.len(),

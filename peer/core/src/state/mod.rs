@@ -289,7 +289,7 @@ impl State {
                     meter: &self.meter,
                     view: &self.view,
                 };
-                self.trees.on_graft(from, stripe, &cx, &mut self.out);
+                self.trees.on_graft(from, stripe, now, &cx, &mut self.out);
             }
             Message::Prune { stripe } => self.trees.on_prune(from, stripe, now),
             Message::Status {
@@ -469,7 +469,7 @@ impl State {
             .saturating_sub(chunk.header.timestamp_us);
         if let Some(left) = self.config.push_deadline.checked_sub(Duration::from_micros(age_us)) {
             let deadline = now + left;
-            for &child in self.trees.children(s) {
+            for child in self.trees.push_targets(s, now) {
                 if Some(child) != from
                     && let Some(n) = self.view.get_mut(&child)
                     && n.has.insert(seq)

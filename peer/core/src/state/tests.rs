@@ -641,9 +641,16 @@ fn the_source_lets_a_child_rooting_several_stripes_make_way_for_one_rooting_none
     assert_eq!(sends(&actions), vec![(node(1), Message::Prune { stripe: 1 })]);
     let a: Vec<_> = s.handle(Event::Publish(chunk(1, 4, 1_000, 0)), now).collect();
     let b: Vec<_> = s.handle(Event::Publish(chunk(1, 5, 2_000, 0)), now).collect();
-    assert_eq!((pushes(&a), pushes(&b)), (vec![(node(1), 4)], vec![(node(2), 5)]));
+    // (Make-before-break: node 1 is still fed stripe 1 while it finds another parent.)
+    assert_eq!(
+        (pushes(&a), pushes(&b)),
+        (vec![(node(1), 4)], vec![(node(2), 5), (node(1), 5)])
+    );
+    let later = now + Duration::from_secs(3);
+    let c: Vec<_> = s.handle(Event::Publish(chunk(1, 7, 3_000, 0)), later).collect();
+    assert_eq!(pushes(&c), vec![(node(2), 7)], "then no longer");
     // Node 1 asking for stripe 1 back is refused: it would root two again.
-    let actions = control(&mut s, 1, Message::Graft { stripe: 1 }, now);
+    let actions = control(&mut s, 1, Message::Graft { stripe: 1 }, later);
     assert_eq!(sends(&actions), vec![(node(1), Message::Prune { stripe: 1 })]);
 }
 

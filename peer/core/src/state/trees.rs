@@ -47,6 +47,9 @@ struct Stripe {
     delivering: bool,
     /// A closer parent grafted onto, not yet delivering (make-before-break).
     pending: Option<(NodeId, Instant)>,
+    /// Children told to go (PRUNE), still pushed to until then so they find another parent
+    /// before their chunks stop (make-before-break, from the parent's side).
+    leaving: Vec<(NodeId, Instant)>,
 }
 
 impl Stripe {
@@ -54,6 +57,10 @@ impl Stripe {
         self.pending.is_some_and(|(p, _)| p == id)
     }
 }
+
+/// How long a child told to go is still fed: long enough to graft onto another parent and
+/// get its first chunk.
+const LEAVE_GRACE: Duration = Duration::from_secs(1);
 
 /// What the trees consult elsewhere in the node, read-only.
 pub(super) struct Ctx<'a> {
@@ -107,8 +114,21 @@ impl Trees {
         self.stripes.iter().map(|s| s.children.len()).sum()
     }
 
-    pub fn children(&self, s: usize) -> &[NodeId] {
-        &self.stripes[s].children
+    /// Whom a new chunk of stripe `s` is pushed to: the children, and those told to go
+    /// that have not found another parent yet.
+    pub fn push_targets(&self, s: usize, now: Instant) -> impl Iterator<Item = NodeId> + '_ {
+        let stripe = &self.stripes[s];
+        let leaving = stripe.leaving.iter().filter(move |(_, until)| now < *until);
+        stripe.children.iter().copied().chain(leaving.map(|(id, _)| *id))
+    }
+
+    /// Tells a child of stripe `s` to find another parent, and keeps feeding it a while.
+    fn shed(&mut self, s: usize, child: NodeId, now: Instant, out: &mut Outbox) {
+        out.send(child, Message::Prune { stripe: s as u8 });
+        let leaving = &mut self.stripes[s].leaving;
+        leaving.retain(|(id, until)| *id != child && now < *until);
+        leaving.push((child, now + LEAVE_GRACE));
+        self.status_dirty = true;
     }
 
     /// A child of ours in some stripe.
@@ -184,7 +204,7 @@ impl Trees {
         }
     }
 
-    pub fn on_graft(&mut self, from: NodeId, stripe: u8, cx: &Ctx, out: &mut Outbox) {
+    pub fn on_graft(&mut self, from: NodeId, stripe: u8, now: Instant, cx: &Ctx, out: &mut Outbox) {
         let s = usize::from(stripe);
         let ok = s < self.stripes.len()
             && self.depth(s, cx.config, cx.view) < MAX_DEPTH
@@ -197,7 +217,7 @@ impl Trees {
             if s < self.stripes.len() && self.stripes[s].children.contains(&from) {
                 return;
             }
-            if !(s < self.stripes.len() && self.make_room(from, s, cx, out)) {
+            if !(s < self.stripes.len() && self.make_room(from, s, now, cx, out)) {
                 out.send(from, Message::Prune { stripe });
                 return;
             }
@@ -209,6 +229,7 @@ impl Trees {
             .position(|c| cx.view.strength(c) < cx.view.strength(&from));
         let at = at.unwrap_or(self.stripes[s].children.len());
         self.stripes[s].children.insert(at, from);
+        self.stripes[s].leaving.retain(|(id, _)| *id != from);
         self.status_dirty = true;
     }
 
@@ -216,7 +237,7 @@ impl Trees {
     /// this stripe, or by a comparable one while a child takes several stripes from us: let
     /// the newcomer in and send the displaced child to find another parent. Strong uploaders
     /// end up near the source, trees stay shallow, and stripes spread over different nodes.
-    fn make_room(&mut self, from: NodeId, s: usize, cx: &Ctx, out: &mut Outbox) -> bool {
+    fn make_room(&mut self, from: NodeId, s: usize, now: Instant, cx: &Ctx, out: &mut Outbox) -> bool {
         if self.depth(s, cx.config, cx.view) >= MAX_DEPTH
             || self.stripes[s].parent == Some(from)
             || self.stripes[s].is_pending(from)
@@ -267,7 +288,7 @@ impl Trees {
             }
         };
         let displaced = self.stripes[s].children.remove(i);
-        out.send(displaced, Message::Prune { stripe: s as u8 });
+        self.shed(s, displaced, now, out);
         true
     }
 
@@ -284,6 +305,7 @@ impl Trees {
         }
         let before = self.stripes[s].children.len();
         self.stripes[s].children.retain(|c| *c != from);
+        self.stripes[s].leaving.retain(|(id, _)| *id != from);
         if self.stripes[s].children.len() != before {
             self.status_dirty = true;
         }
@@ -313,6 +335,7 @@ impl Trees {
                 stripe.delivering = false;
             }
             stripe.children.retain(|c| *c != id);
+            stripe.leaving.retain(|(c, _)| *c != id);
         }
         self.status_dirty = true;
     }
@@ -361,8 +384,7 @@ impl Trees {
             let Some(child) = self.stripes[s].children.pop() else {
                 break;
             };
-            out.send(child, Message::Prune { stripe: s as u8 });
-            self.status_dirty = true;
+            self.shed(s, child, now, out);
         }
         if cx.config.source {
             return failed;

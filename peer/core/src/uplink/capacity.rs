@@ -76,9 +76,18 @@ impl Capacity {
     /// One control step: `queue` is the uplink's queueing delay in it, if measured.
     /// `congested`: the router dropped what came with a full queue (a shallow router fills
     /// before the delay reaches the target).
-    pub fn step(&mut self, now: Instant, queue: Option<Duration>, target: Duration, congested: bool, sent_bps: f64) {
+    /// `limited`: more was asked of the uplink than sent (or a probe filled it).
+    pub fn step(
+        &mut self,
+        now: Instant,
+        queue: Option<Duration>,
+        target: Duration,
+        congested: bool,
+        limited: bool,
+        sent_bps: f64,
+    ) {
         self.recent_sent = 0.7 * self.recent_sent + 0.3 * sent_bps;
-        if congested || queue.is_some_and(|q| q >= target / 2) {
+        if limited && (congested || queue.is_some_and(|q| q >= target / 2)) {
             self.acked_full += self.acked_step;
             self.full_for += now.duration_since(self.step_start);
         }
@@ -150,6 +159,7 @@ mod tests {
                 Some(Duration::from_millis(queue_ms)),
                 Duration::from_millis(60),
                 false,
+                true,
                 0.0,
             );
         }
@@ -170,7 +180,14 @@ mod tests {
         for (i, q) in [40, 40, 0, 0, 0, 0, 0, 0, 0, 0].into_iter().enumerate() {
             c.acked(if i < 2 { 50_000 } else { 5_000 });
             t += Duration::from_millis(100);
-            c.step(t, Some(Duration::from_millis(q)), Duration::from_millis(60), false, 0.0);
+            c.step(
+                t,
+                Some(Duration::from_millis(q)),
+                Duration::from_millis(60),
+                false,
+                true,
+                0.0,
+            );
         }
         assert_eq!(c.bps(), Some(3e6));
         assert!(!c.fell_lately());

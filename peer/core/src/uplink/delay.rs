@@ -17,6 +17,11 @@ pub const MAX_PATHS: usize = 256;
 /// A path opened while the uplink's queue reads less than this takes its samples as base.
 /// (Not zero: round trips jitter by a few milliseconds.)
 const TRUST_BELOW: Duration = Duration::from_millis(15);
+/// A path's current delay is the least of its samples this recent (at most this many).
+const CURRENT_FOR: Duration = Duration::from_millis(300);
+const CURRENT_MAX: usize = 32;
+/// A loss counts as the router's only with at least this much queue on the uplink.
+const LOSS_NEEDS_QUEUE: Duration = Duration::from_millis(10);
 /// How long the largest recent sample is remembered (to tell tail drop from random loss).
 const RECENT_MAX_FOR: Duration = Duration::from_secs(2);
 
@@ -25,7 +30,11 @@ struct Path {
     /// (start of the minute, smallest sample in it), oldest first.
     base: VecDeque<(Instant, Duration)>,
     /// Smallest sample since the last control step.
-    step_min: Option<Duration>,
+    /// Samples of the last `CURRENT_FOR`, oldest first (bounded), and whether any came in
+    /// the current step. Their least, less the base, is the path's queue now (LEDBAT's
+    /// current-delay filter: a single sample jitters).
+    recent: VecDeque<(Instant, Duration)>,
+    sampled: bool,
     /// Largest sample lately, and when it was taken.
     recent_max: (Duration, Instant),
     latest: Duration,
@@ -51,8 +60,9 @@ pub struct Delays {
 
 impl Delays {
     /// One round-trip sample on `path`.
-    pub fn sample(&mut self, path: u64, rtt: Duration, now: Instant) {
-        let queue_empty = self.queue.is_none_or(|q| q < TRUST_BELOW);
+    /// `quiet`: the uplink carries little of ours now, so a new path's samples are its base.
+    pub fn sample(&mut self, path: u64, rtt: Duration, now: Instant, quiet: bool) {
+        let queue_empty = quiet && self.queue.is_none_or(|q| q < TRUST_BELOW);
         if !self.paths.contains_key(&path) && self.paths.len() >= MAX_PATHS {
             let quietest = self.paths.iter().min_by_key(|(_, p)| p.last_sample).map(|(id, _)| *id);
             if let Some(id) = quietest {
@@ -61,7 +71,8 @@ impl Delays {
         }
         let p = self.paths.entry(path).or_insert_with(|| Path {
             base: VecDeque::new(),
-            step_min: None,
+            recent: VecDeque::new(),
+            sampled: false,
             recent_max: (rtt, now),
             latest: rtt,
             trusted: queue_empty,
@@ -76,7 +87,16 @@ impl Delays {
                 }
             }
         }
-        p.step_min = Some(p.step_min.map_or(rtt, |m| m.min(rtt)));
+        while p
+            .recent
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > CURRENT_FOR)
+            || p.recent.len() >= CURRENT_MAX
+        {
+            p.recent.pop_front();
+        }
+        p.recent.push_back((now, rtt));
+        p.sampled = true;
         if rtt >= p.recent_max.0 || now.duration_since(p.recent_max.1) > RECENT_MAX_FOR {
             p.recent_max = (rtt, now);
         }
@@ -84,10 +104,12 @@ impl Delays {
         p.last_sample = now;
     }
 
-    /// The queue was seen drained (a slowdown): every path's base is now believed.
-    pub fn trust_all(&mut self) {
+    /// The queue was drained (a slowdown) since `t`: the paths sampled since are believed.
+    pub fn trust_sampled_since(&mut self, t: Instant) {
         for p in self.paths.values_mut() {
-            p.trusted = true;
+            if p.last_sample >= t {
+                p.trusted = true;
+            }
         }
     }
 
@@ -102,8 +124,11 @@ impl Delays {
             .paths
             .values_mut()
             .filter_map(|p| {
-                let min = p.step_min.take()?;
-                p.trusted.then(|| min.saturating_sub(p.base()))
+                if !std::mem::take(&mut p.sampled) {
+                    return None;
+                }
+                let current = p.recent.iter().map(|(_, rtt)| *rtt).min()?;
+                p.trusted.then(|| current.saturating_sub(p.base()))
             })
             .collect();
         // The lower median: what most paths share. (The smallest would let one path whose
@@ -128,6 +153,10 @@ impl Delays {
         if self.queue.is_some_and(|q| q >= target / 2) {
             return true;
         }
+        // Below a real queue, a loss is random (jitter alone spans a few milliseconds).
+        if self.queue.is_none_or(|q| q < LOSS_NEEDS_QUEUE) {
+            return false;
+        }
         let Some(p) = self.paths.get(&path) else {
             return false;
         };
@@ -137,9 +166,32 @@ impl Delays {
     }
 
     /// What `path`'s latest sample had above its base.
+    #[cfg(test)]
+    fn sample_quiet(&mut self, path: u64, rtt: Duration, now: Instant) {
+        self.sample(path, rtt, now, true);
+    }
+
     pub fn excess(&self, path: u64) -> Option<Duration> {
         let p = self.paths.get(&path)?;
         Some(p.latest.saturating_sub(p.base()))
+    }
+
+    /// For debugging: each path's base, latest sample and whether it is trusted.
+    pub fn describe(&self) -> String {
+        let mut v: Vec<String> = self
+            .paths
+            .iter()
+            .map(|(id, p)| {
+                format!(
+                    "{id}:{}/{}{}",
+                    p.base().as_millis(),
+                    p.latest.as_millis(),
+                    if p.trusted { "" } else { "?" }
+                )
+            })
+            .collect();
+        v.sort();
+        v.join(" ")
     }
 
     pub fn smallest_base(&self) -> Option<Duration> {
@@ -148,6 +200,14 @@ impl Delays {
 
     pub fn is_empty(&self) -> bool {
         self.paths.is_empty()
+    }
+
+    /// Trusted paths sampled lately: what the queue is measured on.
+    pub fn trusted_lately(&self, now: Instant) -> usize {
+        self.paths
+            .values()
+            .filter(|p| p.trusted && now.duration_since(p.last_sample) < Duration::from_secs(1))
+            .count()
     }
 }
 
@@ -162,30 +222,35 @@ mod tests {
     #[test]
     fn the_queue_is_what_most_paths_see_above_their_bases() {
         let t0 = Instant::now();
+        let at = |n: u64| t0 + ms(n * 400);
         let mut d = Delays::default();
         // Three neighbours, 20, 50 and 80 ms away, sampled while our queue was empty.
-        d.sample(1, ms(20), t0);
-        d.sample(2, ms(80), t0);
-        d.sample(3, ms(50), t0);
+        d.sample_quiet(1, ms(20), at(0));
+        d.sample_quiet(2, ms(80), at(0));
+        d.sample_quiet(3, ms(50), at(0));
         assert_eq!(d.step(), Some(ms(0)));
         // Our router queue fills by 50 ms; neighbour 2's own uplink adds 100 more to its ACKs.
-        d.sample(1, ms(70), t0 + ms(100));
-        d.sample(2, ms(230), t0 + ms(100));
-        d.sample(3, ms(100), t0 + ms(100));
+        d.sample_quiet(1, ms(70), at(1));
+        d.sample_quiet(2, ms(230), at(1));
+        d.sample_quiet(3, ms(100), at(1));
         assert_eq!(d.step(), Some(ms(50)), "what most paths share");
         // A path opened behind that queue takes it for its base: not believed yet.
-        d.sample(4, ms(60), t0 + ms(150));
-        d.sample(4, ms(60), t0 + ms(200));
+        d.sample_quiet(4, ms(60), at(2));
         assert_eq!(d.step(), None, "path 4 alone, not believed");
         // A slowdown drains the queue: path 4 shows its true base and is believed from then on.
-        d.sample(4, ms(10), t0 + ms(300));
-        d.trust_all();
+        d.sample_quiet(4, ms(10), at(3));
+        d.trust_sampled_since(at(3));
         d.step();
-        d.sample(1, ms(90), t0 + ms(400));
-        d.sample(4, ms(80), t0 + ms(400));
+        d.sample_quiet(1, ms(90), at(4));
+        d.sample_quiet(4, ms(80), at(4));
         assert_eq!(d.step(), Some(ms(70)), "paths 1 and 4 agree");
         assert_eq!(d.step(), None, "nothing sampled in this step");
         assert_eq!(d.queue(), Some(ms(70)), "the last measured queue stays");
+        // A single late sample is not a queue: the least of the last 300 ms is.
+        d.sample_quiet(1, ms(25), at(5));
+        d.sample_quiet(1, ms(95), at(5) + ms(50));
+        d.sample_quiet(4, ms(12), at(5));
+        assert_eq!(d.step(), Some(ms(2)));
     }
 
     #[test]
@@ -194,21 +259,26 @@ mod tests {
         let target = ms(60);
         let mut d = Delays::default();
         for i in 0..50 {
-            d.sample(1, ms(50 + i % 3), t0 + ms(i * 10));
+            d.sample_quiet(1, ms(50 + i % 3), t0 + ms(i * 10));
         }
         d.step();
         assert!(
             !d.loss_is_congestion(1, target),
             "2 % random loss on a steady 50 ms path"
         );
-        // Someone else's TCP filled the router queue before we came: base 280, swinging to 400.
+        // Someone else's TCP filled the router queue before we came: it swings between 280
+        // and 400 ms, and we took its low for our base.
         let mut d = Delays::default();
-        for i in 0..40 {
-            d.sample(7, ms(280 + (i * 3) % 121), t0 + ms(i * 10));
+        for i in 0..100 {
+            // A sawtooth: up 3 ms every 10 ms from 280, back to 280 at the top.
+            d.sample_quiet(7, ms(280 + (i * 3) % 121), t0 + ms(i * 10));
         }
-        d.sample(7, ms(395), t0 + ms(500));
+        for i in 0..20 {
+            d.sample_quiet(7, ms(370 + i), t0 + ms(1000 + i * 10));
+        }
+        d.step();
         assert!(d.loss_is_congestion(7, target), "loss as the queue tops out");
-        d.sample(7, ms(285), t0 + ms(510));
+        d.sample_quiet(7, ms(285), t0 + ms(1210));
         assert!(!d.loss_is_congestion(7, target), "loss as the queue is low");
     }
 }

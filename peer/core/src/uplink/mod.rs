@@ -43,10 +43,21 @@ const DELIVERED_STEPS: usize = 10;
 /// shoal slows down less often.)
 const SLOWDOWN: Duration = Duration::from_millis(200);
 const SLOWDOWN_MAX: Duration = Duration::from_millis(500);
+/// After drops at a full queue, growth is a packet a round trip for this long.
+const GENTLE_AFTER_DROPS: Duration = Duration::from_secs(10);
+const PACKET_BITS: f64 = 1200.0 * 8.0;
 /// The least delay target, whatever the router drops at.
 const MIN_TARGET: Duration = Duration::from_millis(10);
 /// Without drops for this long, the target grows back by a quarter.
 const TARGET_REGROW: Duration = Duration::from_secs(30);
+/// Too few believed paths call for a slowdown this often at most.
+const BLIND_SLOWDOWN_EVERY: Duration = Duration::from_secs(5);
+/// Under this share of what the uplink carries, new paths see it quiet.
+const QUIET_SHARE: f64 = 0.25;
+/// Pressure this recent makes a quiet uplink worth probing again.
+const PRESSED_LATELY: Duration = Duration::from_secs(60);
+/// After a fall of the estimate, an empty queue this many steps (a second) calls a probe.
+const FREED_STEPS: u32 = 10;
 /// More to send and no queue for this many steps (2.5 s): grow past the measured capacity.
 const ROOM_STEPS: u32 = 25;
 /// A queue standing this many steps (five seconds) calls for a slowdown when one is due.
@@ -140,6 +151,16 @@ pub struct Uplink {
     standing_steps: u32,
     /// Steps in a row with more to send and (almost) no queue.
     room_steps: u32,
+    /// Steps in a row with (almost) no queue.
+    quiet_steps: u32,
+    /// The last drop that came with a full queue.
+    last_congestion: Option<Instant>,
+    /// When the last slowdown ended.
+    slowed_at: Option<Instant>,
+    /// When a queue we did not want last stood (drops, or over the target), and when the
+    /// last probe started.
+    pressed_at: Option<Instant>,
+    probed_at: Option<Instant>,
     slowdown_until: Option<Instant>,
     next_slowdown: Option<Instant>,
     rate_before_slowdown: f64,
@@ -168,6 +189,11 @@ impl Uplink {
             target_set: now,
             standing_steps: 0,
             room_steps: 0,
+            quiet_steps: 0,
+            last_congestion: None,
+            slowed_at: None,
+            pressed_at: None,
+            probed_at: None,
             slowdown_until: None,
             next_slowdown: None,
             rate_before_slowdown: rate,
@@ -186,7 +212,11 @@ impl Uplink {
 
     /// A round-trip sample on `path` (one per acknowledged packet is fine).
     pub fn on_rtt(&mut self, path: u64, rtt: Duration, now: Instant) {
-        self.delays.sample(path, rtt, now);
+        // A path first sampled while we send little sees our uplink's queue empty (unless
+        // the household's traffic fills it: nothing tells that apart from the path's base).
+        let most = self.capacity.bps().unwrap_or(INITIAL_BPS).max(INITIAL_BPS);
+        let quiet = self.probe_until.is_none() && self.capacity.recent_sent_bps() < QUIET_SHARE * most;
+        self.delays.sample(path, rtt, now, quiet);
     }
 
     /// Bytes the other end acknowledged: what the uplink carried.
@@ -199,7 +229,8 @@ impl Uplink {
     pub fn on_lost(&mut self, path: u64) {
         if self.cfg.mode == Mode::Background
             && self.slowdown_until.is_none()
-            && self.delays.loss_is_congestion(path, self.target)
+            // (Judged against the configured target: the learnt one shrinks with drops.)
+            && self.delays.loss_is_congestion(path, self.cfg.target)
         {
             self.congested_step = true;
             // A router that drops at this queue is shallower than the target: aim below it.
@@ -267,6 +298,11 @@ impl Uplink {
         }
     }
 
+    /// For debugging: the paths' delays.
+    pub fn describe_paths(&self) -> String {
+        self.delays.describe()
+    }
+
     pub fn report(&self) -> Report {
         Report {
             mode: self.cfg.mode,
@@ -297,8 +333,14 @@ impl Uplink {
             self.target_set = now;
         }
         match queue {
-            Some(q) if q >= self.target / 4 => self.standing_steps += 1,
-            Some(_) => self.standing_steps = 0,
+            Some(q) if q >= self.target / 4 => {
+                self.standing_steps += 1;
+                self.quiet_steps = 0;
+            }
+            Some(_) => {
+                self.standing_steps = 0;
+                self.quiet_steps += 1;
+            }
             None => {}
         }
         let sent_bps = self.sent_step as f64 * 8.0 / elapsed;
@@ -312,7 +354,10 @@ impl Uplink {
             self.delivered.pop_front();
         }
         self.acked_step = 0;
-        self.capacity.step(now, queue, self.target, congested, sent_bps);
+        // (A queue is proof of a full uplink only while we were sending all we could: with
+        // less asked of it, it is a busy household, or noise.)
+        self.capacity
+            .step(now, queue, self.target, congested, limited, sent_bps);
         self.run_probe(now);
         if self.slowing_down(now, queue) {
             return;
@@ -338,6 +383,12 @@ impl Uplink {
         });
         if congested {
             gain = gain.min(0.5);
+            self.last_congestion = Some(now);
+        }
+        // Someone else's traffic held the queue up (drops, or a queue over the target):
+        // once it is gone, probe again to see the uplink come back.
+        if congested || queue.is_some_and(|q| q > self.target) {
+            self.pressed_at = Some(now);
         }
         // A change shows in the samples only a round trip (queue included) later: until then
         // the queue still reflects the rate before it, and is no reason to change again
@@ -363,6 +414,22 @@ impl Uplink {
                 let next = self.rate.max(bottleneck * gain);
                 let seen = self.capacity.bps().unwrap_or(0.0);
                 next.min((2.0 * sent_bps).max(INITIAL_BPS).max(seen).max(bottleneck * gain))
+            };
+            // After drops at a full queue (someone else's TCP filled it, perhaps before we
+            // came, so the delay looks like base), grow as LEDBAT does, a packet a round
+            // trip: slower than the TCP, which then keeps its share.
+            // (Up to what the uplink was measured to carry, quickly: a probe's own overshoot
+            // drops some too.)
+            let measured = match self.capacity.how() {
+                How::Measured => self.capacity.bps().unwrap_or(0.0),
+                _ => 0.0,
+            };
+            let next = match self.last_congestion {
+                Some(t) if next > self.rate.max(0.9 * measured) && now.duration_since(t) < GENTLE_AFTER_DROPS => {
+                    let round_trip = self.delays.smallest_base().unwrap_or_default() + queue.unwrap_or_default() + STEP;
+                    next.min(self.rate + PACKET_BITS / round_trip.as_secs_f64())
+                }
+                _ => next,
             };
             if next != self.rate {
                 self.rate = next;
@@ -406,19 +473,28 @@ impl Uplink {
             }
             self.slowdown_until = None;
             self.rate = self.rate_before_slowdown;
-            if drained {
-                self.delays.trust_all();
-            }
+            // Drained (or as drained as our own queue gets at the floor in this long): the
+            // paths sampled meanwhile show their bases.
+            self.delays.trust_sampled_since(started + SLOWDOWN / 2);
             self.next_slowdown = Some(now + SLOWDOWN_EVERY);
+            self.slowed_at = Some(now);
             return false;
         }
+        let blind = !self.delays.is_empty() && self.delays.trusted_lately(now) < 2;
         let next = *self.next_slowdown.get_or_insert(now + SLOWDOWN_EVERY);
-        if now < next {
+        let blind_due = blind
+            && self
+                .slowed_at
+                .is_none_or(|t| now.duration_since(t) >= BLIND_SLOWDOWN_EVERY);
+        if now < next && !blind_due {
             return false;
         }
         // Only while a queue has stood since the last one: an empty queue shows every path's
         // base already, and a slowdown holds back every child's chunks.
-        if self.probe_until.is_none() && self.rate > 2.0 * FLOOR_BPS && self.standing_steps >= STANDING_STEPS {
+        // Or when too few paths are believed to measure the queue on (new neighbours came
+        // while we sent): draining the queue lets every path's base be taken.
+        if self.probe_until.is_none() && self.rate > 2.0 * FLOOR_BPS && (self.standing_steps >= STANDING_STEPS || blind)
+        {
             self.rate_before_slowdown = self.rate;
             self.rate = FLOOR_BPS;
             self.slowdown_until = Some(now + SLOWDOWN);
@@ -433,6 +509,14 @@ impl Uplink {
         if let Some(until) = self.probe_until {
             if now >= until || self.capacity.measured_since(until - PROBE_FOR) {
                 self.probe_until = None;
+                // What it found is the rate from now on (a little under it: the queue the
+                // probe built drains).
+                if self.capacity.measured_since(until - PROBE_FOR)
+                    && let Some(c) = self.capacity.bps()
+                {
+                    self.rate = (UNDER_CAPACITY * c).max(FLOOR_BPS);
+                    self.last_change = Some(now);
+                }
                 // Spaced out while it keeps finding the same; soon again after a fall.
                 self.probe_spacing = if self.capacity.fell_lately() {
                     PROBE_SPACING_MIN
@@ -454,8 +538,18 @@ impl Uplink {
             self.next_probe = Some(now + self.probe_spacing);
             return;
         }
-        if now >= next && !self.delays.is_empty() && self.slowdown_until.is_none() {
+        // Soon after the estimate fell (the household took the uplink), probe as soon as the
+        // queue has been empty a while: the uplink may be free again.
+        let pressed = self.capacity.fell_lately()
+            || self
+                .pressed_at
+                .is_some_and(|t| self.capacity.measured_since(t) && now.duration_since(t) < PRESSED_LATELY);
+        let freed = pressed && self.quiet_steps >= FREED_STEPS && self.probed_at < self.pressed_at;
+        // (Not before two paths are believed: the queue the probe builds must be seen.)
+        let seeing = self.delays.trusted_lately(now) >= 2;
+        if (now >= next || freed) && seeing && self.slowdown_until.is_none() {
             self.probe_until = Some(now + PROBE_FOR);
+            self.probed_at = Some(now);
         }
     }
 }

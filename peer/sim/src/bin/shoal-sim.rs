@@ -52,6 +52,10 @@ struct Args {
     /// transport before it, which keeps router queues full).
     #[arg(long, default_value = "controlled")]
     sender: shoal_sim::SenderModel,
+    /// Share of viewers whose household uploads in bulk through the same router now and then
+    /// (20 s on, 40 s off, Cubic-like).
+    #[arg(long, default_value_t = 0.0)]
+    cross_traffic: f64,
     /// The source uploads at most this multiple of the bitrate.
     #[arg(long, default_value_t = 5.0)]
     source_upload_x: f64,
@@ -113,6 +117,7 @@ fn main() {
         upload_unknown: !a.declare_upload,
         router_queue_ms: a.router_queue_ms,
         sender: a.sender,
+        cross_traffic: a.cross_traffic,
         deadline_ms: a.deadline_ms,
         seed: a.seed,
         fps: a.fps,
