@@ -40,6 +40,8 @@ pub struct Config {
     /// The viewer whose household pings and uploads (an index into `uplinks_kbps`): by
     /// default the first of the strongest, which relays.
     pub household: usize,
+    /// Also run a bulk upload started before shoal (30 s more).
+    pub tcp_before: bool,
     /// The household's TCP congestion control (`cubic`, as Windows, macOS, Linux and most
     /// phones send; `bbr`, which keeps little queue for a delay-based sender to see; `reno`).
     pub household_tcp: String,
@@ -338,8 +340,13 @@ pub fn run_lab(dir: &Path, config: &Config) -> anyhow::Result<Value> {
     let tcp_alone = bulk_upload(&mut lab, dir, &household, &config.household_tcp, "alone", 12)?;
 
     // A bulk upload started before shoal, running while the swarm starts.
-    let before = BulkFlow::start(&mut lab, dir, &household, &config.household_tcp, "before", BEFORE_S)?;
-    std::thread::sleep(Duration::from_secs(2));
+    let before = if config.tcp_before {
+        let flow = BulkFlow::start(&mut lab, dir, &household, &config.household_tcp, "before", BEFORE_S)?;
+        std::thread::sleep(Duration::from_secs(2));
+        Some(flow)
+    } else {
+        None
+    };
 
     let ticket = dir.join("ticket").display().to_string();
     let stats = |name: &str| dir.join(format!("{name}.json"));
@@ -396,8 +403,10 @@ pub fn run_lab(dir: &Path, config: &Config) -> anyhow::Result<Value> {
     }
     // The flow that started first: what it kept while shoal ran beside it (from the
     // household viewer's join + 5 s to its end).
-    let from = joined[config.household].duration_since(before.started).as_secs() + 5;
-    let tcp_before = before.finish(&mut lab, from, BEFORE_S);
+    let tcp_before = before.map(|flow| {
+        let from = joined[config.household].duration_since(flow.started).as_secs() + 5;
+        flow.finish(&mut lab, from, BEFORE_S).round()
+    });
 
     // The household's ping while shoal runs, then a bulk upload started after it, the
     // viewer's upload sampled before, during and after it.
@@ -492,7 +501,7 @@ pub fn run_lab(dir: &Path, config: &Config) -> anyhow::Result<Value> {
             "ping_idle_ms": {"p50": percentile(idle_ping.clone(), 0.5), "p95": percentile(idle_ping, 0.95)},
             "ping_with_shoal_ms": {"p50": percentile(busy_ping.clone(), 0.5), "p95": percentile(busy_ping, 0.95)},
             "tcp_alone_kbps": tcp_alone.round(),
-            "tcp_started_before_shoal_kbps": tcp_before.round(),
+            "tcp_started_before_shoal_kbps": tcp_before,
             "tcp_started_after_shoal_kbps": tcp_after.round(),
             "viewer_upload_kbps": {
                 "before_tcp": uncontested.round(),

@@ -22,6 +22,7 @@ fn main() -> anyhow::Result<()> {
         declare: false,
         household: usize::MAX,
         household_tcp: "cubic".into(),
+        tcp_before: true,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {

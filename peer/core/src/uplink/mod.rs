@@ -50,6 +50,8 @@ const PACKET_BITS: f64 = 1200.0 * 8.0;
 const MIN_TARGET: Duration = Duration::from_millis(10);
 /// Without drops for this long, the target grows back by a quarter.
 const TARGET_REGROW: Duration = Duration::from_secs(30);
+/// How long the allowed rate is smoothed over before the core plans with it.
+const ALLOWED_SMOOTHING: Duration = Duration::from_secs(2);
 /// Too few believed paths call for a slowdown this often at most.
 const BLIND_SLOWDOWN_EVERY: Duration = Duration::from_secs(5);
 /// Under this share of what the uplink carries, new paths see it quiet.
@@ -65,6 +67,8 @@ const STANDING_STEPS: u32 = 50;
 const SLOWDOWN_EVERY: Duration = Duration::from_secs(30);
 /// A probe ends after this long even if the uplink never filled (a fast, unshaped uplink).
 const PROBE_FOR: Duration = Duration::from_secs(6);
+/// A probe ends once the uplink was seen to carry this much.
+const PROBE_ENOUGH_BPS: f64 = 25_000_000.0;
 /// Probes are spaced out while the estimate holds, up to this.
 const PROBE_SPACING_MAX: Duration = Duration::from_secs(300);
 const PROBE_SPACING_MIN: Duration = Duration::from_secs(10);
@@ -157,6 +161,8 @@ pub struct Uplink {
     last_congestion: Option<Instant>,
     /// When the last slowdown ended.
     slowed_at: Option<Instant>,
+    /// The rate allowed, smoothed (bit/s).
+    allowed_bps: f64,
     /// When a queue we did not want last stood (drops, or over the target), and when the
     /// last probe started.
     pressed_at: Option<Instant>,
@@ -192,6 +198,7 @@ impl Uplink {
             quiet_steps: 0,
             last_congestion: None,
             slowed_at: None,
+            allowed_bps: rate,
             pressed_at: None,
             probed_at: None,
             slowdown_until: None,
@@ -287,6 +294,9 @@ impl Uplink {
     /// (a public relay, presumed strong) plans with defaults until its uplink was seen full.
     pub fn plan_bps(&self) -> Option<f64> {
         match (self.cfg.mode, self.capacity.how()) {
+            // While stepping aside, with what it lets itself send (a couple of seconds'
+            // average): children move to other parents before their chunks run late.
+            (Mode::Background, How::Measured) => self.capacity_bps().map(|c| c.min(self.allowed_bps / UNDER_CAPACITY)),
             (_, How::Measured) => self.capacity_bps(),
             // The owner's word stands until the uplink is seen to carry less.
             (Mode::Background, _) if self.cfg.cap_bps.is_some() => self.cfg.cap_bps,
@@ -451,6 +461,11 @@ impl Uplink {
             cap = cap.min(UNDER_CAPACITY * self.capacity.bps().unwrap_or(f64::INFINITY));
         }
         self.rate = self.rate.clamp(FLOOR_BPS.min(cap), cap.max(FLOOR_BPS.min(cap)));
+        // The allowed rate, smoothed over a couple of seconds (slowdowns and probes aside).
+        if self.slowdown_until.is_none() {
+            let a = STEP.as_secs_f64() / ALLOWED_SMOOTHING.as_secs_f64();
+            self.allowed_bps = (1.0 - a) * self.allowed_bps + a * self.rate;
+        }
         // Over target while sending under half of what the uplink carries: the queue is
         // the household's, and we are stepping aside.
         self.yielding =
@@ -507,7 +522,10 @@ impl Uplink {
     /// was seen full or it ran long enough.
     fn run_probe(&mut self, now: Instant) {
         if let Some(until) = self.probe_until {
-            if now >= until || self.capacity.measured_since(until - PROBE_FOR) {
+            // (An uplink that carries this much has more room than any swarm asks of it: a
+            // fast line is not filled with padding to find its end.)
+            let enough = self.capacity.bps().is_some_and(|c| c >= PROBE_ENOUGH_BPS);
+            if now >= until || enough || self.capacity.measured_since(until - PROBE_FOR) {
                 self.probe_until = None;
                 // What it found is the rate from now on (a little under it: the queue the
                 // probe built drains).
