@@ -58,6 +58,8 @@ impl Stripe {
     }
 }
 
+/// The stream rate a node plans with before it has measured one.
+const ASSUMED_STREAM_BPS: f64 = 4_000_000.0;
 /// How long a child told to go is still fed: long enough to graft onto another parent and
 /// get its first chunk.
 const LEAVE_GRACE: Duration = Duration::from_secs(1);
@@ -178,6 +180,10 @@ impl Trees {
         if config.source {
             return config.source_fanout * usize::from(config.stripes);
         }
+        // Until the stream's rate is measured (nothing received yet), plan with a typical
+        // one: a node that receives nothing because no parent has room must still be able to
+        // ask a full parent (the source) to make room for it.
+        let stream_bps = stream_bps.or(config.upload_bps.map(|_| ASSUMED_STREAM_BPS));
         match (config.upload_bps, stream_bps) {
             (Some(cap), Some(rate)) if rate > 0.0 => {
                 let per_child = rate / f64::from(config.stripes);
@@ -629,11 +635,9 @@ mod tests {
         // 2 Mbit/s stream, 4 stripes: a child of one stripe costs 500 kbit/s.
         let rate = Some(2_000_000.0);
         assert_eq!(trees.slots(&capped(10_000), rate), 16, "80 % of 10 Mbit/s");
-        assert_eq!(
-            trees.slots(&capped(2_000), None),
-            0,
-            "no children before the rate is known"
-        );
+        // Before the rate is measured, a typical 4 Mbit/s stream is assumed.
+        assert_eq!(trees.slots(&capped(2_000), None), 0, "not a whole copy of it");
+        assert_eq!(trees.slots(&capped(10_000), None), 8, "two copies of it");
         assert_eq!(trees.slots(&capped(2_000), rate), 0, "less than a whole copy: a leaf");
         assert_eq!(trees.slots(&Config::default(), rate), Config::default().default_slots);
         let source = Config {

@@ -50,8 +50,6 @@ const PACKET_BITS: f64 = 1200.0 * 8.0;
 const MIN_TARGET: Duration = Duration::from_millis(10);
 /// Without drops for this long, the target grows back by a quarter.
 const TARGET_REGROW: Duration = Duration::from_secs(30);
-/// How long the allowed rate is smoothed over before the core plans with it.
-const ALLOWED_SMOOTHING: Duration = Duration::from_secs(2);
 /// Too few believed paths call for a slowdown this often at most.
 const BLIND_SLOWDOWN_EVERY: Duration = Duration::from_secs(5);
 /// Under this share of what the uplink carries, new paths see it quiet.
@@ -161,8 +159,6 @@ pub struct Uplink {
     last_congestion: Option<Instant>,
     /// When the last slowdown ended.
     slowed_at: Option<Instant>,
-    /// The rate allowed, smoothed (bit/s).
-    allowed_bps: f64,
     /// When a queue we did not want last stood (drops, or over the target), and when the
     /// last probe started.
     pressed_at: Option<Instant>,
@@ -198,7 +194,6 @@ impl Uplink {
             quiet_steps: 0,
             last_congestion: None,
             slowed_at: None,
-            allowed_bps: rate,
             pressed_at: None,
             probed_at: None,
             slowdown_until: None,
@@ -294,9 +289,6 @@ impl Uplink {
     /// (a public relay, presumed strong) plans with defaults until its uplink was seen full.
     pub fn plan_bps(&self) -> Option<f64> {
         match (self.cfg.mode, self.capacity.how()) {
-            // While stepping aside, with what it lets itself send (a couple of seconds'
-            // average): children move to other parents before their chunks run late.
-            (Mode::Background, How::Measured) => self.capacity_bps().map(|c| c.min(self.allowed_bps / UNDER_CAPACITY)),
             (_, How::Measured) => self.capacity_bps(),
             // The owner's word stands until the uplink is seen to carry less.
             (Mode::Background, _) if self.cfg.cap_bps.is_some() => self.cfg.cap_bps,
@@ -461,11 +453,6 @@ impl Uplink {
             cap = cap.min(UNDER_CAPACITY * self.capacity.bps().unwrap_or(f64::INFINITY));
         }
         self.rate = self.rate.clamp(FLOOR_BPS.min(cap), cap.max(FLOOR_BPS.min(cap)));
-        // The allowed rate, smoothed over a couple of seconds (slowdowns and probes aside).
-        if self.slowdown_until.is_none() {
-            let a = STEP.as_secs_f64() / ALLOWED_SMOOTHING.as_secs_f64();
-            self.allowed_bps = (1.0 - a) * self.allowed_bps + a * self.rate;
-        }
         // Over target while sending under half of what the uplink carries: the queue is
         // the household's, and we are stepping aside.
         self.yielding =
@@ -558,10 +545,8 @@ impl Uplink {
         }
         // Soon after the estimate fell (the household took the uplink), probe as soon as the
         // queue has been empty a while: the uplink may be free again.
-        let pressed = self.capacity.fell_lately()
-            || self
-                .pressed_at
-                .is_some_and(|t| self.capacity.measured_since(t) && now.duration_since(t) < PRESSED_LATELY);
+        let pressed =
+            self.capacity.fell_lately() || self.pressed_at.is_some_and(|t| now.duration_since(t) < PRESSED_LATELY);
         let freed = pressed && self.quiet_steps >= FREED_STEPS && self.probed_at < self.pressed_at;
         // (Not before two paths are believed: the queue the probe builds must be seen.)
         let seeing = self.delays.trusted_lately(now) >= 2;
