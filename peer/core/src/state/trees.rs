@@ -50,6 +50,8 @@ struct Stripe {
     /// Children told to go (PRUNE), still pushed to until then so they find another parent
     /// before their chunks stop (make-before-break, from the parent's side).
     leaving: Vec<(NodeId, Instant)>,
+    /// The parent that told us to go and may still feed us: told once the next one delivers.
+    released: Option<NodeId>,
 }
 
 impl Stripe {
@@ -305,6 +307,7 @@ impl Trees {
         }
         if self.stripes[s].parent == Some(from) {
             self.drop_parent(s, now);
+            self.stripes[s].released = Some(from);
         }
         if self.stripes[s].is_pending(from) {
             self.stripes[s].pending = None;
@@ -369,6 +372,12 @@ impl Trees {
             if !stripe.delivering {
                 stripe.delivering = true;
                 self.status_dirty = true;
+                // The parent that let us go still feeds us a moment: tell it we are fed.
+                if let Some(old) = stripe.released.take()
+                    && Some(old) != from
+                {
+                    out.send(old, Message::Prune { stripe: s as u8 });
+                }
             }
             stripe.parent_active = Some(now);
             stripe.overtaken = None;
@@ -390,7 +399,9 @@ impl Trees {
             let Some(child) = self.stripes[s].children.pop() else {
                 break;
             };
-            self.shed(s, child, now, out);
+            // Over capacity: feeding it on would only make everyone's chunks later.
+            out.send(child, Message::Prune { stripe: s as u8 });
+            self.status_dirty = true;
         }
         if cx.config.source {
             return failed;
