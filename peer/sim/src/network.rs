@@ -71,11 +71,11 @@ impl Sim {
         };
         // More chunks wait behind this one: the pace, not the demand, sets what goes out.
         let held = self.nodes[n].uplink.has_chunks();
-        self.send(n, q, held || exact);
+        self.send(n, q, held);
     }
 
     /// Sends one item: paced (the lane is busy until its last byte is out) or at once.
-    fn send(&mut self, n: usize, q: Queued, paced_and_held: bool) {
+    fn send(&mut self, n: usize, q: Queued, held: bool) {
         let paced =
             matches!(self.nodes[n].sender, Sender::Exact) || matches!(q.payload, Payload::Chunk(..) | Payload::Padding);
         // Every lost packet is sent again (costing upload) after about an RTT.
@@ -108,7 +108,7 @@ impl Sim {
         }
         let pace_bps = node.sender.pacing_bps(node.upload_bps);
         if matches!(q.payload, Payload::Chunk(..)) {
-            node.sender.sent(wire, paced_and_held);
+            node.sender.sent(wire, held);
         }
         let tx = ((wire as f64 * 8.0 / pace_bps) * 1e6).ceil() as u64;
         node.uplink.busy = true;

@@ -144,9 +144,6 @@ pub struct Greedy {
     delivered: VecDeque<f64>,
     acked: u64,
     step_at: Instant,
-    starting: bool,
-    best: f64,
-    flat_steps: u32,
 }
 
 const GREEDY_STEP: Duration = Duration::from_millis(100);
@@ -159,9 +156,6 @@ impl Greedy {
             delivered: VecDeque::new(),
             acked: 0,
             step_at: now,
-            starting: true,
-            best: 0.0,
-            flat_steps: 0,
         }
     }
 
@@ -182,16 +176,6 @@ impl Greedy {
             self.delivered.pop_front();
         }
         let max = self.delivered.iter().copied().fold(0.0, f64::max);
-        if self.starting {
-            if max > 1.25 * self.best {
-                self.best = max;
-                self.flat_steps = 0;
-            } else {
-                self.flat_steps += 1;
-                self.starting = self.flat_steps < 3;
-            }
-        }
-        let _ = self.starting;
         self.rate = (GREEDY_GAIN * max).max(1e6);
     }
 }

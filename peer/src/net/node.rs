@@ -300,8 +300,10 @@ async fn run_core(
         }
         if is_tick {
             // The core plans children with what the uplink was seen to carry.
-            let report = uplink.lock().report();
-            let plan = uplink.lock().plan_bps();
+            let (report, plan) = {
+                let u = uplink.lock();
+                (u.report(), u.plan_bps())
+            };
             core.set_upload_capacity(plan.map(|b| b as u64));
             stats.set_core(&core);
             stats.set_uplink(report);

@@ -31,6 +31,8 @@ const BURST: Duration = Duration::from_millis(10);
 pub struct Pacer {
     uplink: SharedUplink,
     nothing: bool,
+    /// Chunks wait here for a rate (fixed by the mode and the cap; read without the lock).
+    paced: bool,
     waiting: Mutex<Waiting>,
     wake: Notify,
     stats: Arc<Stats>,
@@ -72,9 +74,11 @@ impl Ord for Waiter {
 impl Pacer {
     /// `allows_nothing`: `--upload-kbps 0`, watch without uploading any chunk.
     pub fn new(uplink: SharedUplink, allows_nothing: bool, stats: Arc<Stats>) -> Arc<Self> {
+        let paced = uplink.lock().paces();
         Arc::new(Pacer {
             uplink,
             nothing: allows_nothing,
+            paced,
             waiting: Mutex::new(Waiting::default()),
             wake: Notify::new(),
             stats,
@@ -92,7 +96,7 @@ impl Pacer {
     /// Whether chunks can wait here (so a chunk expiring in a link's queue may be our own
     /// pace, not the neighbour's slowness).
     pub fn paces(&self) -> bool {
-        self.nothing || self.uplink.lock().pacing_bps().is_some()
+        self.nothing || self.paced
     }
 
     /// Waits until `bytes` of a chunk stamped `timestamp_us` may go out.

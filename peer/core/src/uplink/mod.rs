@@ -6,11 +6,11 @@
 //!
 //! The controller is LEDBAT++ (draft-irtf-iccrg-ledbat-plus-plus) in rate form, on round
 //! trips (QUIC measures no one-way delay): hold the queueing delay under a 60 ms target,
-//! grow in proportion to how far below it we are, cut in proportion to how far above, keep
-//! each path's base delay as a history of per-minute minima, and every few seconds slow down
-//! to let the queue drain and every path see its true base. A loss cuts the rate only when
-//! it comes with a full queue: random loss (2 % in the bench) alone never starves it (the
-//! trap that made Freenet drop its LEDBAT++).
+//! following the bottleneck's delivery rate with a gain set by the queue, keep each path's
+//! base delay as a history of per-minute minima, and slow down to let the queue drain when
+//! too few paths' bases can be believed or a queue has stood for long. A loss cuts the rate
+//! only when it comes with a queue: random loss (2 % in the bench) alone never starves it
+//! (the trap that made Freenet drop its LEDBAT++). docs/uplinks.md has the parameters.
 //!
 //! Sans-IO: the driver reports round-trip samples, acknowledged and lost bytes, and chunk
 //! bytes released (and whether the rate held them back), and calls `poll` now and then.
@@ -208,8 +208,10 @@ impl Uplink {
         }
     }
 
-    pub fn mode(&self) -> Mode {
-        self.cfg.mode
+    /// Whether chunks wait for a rate here at all: always in the background, in the
+    /// foreground only under `--upload-kbps` (fixed at the start).
+    pub fn paces(&self) -> bool {
+        self.pacing_bps().is_some()
     }
 
     /// A round-trip sample on `path` (one per acknowledged packet is fine).
