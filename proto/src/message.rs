@@ -75,12 +75,15 @@ pub enum Message {
     Prune { stripe: u8 },
     /// What a neighbour needs to pick parents: the sender's hop count from the source per
     /// stripe (255 = not receiving it), its upload capacity (kbit/s, 0 if unknown), how many
-    /// more children it can take (one child of one stripe each), and where the newest
-    /// segment it holds starts (so a joining node can start at a keyframe).
+    /// more children it can take (one child of one stripe each), the stream's rate as it
+    /// measures it (kbit/s, 0 if not yet: a newcomer that has received nothing plans its
+    /// children with it), and where the newest segment it holds starts (so a joining node
+    /// can start at a keyframe).
     Status {
         depths: Vec<u8>,
         upload_kbps: u32,
         free_slots: u16,
+        stream_kbps: u32,
         epoch: u64,
         segment_start: Option<u64>,
     },
@@ -202,6 +205,7 @@ impl Message {
                 depths,
                 upload_kbps,
                 free_slots,
+                stream_kbps,
                 epoch,
                 segment_start,
             } => {
@@ -210,6 +214,7 @@ impl Message {
                 buf.put_slice(depths);
                 buf.put_u32(*upload_kbps);
                 buf.put_u16(*free_slots);
+                buf.put_u32(*stream_kbps);
                 buf.put_u64(*epoch);
                 match segment_start {
                     Some(seq) => {
@@ -317,6 +322,7 @@ impl Message {
                     depths,
                     upload_kbps: get_u32(&mut body)?,
                     free_slots: get_u16(&mut body)?,
+                    stream_kbps: get_u32(&mut body)?,
                     epoch: get_u64(&mut body)?,
                     segment_start: match get_u8(&mut body)? {
                         0 => None,
@@ -452,18 +458,20 @@ mod tests {
                 proptest::collection::vec(any::<u8>(), 0..MAX_STRIPES),
                 any::<u32>(),
                 any::<u16>(),
+                any::<u32>(),
                 any::<u64>(),
                 proptest::option::of(any::<u64>())
             )
-                .prop_map(
-                    |(depths, upload_kbps, free_slots, epoch, segment_start)| Message::Status {
+                .prop_map(|(depths, upload_kbps, free_slots, stream_kbps, epoch, segment_start)| {
+                    Message::Status {
                         depths,
                         upload_kbps,
                         free_slots,
+                        stream_kbps,
                         epoch,
-                        segment_start
+                        segment_start,
                     }
-                ),
+                }),
         ]
     }
 

@@ -484,6 +484,7 @@ fn viewer_hello() -> BytesMut {
         depths: vec![shoal_proto::message::NO_DEPTH; usize::from(stripes)],
         upload_kbps: 0,
         free_slots: 0,
+        stream_kbps: 0,
         epoch: 0,
         segment_start: None,
     }

@@ -41,6 +41,15 @@ pub struct SimConfig {
     pub detect_ms: u64,
     /// Every node shares this machine's cores (None: each has its own).
     pub cpu: Option<CpuConfig>,
+    /// Viewers that upload nothing (the lab's gateway, `--upload-kbps 0`), joined first and
+    /// unshaped; the report says what a gateway on them would have published.
+    pub watchers: usize,
+    /// The lab's way to join: these uplinks (multiples of the bitrate) in this order, one
+    /// every `join_every_ms` (instead of `peers` drawn from `upload_mix`).
+    pub join_uplinks: Option<Vec<f64>>,
+    pub join_every_ms: u64,
+    /// Households that upload in given periods: (viewer in join order, [(start s, end s)]).
+    pub households: Vec<(usize, Vec<(u64, u64)>)>,
 }
 
 impl Default for SimConfig {
@@ -67,6 +76,10 @@ impl Default for SimConfig {
             join_spread_s: 10,
             detect_ms: limits::IDLE_TIMEOUT.as_millis() as u64,
             cpu: None,
+            watchers: 0,
+            join_uplinks: None,
+            join_every_ms: 500,
+            households: Vec::new(),
         }
     }
 }
@@ -95,4 +108,36 @@ pub fn parse_upload_mix(s: &str) -> Result<Vec<(f64, f64)>, String> {
         ));
     }
     Ok(mix)
+}
+
+/// Parses `0.5,2,5` (uplinks as multiples of the bitrate, in join order).
+pub fn parse_join_uplinks(s: &str) -> Result<Vec<f64>, String> {
+    s.split(',')
+        .map(|m| match m.trim().parse::<f64>() {
+            Ok(m) if m >= 0.0 => Ok(m),
+            _ => Err(format!("{m:?} is not a multiple of the bitrate")),
+        })
+        .collect()
+}
+
+/// Parses `4:0-28:50-62` (viewer 4's household uploads from 0 s to 28 s and 50 s to 62 s).
+pub fn parse_household(s: &str) -> Result<(usize, Vec<(u64, u64)>), String> {
+    let mut parts = s.split(':');
+    let viewer = parts
+        .next()
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("{s:?} does not start with a viewer's index"))?;
+    let periods = parts
+        .map(|p| {
+            let (a, b) = p.split_once('-').ok_or_else(|| format!("{p:?} is not START-END"))?;
+            match (a.trim().parse::<u64>(), b.trim().parse::<u64>()) {
+                (Ok(a), Ok(b)) if a < b => Ok((a, b)),
+                _ => Err(format!("{p:?} is not START-END in whole seconds, START < END")),
+            }
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    if periods.is_empty() {
+        return Err(format!("{s:?} gives no period"));
+    }
+    Ok((viewer, periods))
 }

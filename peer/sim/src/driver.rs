@@ -33,11 +33,28 @@ impl Driver for NodeIo<'_> {
     }
 
     fn deliver(&mut self, chunk: Arc<Chunk>) {
-        self.sim.observe_delivery(self.n, chunk.header.timestamp_us);
+        self.sim.observe_delivery(self.n, &chunk.header);
     }
 
-    fn judged(&mut self, _from: NodeId, header: ChunkHeader, verdict: Verdict) {
+    fn judged(&mut self, from: NodeId, header: ChunkHeader, verdict: Verdict) {
         let bytes = u64::from(header.payload_len);
+        if verdict == Verdict::New
+            && self.sim.nodes[self.n].watch.is_some()
+            && std::env::var_os("SHOAL_SIM_WATCH").is_some()
+            && let super::Role::Honest(state) = &self.sim.nodes[self.n].role
+        {
+            let parents = state.parents();
+            let s = (header.seq % parents.len() as u64) as usize;
+            let latency = (self.sim.now + 1_000_000).saturating_sub(header.timestamp_us) / 1000;
+            eprintln!(
+                "got {} {} {} from {} parent {:?}",
+                self.sim.now / 1000,
+                latency,
+                header.seq,
+                index_of(&from),
+                parents[s].map(|p| index_of(&p))
+            );
+        }
         match verdict {
             Verdict::Duplicate { from_parent } => {
                 self.sim.duplicate_data += bytes;

@@ -38,6 +38,8 @@ impl Evil {
             depths: vec![1; usize::from(self.stripes)],
             upload_kbps: 100_000,
             free_slots: 64,
+            // (A stream far slighter than it is: newcomers would plan too many children.)
+            stream_kbps: 100,
             epoch: 1,
             segment_start: None,
         }];

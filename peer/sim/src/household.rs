@@ -2,7 +2,8 @@
 //! TCP upload through the same router queue, on for a while and off for a while. It grows
 //! as Cubic does (slow start, then back to its last peak within seconds of a drop, cutting
 //! by 30 % when its packets are dropped at the full queue), so it fills the router's queue
-//! the way a real upload does, and shoal must step aside for it.
+//! the way a real upload does, and shoal must step aside for it. Its periods are random
+//! (`--cross-traffic`) or given (`--household`, as the lab runs one before and one after).
 
 use rand::Rng;
 use rand::rngs::SmallRng;
@@ -22,6 +23,8 @@ pub struct Household {
     on: bool,
     /// When it turns on or off next (virtual µs).
     toggle_at: u64,
+    /// Given periods (virtual µs, start..end), in order; empty: 20 s on, 40 s off.
+    periods: Vec<(u64, u64)>,
     last_drop: u64,
     /// Bits sent while on, and µs spent on.
     pub sent_bits: f64,
@@ -37,6 +40,7 @@ impl Household {
             slow_start: true,
             on: false,
             toggle_at: rng.random_range(0..ON_US + OFF_US),
+            periods: Vec::new(),
             last_drop: 0,
             sent_bits: 0.0,
             on_us: 0,
@@ -44,11 +48,37 @@ impl Household {
         }
     }
 
+    /// A household that uploads in the given periods (virtual µs, start..end) only.
+    pub fn scheduled(mut periods: Vec<(u64, u64)>) -> Self {
+        periods.sort_unstable();
+        Household {
+            rate: 0.0,
+            peak: 0.0,
+            slow_start: true,
+            on: false,
+            toggle_at: periods.first().map_or(u64::MAX, |p| p.0),
+            periods,
+            last_drop: 0,
+            sent_bits: 0.0,
+            on_us: 0,
+            owed_bits: 0.0,
+        }
+    }
+
+    /// When the household turns on or off after `now`, having just turned `on`.
+    fn next_toggle(&self, now: u64) -> u64 {
+        if self.periods.is_empty() {
+            return now + if self.on { ON_US } else { OFF_US };
+        }
+        let mut edges = self.periods.iter().flat_map(|(a, b)| [*a, *b]);
+        edges.find(|t| *t > now).unwrap_or(u64::MAX)
+    }
+
     /// Bytes to hand the router this tick at `now`; `rtt_us` is what the flow's packets see.
     pub fn tick(&mut self, now: u64, rtt_us: u64) -> usize {
         if now >= self.toggle_at {
             self.on = !self.on;
-            self.toggle_at = now + if self.on { ON_US } else { OFF_US };
+            self.toggle_at = self.next_toggle(now);
             // Each upload starts afresh, in slow start.
             (self.rate, self.peak, self.slow_start) = (PACKET_BITS * 10.0 / 0.05, 0.0, true);
         }

@@ -15,6 +15,7 @@ mod report;
 mod router;
 mod sender;
 mod uplink;
+mod watch;
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::net::SocketAddr;
@@ -28,7 +29,7 @@ use rand::{Rng, SeedableRng};
 use shoal_proto::NodeId;
 
 use calendar::Calendar;
-pub use config::{SimConfig, parse_upload_mix};
+pub use config::{SimConfig, parse_household, parse_join_uplinks, parse_upload_mix};
 use cpu::{Cpu, Work};
 pub use cpu::{CpuConfig, CpuReport};
 use driver::NodeIo;
@@ -41,6 +42,7 @@ pub use sender::SenderModel;
 use shoal_core::drive;
 use shoal_core::state::{self, Action, Event, State};
 use uplink::{Payload, Queued, Uplink};
+pub use watch::WatchReport;
 
 enum Role {
     Honest(Box<State>),
@@ -81,6 +83,8 @@ struct Node {
     /// Queued for a core or running on one: new work waits for the next slice.
     on_cpu: bool,
     cpu_us: f64,
+    /// A watcher (`--watchers`): the segments a gateway on it would have published.
+    watch: Option<watch::Watch>,
 }
 
 /// An item being sent on a node's paced lane.
@@ -148,6 +152,8 @@ enum Ev {
 
 const SOURCE: usize = 0;
 const TICK_US: u64 = 50_000;
+/// When the lab's gateway joins (watchers, and the first of `--join-uplinks` just after).
+const LAB_START_US: u64 = 500_000;
 /// Latency histogram resolution: 1 ms buckets up to a minute.
 const HISTOGRAM_MS: usize = 60_000;
 
@@ -164,6 +170,10 @@ pub struct Sim {
     encoder: Encoder,
     /// Timestamps of every emitted chunk, in order (for delivery denominators).
     emitted: Vec<u64>,
+    /// The stream's segments: where each starts, and its chunks.
+    segments: watch::Segments,
+    /// The watchers' chunk latencies, ms.
+    watch_latency_ms: Vec<u64>,
     stream_bytes: u64,
     latency_ms: Vec<u64>,
     delivered: u64,
@@ -211,6 +221,8 @@ impl Sim {
             links: HashSet::default(),
             encoder,
             emitted: Vec::new(),
+            segments: watch::Segments::default(),
+            watch_latency_ms: Vec::new(),
             stream_bytes: 0,
             latency_ms: vec![0; HISTOGRAM_MS + 1],
             delivered: 0,
@@ -228,10 +240,38 @@ impl Sim {
         };
         let bitrate = sim.cfg.bitrate_kbps as f64 * 1000.0;
         sim.add_node(bitrate * sim.cfg.source_upload_x, false, true);
-        for _ in 0..sim.cfg.peers {
-            let join = sim.rng.random_range(0..=sim.cfg.join_spread_s * 1_000_000);
-            let index = sim.spawn_peer();
-            sim.schedule(join, Ev::Join(index));
+        // Watchers come first, as the lab's gateway does, unshaped and uploading nothing.
+        for _ in 0..sim.cfg.watchers {
+            let index = sim.add_node(bitrate * 100.0, false, false);
+            sim.nodes[index].watch = Some(watch::Watch::default());
+            sim.nodes[index].router = None;
+            sim.schedule(LAB_START_US, Ev::Join(index));
+        }
+        match sim.cfg.join_uplinks.clone() {
+            // The lab's way: these uplinks, in this order, one every `join_every_ms`.
+            Some(uplinks) => {
+                for (i, multiple) in uplinks.iter().enumerate() {
+                    let evil = sim.rng.random::<f64>() < sim.cfg.malicious;
+                    let index = sim.add_node(bitrate * multiple, evil, false);
+                    let join = LAB_START_US + 60_000 + i as u64 * sim.cfg.join_every_ms * 1000;
+                    sim.schedule(join, Ev::Join(index));
+                }
+            }
+            None => {
+                for _ in 0..sim.cfg.peers {
+                    let join = sim.rng.random_range(0..=sim.cfg.join_spread_s * 1_000_000);
+                    let index = sim.spawn_peer();
+                    sim.schedule(join, Ev::Join(index));
+                }
+            }
+        }
+        // Given households' uploads (`--household`), on the viewers they name (in join order).
+        for (viewer, periods) in sim.cfg.households.clone() {
+            let index = 1 + sim.cfg.watchers + viewer;
+            if index < sim.nodes.len() && sim.cfg.router_queue_ms > 0 {
+                let periods = periods.iter().map(|(a, b)| (a * 1_000_000, b * 1_000_000)).collect();
+                sim.nodes[index].household = Some(household::Household::scheduled(periods));
+            }
         }
         sim.schedule(0, Ev::Frame);
         if sim.cfg.churn_per_min > 0.0 {
@@ -263,9 +303,17 @@ impl Sim {
     fn add_node(&mut self, upload_bps: f64, evil: bool, source: bool) -> usize {
         let index = self.nodes.len();
         let addr = addr_of(index);
+        // What the node is told it may upload: the source its cap, a watcher nothing (the
+        // lab's gateway, `--upload-kbps 0`), and viewers their uplink only with --declare-upload.
+        let watcher = !source && index <= self.cfg.watchers;
+        let declared = if watcher {
+            Some(0.0)
+        } else {
+            (source || !self.cfg.upload_unknown).then_some(upload_bps)
+        };
         let config = state::Config {
             source,
-            upload_bps: (source || !self.cfg.upload_unknown).then_some(upload_bps as u64),
+            upload_bps: declared.map(|d| d as u64),
             deliver: true,
             listen: vec![addr],
             ..state::Config::default()
@@ -297,8 +345,7 @@ impl Sim {
             sender: if self.cfg.router_queue_ms == 0 {
                 Sender::Exact
             } else {
-                let declared = (!source && !self.cfg.upload_unknown).then_some(upload_bps);
-                Sender::new(self.cfg.sender, source, declared, self.base)
+                Sender::new(self.cfg.sender, source, declared.filter(|_| !source), self.base)
             },
             router: (self.cfg.router_queue_ms > 0).then(|| Router::new(upload_bps, self.cfg.router_queue_ms)),
             sent_data: 0,
@@ -313,6 +360,7 @@ impl Sim {
             inbox: Vec::new(),
             on_cpu: false,
             cpu_us: 0.0,
+            watch: None,
         });
         self.by_addr.insert(addr, index);
         if source {
@@ -349,6 +397,7 @@ impl Sim {
                 let chunks = self.encoder.next_frame(ts, &mut self.rng);
                 for chunk in chunks {
                     self.emitted.push(ts);
+                    self.segments.emitted(chunk.header.segment, ts);
                     self.stream_bytes += chunk.encoded_len() as u64;
                     self.feed(SOURCE, Event::Publish(Arc::new(chunk)));
                 }

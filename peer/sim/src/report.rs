@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use shoal_proto::ChunkHeader;
+
 use super::cpu::CpuReport;
+use super::watch::WatchReport;
 use super::{HISTOGRAM_MS, Role, SOURCE, Sim, index_of};
 
 /// One run's results; `shoal-sim` prints it as one JSON object.
@@ -59,6 +62,9 @@ pub struct Report {
     /// Only when the shared CPU is modelled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu: Option<CpuReport>,
+    /// What a gateway on the watchers would have shown (only with `--watchers`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watch: Option<WatchReport>,
 }
 
 impl std::fmt::Display for Report {
@@ -90,13 +96,23 @@ pub struct Startup {
 }
 
 impl Sim {
-    pub(crate) fn observe_delivery(&mut self, n: usize, timestamp_us: u64) {
+    pub(crate) fn observe_delivery(&mut self, n: usize, header: &ChunkHeader) {
         let node = &mut self.nodes[n];
-        let emitted_at = timestamp_us.saturating_sub(1_000_000);
+        let emitted_at = header.timestamp_us.saturating_sub(1_000_000);
+        if let (Some(watch), Some(start)) = (&mut node.watch, self.segments.start(header.segment)) {
+            // (Broadcaster time runs a second ahead of the simulator's.)
+            watch.held(header.segment, start, self.now + 1_000_000);
+        }
         if emitted_at < node.joined_us {
             return; // back-fill of what was sent before it joined
         }
         let latency_us = self.now.saturating_sub(emitted_at);
+        if node.watch.is_some() {
+            self.watch_latency_ms.push(latency_us / 1000);
+            if std::env::var_os("SHOAL_SIM_WATCH").is_some() {
+                eprintln!("watch {} {} {}", self.now / 1000, latency_us / 1000, header.seq);
+            }
+        }
         self.delivered += 1;
         self.latency_ms[((latency_us / 1000) as usize).min(HISTOGRAM_MS)] += 1;
         if node.startup_us.is_some_and(|s| emitted_at >= s) && latency_us <= self.cfg.deadline_ms * 1000 {
@@ -227,7 +243,7 @@ impl Sim {
         });
         let mut learnt: Vec<f64> = honest()
             .skip(1)
-            .filter(|n| n.online)
+            .filter(|n| n.online && n.watch.is_none())
             .filter_map(|n| Some(n.sender.capacity_bps()? / n.upload_bps))
             .collect();
         learnt.sort_by(f64::total_cmp);
@@ -239,7 +255,31 @@ impl Sim {
             }
         });
         let padding: u64 = self.nodes.iter().map(|n| n.sent_padding).sum();
+        let watch = (self.cfg.watchers > 0).then(|| {
+            let mut report = WatchReport::default();
+            for n in self.nodes.iter().filter(|n| n.watch.is_some()) {
+                // (Broadcaster time runs a second ahead of the simulator's.)
+                let from = n.startup_us.unwrap_or(n.joined_us + 5_000_000) + 1_000_000;
+                let to = n.left_us.unwrap_or(end) + 1_000_000;
+                if let Some(w) = &n.watch {
+                    report.add(w, &self.segments, from, to);
+                }
+            }
+            let mut ms = self.watch_latency_ms.clone();
+            ms.sort_unstable();
+            report.latency_ms = (!ms.is_empty()).then(|| {
+                let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+                Latency {
+                    p50: at(0.5),
+                    p95: at(0.95),
+                    p99: at(0.99),
+                    max: at(1.0),
+                }
+            });
+            report
+        });
         Report {
+            watch,
             router_queue_ms,
             router_dropped: self
                 .nodes

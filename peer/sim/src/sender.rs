@@ -80,9 +80,9 @@ impl Sender {
                 if let Some(rtt) = rtt {
                     u.on_rtt(path, rtt, now);
                 }
-                u.on_acked(bytes);
-                for _ in 0..lost {
-                    u.on_lost(path);
+                u.on_acked(path, bytes);
+                if lost > 0 {
+                    u.on_lost(path, (lost * 1200) as u64);
                 }
                 u.poll(now);
             }

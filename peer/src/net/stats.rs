@@ -393,6 +393,7 @@ impl Stats {
                 how: r.how.as_str().into(),
                 pacing_kbps: r.pacing_bps.map(|b| (b / 1000.0).round() as u64),
                 queue_ms: r.queue.map(|q| q.as_secs_f64() * 1000.0),
+                target_ms: r.target.as_secs_f64() * 1000.0,
                 probing: r.probing,
                 yielding: r.yielding,
                 padding_bytes: self.padding_sent.load(Relaxed),
@@ -414,6 +415,10 @@ pub struct UplinkView {
     pub pacing_kbps: Option<u64>,
     /// Queueing delay on the uplink at the last measure.
     pub queue_ms: Option<f64>,
+    /// The queueing delay it holds at most (60 ms, or less behind a router seen to drop
+    /// before its queue got that deep).
+    #[serde(default)]
+    pub target_ms: f64,
     pub probing: bool,
     /// Holding back for a queue the household built.
     pub yielding: bool,

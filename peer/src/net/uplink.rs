@@ -76,7 +76,7 @@ impl Controller for Path {
         // The round trip of this very packet: send to acknowledgement.
         let mut uplink = self.uplink.lock();
         uplink.on_rtt(self.path, now.saturating_duration_since(sent), now);
-        uplink.on_acked(bytes);
+        uplink.on_acked(self.path, bytes);
     }
 
     fn on_end_acks(&mut self, now: Instant, in_flight: u64, app_limited: bool, largest_acked: Option<u64>) {
@@ -86,7 +86,7 @@ impl Controller for Path {
     fn on_congestion_event(&mut self, now: Instant, sent: Instant, is_persistent_congestion: bool, lost_bytes: u64) {
         self.inner
             .on_congestion_event(now, sent, is_persistent_congestion, lost_bytes);
-        self.uplink.lock().on_lost(self.path);
+        self.uplink.lock().on_lost(self.path, lost_bytes);
     }
 
     fn on_mtu_update(&mut self, new_mtu: u16) {

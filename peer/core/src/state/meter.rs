@@ -22,6 +22,8 @@ pub(super) struct StreamMeter {
     last_new_chunk: Option<Instant>,
     /// When a neighbour last announced chunks newer than ours.
     last_news: Option<Instant>,
+    /// The rate neighbours tell (bit/s), planned with until this node measures its own.
+    told_bps: Option<f64>,
 }
 
 impl StreamMeter {
@@ -60,6 +62,18 @@ impl StreamMeter {
     /// The stream's rate in bit/s over the last two seconds of broadcaster time, once seen.
     pub fn bps(&self) -> Option<f64> {
         self.rate_bps
+    }
+
+    /// What neighbours say the stream's rate is (their median), or `None`.
+    pub fn set_told(&mut self, bps: Option<f64>) {
+        self.told_bps = bps;
+    }
+
+    /// The rate children are planned with: ours once measured, else what neighbours tell.
+    /// (A newcomer that nobody feeds yet must know whether it could pass the stream on, to
+    /// ask a full parent to make room for it.)
+    pub fn plan_bps(&self) -> Option<f64> {
+        self.rate_bps.or(self.told_bps)
     }
 
     pub fn last_new_chunk(&self) -> Option<Instant> {

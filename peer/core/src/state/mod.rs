@@ -124,7 +124,7 @@ impl State {
 
     /// Children this node can feed in all, in stripe units (one child of one stripe).
     pub fn slots(&self) -> usize {
-        self.trees.slots(&self.config, self.meter.bps())
+        self.trees.slots(&self.config, self.meter.plan_bps())
     }
 
     pub fn is_banned(&self, id: &NodeId, now: Instant) -> bool {
@@ -211,7 +211,7 @@ impl State {
             });
             return;
         }
-        let room_for_children = self.trees.free_slots(&self.config, self.meter.bps()) > 0;
+        let room_for_children = self.trees.free_slots(&self.config, self.meter.plan_bps()) > 0;
         if !outbound && !self.view.has_room(&self.config, room_for_children) {
             // Full: hand the newcomer other peers to try, then hang up (HyParView).
             self.view.learn(&listen, &self.config);
@@ -296,6 +296,7 @@ impl State {
                 depths,
                 upload_kbps,
                 free_slots,
+                stream_kbps,
                 epoch,
                 segment_start,
             } => {
@@ -305,8 +306,10 @@ impl State {
                     }
                     n.upload_kbps = upload_kbps;
                     n.free_slots = free_slots;
+                    n.stream_kbps = stream_kbps;
                     n.segment_start = segment_start.map(|s| (epoch, s));
                 }
+                self.meter.set_told(self.view.told_stream_bps());
             }
             Message::Pex { peers } => {
                 for (addr, node) in self.view.on_pex(peers, &self.config) {
@@ -377,7 +380,7 @@ impl State {
         if self.config.source && !self.trees.is_child(&from) {
             return;
         }
-        let spare = repair::spare_bps(&self.config, self.meter.bps(), self.trees.children_total());
+        let spare = repair::spare_bps(&self.config, self.meter.plan_bps(), self.trees.children_total());
         self.repair.refill(spare, now);
         let deadline = now + self.config.push_deadline;
         let window = &self.window;

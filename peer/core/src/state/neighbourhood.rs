@@ -56,6 +56,8 @@ pub(super) struct Neighbour {
     /// Its upload capacity (0 if unknown) and how many more children it can take.
     pub upload_kbps: u32,
     pub free_slots: u16,
+    /// The stream's rate as it measures it (kbit/s, 0 if not yet).
+    pub stream_kbps: u32,
     /// Seq of the newest segment start it told us about.
     pub segment_start: Option<(u64, u64)>,
     /// Requests it left unanswered: a neighbour that lies in HAVE is asked last.
@@ -81,6 +83,7 @@ impl Neighbour {
             depths: vec![NO_DEPTH; usize::from(stripes)],
             upload_kbps: 0,
             free_slots: 0,
+            stream_kbps: 0,
             segment_start: None,
             unanswered: 0,
             parent_failures: 0,
@@ -197,6 +200,17 @@ impl Neighbourhood {
     }
 
     /// Its advertised upload (0 if unknown or not a neighbour): who goes first, who is asked.
+    /// The stream's rate as the neighbours that measured it tell it (bit/s): their median,
+    /// so a minority that lies moves it little (and nothing once our own measure stands).
+    pub fn told_stream_bps(&self) -> Option<f64> {
+        let mut told: Vec<u32> = self.active.values().map(|n| n.stream_kbps).filter(|k| *k > 0).collect();
+        if told.is_empty() {
+            return None;
+        }
+        told.sort_unstable();
+        Some(f64::from(told[(told.len() - 1) / 2]) * 1000.0)
+    }
+
     pub fn strength(&self, id: &NodeId) -> u32 {
         self.active.get(id).map_or(0, |n| n.upload_kbps)
     }

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap as HashMap;
 use shoal_proto::message::{SeqRange, ranges_of};
@@ -256,11 +256,14 @@ impl Repair {
         for (&seq, &since) in &self.missing {
             // While the stripe's parent is delivering, the gap is most likely a chunk it
             // sends late (newer ones go first): give it longer before asking someone else.
-            let parent_busy = trees.parent_delivered_within(trees.stripe_of(seq), now, config.repair_after);
-            let wait = if parent_busy {
+            // A stripe no parent feeds brings nothing by waiting: ask at once.
+            let stripe = trees.stripe_of(seq);
+            let wait = if trees.parent_delivered_within(stripe, now, config.repair_after) {
                 config.repair_after * 5 / 2
-            } else {
+            } else if trees.parent_delivered_within(stripe, now, config.parent_timeout) {
                 config.repair_after
+            } else {
+                Duration::ZERO
             };
             if now.duration_since(since) < wait {
                 continue;

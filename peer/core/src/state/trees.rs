@@ -220,7 +220,7 @@ impl Trees {
             && !self.stripes[s].is_pending(from)
             && !self.stripes[s].children.contains(&from)
             && self.stripes[s].children.len() < Self::max_children(cx.config)
-            && self.free_slots(cx.config, cx.meter.bps()) > 0;
+            && self.free_slots(cx.config, cx.meter.plan_bps()) > 0;
         if !ok {
             if s < self.stripes.len() && self.stripes[s].children.contains(&from) {
                 return;
@@ -391,7 +391,7 @@ impl Trees {
     /// parents that took a GRAFT and never delivered (black holes, or as bad).
     pub fn maintain(&mut self, now: Instant, cx: &Ctx, out: &mut Outbox) -> Vec<NodeId> {
         let mut failed = Vec::new();
-        let slots = self.slots(cx.config, cx.meter.bps());
+        let slots = self.slots(cx.config, cx.meter.plan_bps());
         while self.children_total() > slots {
             let Some(s) = (0..self.stripes.len()).max_by_key(|s| self.stripes[*s].children.len()) else {
                 break;
@@ -472,7 +472,7 @@ impl Trees {
         let Some(parent_depth) = cx.view.get(&parent).map(|n| n.depths[s]) else {
             return;
         };
-        let strong = self.slots(cx.config, cx.meter.bps()) >= 2 * usize::from(cx.config.stripes);
+        let strong = self.slots(cx.config, cx.meter.plan_bps()) >= 2 * usize::from(cx.config.stripes);
         let mine = &self.stripes[s].children;
         let candidate = cx
             .view
@@ -563,7 +563,7 @@ impl Trees {
     /// forward them), and otherwise says no (and is not asked again for a while). Without
     /// this, a full source whose children cannot forward holds everyone else off for good.
     fn full_parent_to_ask(&self, s: usize, now: Instant, cx: &Ctx) -> Option<NodeId> {
-        if self.slots(cx.config, cx.meter.bps()) < usize::from(cx.config.stripes) {
+        if self.slots(cx.config, cx.meter.plan_bps()) < usize::from(cx.config.stripes) {
             return None;
         }
         let mine = &self.stripes[s].children;
@@ -590,7 +590,12 @@ impl Trees {
                 .config
                 .upload_bps
                 .map_or(0, |b| (b / 1000).min(u64::from(u32::MAX)) as u32),
-            free_slots: self.free_slots(cx.config, cx.meter.bps()).min(u16::MAX as usize) as u16,
+            free_slots: self.free_slots(cx.config, cx.meter.plan_bps()).min(u16::MAX as usize) as u16,
+            // (Only what this node measured itself: rumours are not passed on.)
+            stream_kbps: cx
+                .meter
+                .bps()
+                .map_or(0, |b| (b / 1000.0).min(f64::from(u32::MAX)) as u32),
             epoch,
             // The source leaves back-filling joiners to the swarm: its upload is for new chunks.
             segment_start: if cx.config.source {
@@ -604,7 +609,7 @@ impl Trees {
     /// Tells every neighbour our depths and room when they changed, else now and then.
     pub fn broadcast_status(&mut self, now: Instant, cx: &Ctx, window: &Window, out: &mut Outbox) {
         let depths = self.depths(cx.config, cx.view);
-        let free = self.free_slots(cx.config, cx.meter.bps());
+        let free = self.free_slots(cx.config, cx.meter.plan_bps());
         let changed = self.status_dirty || depths != self.last_status.0 || free != self.last_status.1;
         let due = self
             .last_status_at

@@ -22,6 +22,8 @@ const CURRENT_FOR: Duration = Duration::from_millis(300);
 const CURRENT_MAX: usize = 32;
 /// A loss counts as the router's only with at least this much queue on the uplink.
 const LOSS_NEEDS_QUEUE: Duration = Duration::from_millis(10);
+/// A path's samples must spread this much for a top to mean anything.
+const TOP_NEEDS_RANGE: Duration = Duration::from_millis(2);
 /// How long the largest recent sample is remembered (to tell tail drop from random loss).
 const RECENT_MAX_FOR: Duration = Duration::from_secs(2);
 
@@ -146,13 +148,10 @@ impl Delays {
         self.queue
     }
 
-    /// Whether a loss on `path` came with a full queue (tail drop at the router) rather than
-    /// at random: the path's latest sample sits in the top quarter of what it has seen lately,
-    /// over a range wider than jitter.
-    pub fn loss_is_congestion(&self, path: u64, target: Duration) -> bool {
-        if self.queue.is_some_and(|q| q >= target / 2) {
-            return true;
-        }
+    /// Whether `path`'s latest sample sits at the top of what it has seen lately (its top
+    /// quarter) while the uplink holds a real queue: where a full router drops. (`loss.rs`
+    /// tells the router's drops from random loss by how often losses come there.)
+    pub fn at_top(&self, path: u64) -> bool {
         // Below a real queue, a loss is random (jitter alone spans a few milliseconds).
         if self.queue.is_none_or(|q| q < LOSS_NEEDS_QUEUE) {
             return false;
@@ -162,7 +161,7 @@ impl Delays {
         };
         let base = p.base();
         let range = p.recent_max.0.saturating_sub(base);
-        range >= Duration::from_millis(20) && p.latest.saturating_sub(base) * 4 >= range * 3
+        range >= TOP_NEEDS_RANGE && p.latest.saturating_sub(base) * 4 >= range * 3
     }
 
     /// What `path`'s latest sample had above its base.
@@ -254,18 +253,14 @@ mod tests {
     }
 
     #[test]
-    fn random_loss_at_steady_delay_is_not_congestion_but_loss_at_a_full_queue_is() {
+    fn a_sample_at_the_top_of_a_real_queue_is_where_the_router_drops() {
         let t0 = Instant::now();
-        let target = ms(60);
         let mut d = Delays::default();
         for i in 0..50 {
             d.sample_quiet(1, ms(50 + i % 3), t0 + ms(i * 10));
         }
         d.step();
-        assert!(
-            !d.loss_is_congestion(1, target),
-            "2 % random loss on a steady 50 ms path"
-        );
+        assert!(!d.at_top(1), "a steady 50 ms path has no queue to top");
         // Someone else's TCP filled the router queue before we came: it swings between 280
         // and 400 ms, and we took its low for our base.
         let mut d = Delays::default();
@@ -277,8 +272,8 @@ mod tests {
             d.sample_quiet(7, ms(370 + i), t0 + ms(1000 + i * 10));
         }
         d.step();
-        assert!(d.loss_is_congestion(7, target), "loss as the queue tops out");
+        assert!(d.at_top(7), "as the queue tops out");
         d.sample_quiet(7, ms(285), t0 + ms(1210));
-        assert!(!d.loss_is_congestion(7, target), "loss as the queue is low");
+        assert!(!d.at_top(7), "as the queue is low");
     }
 }

@@ -9,14 +9,16 @@
 //! following the bottleneck's delivery rate with a gain set by the queue, keep each path's
 //! base delay as a history of per-minute minima, and slow down to let the queue drain when
 //! too few paths' bases can be believed or a queue has stood for long. A loss cuts the rate
-//! only when it comes with a queue: random loss (2 % in the bench) alone never starves it
-//! (the trap that made Freenet drop its LEDBAT++). docs/uplinks.md has the parameters.
+//! only when losses come markedly more often at the queue's top than elsewhere (`loss.rs`):
+//! random loss (2 % in the bench) never starves it (the trap that made Freenet drop its
+//! LEDBAT++). docs/uplinks.md has the parameters.
 //!
 //! Sans-IO: the driver reports round-trip samples, acknowledged and lost bytes, and chunk
 //! bytes released (and whether the rate held them back), and calls `poll` now and then.
 
 mod capacity;
 mod delay;
+mod loss;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -24,6 +26,7 @@ use std::time::{Duration, Instant};
 use capacity::Capacity;
 pub use capacity::How;
 use delay::Delays;
+use loss::Losses;
 
 /// Share of the measured capacity chunks are released at, at most (between probes).
 const UNDER_CAPACITY: f64 = 0.95;
@@ -123,6 +126,9 @@ pub struct Report {
     pub how: How,
     /// Queueing delay on the uplink at the last measure.
     pub queue: Option<Duration>,
+    /// The queueing delay held at most: the configured target, or less behind a router that
+    /// drops before its queue reaches it.
+    pub target: Duration,
     pub probing: bool,
     /// The rate is held down by a queue we did not build (the household's traffic).
     pub yielding: bool,
@@ -132,6 +138,7 @@ pub struct Report {
 pub struct Uplink {
     cfg: UplinkConfig,
     delays: Delays,
+    losses: Losses,
     capacity: Capacity,
     /// Rate the controller allows, bit/s.
     rate: f64,
@@ -179,6 +186,7 @@ impl Uplink {
         Uplink {
             capacity: Capacity::new(now),
             delays: Delays::default(),
+            losses: Losses::default(),
             rate,
             step_at: now,
             sent_step: 0,
@@ -223,19 +231,18 @@ impl Uplink {
         self.delays.sample(path, rtt, now, quiet);
     }
 
-    /// Bytes the other end acknowledged: what the uplink carried.
-    pub fn on_acked(&mut self, bytes: u64) {
+    /// Bytes the other end acknowledged on `path`: what the uplink carried.
+    pub fn on_acked(&mut self, path: u64, bytes: u64) {
         self.capacity.acked(bytes);
         self.acked_step += bytes;
+        self.losses.acked(bytes, self.delays.at_top(path));
     }
 
-    /// Bytes declared lost on `path`: a congestion signal only with a full queue.
-    pub fn on_lost(&mut self, path: u64) {
-        if self.cfg.mode == Mode::Background
-            && self.slowdown_until.is_none()
-            // (Judged against the configured target: the learnt one shrinks with drops.)
-            && self.delays.loss_is_congestion(path, self.cfg.target)
-        {
+    /// Bytes declared lost on `path`: a congestion signal only where the router drops (at a
+    /// full queue, markedly more often than elsewhere).
+    pub fn on_lost(&mut self, path: u64, bytes: u64) {
+        let routers = self.losses.lost(bytes, self.delays.at_top(path));
+        if self.cfg.mode == Mode::Background && self.slowdown_until.is_none() && routers {
             self.congested_step = true;
             // A router that drops at this queue is shallower than the target: aim below it.
             if let Some(q) = self.delays.excess(path) {
@@ -314,6 +321,7 @@ impl Uplink {
             capacity_bps: self.capacity_bps(),
             how: self.capacity.how(),
             queue: self.delays.queue(),
+            target: self.target,
             probing: self.probe_until.is_some(),
             yielding: self.yielding,
         }
@@ -327,6 +335,7 @@ impl Uplink {
         let elapsed = now.duration_since(self.step_at).as_secs_f64();
         self.step_at = now;
         let queue = self.delays.step();
+        self.losses.step();
         let congested = std::mem::take(&mut self.congested_step);
         if !congested && now.duration_since(self.target_set) >= TARGET_REGROW {
             // No drop for a while: let the target grow back (the household may have changed

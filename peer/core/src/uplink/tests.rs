@@ -8,6 +8,10 @@ struct Lab {
     uplink_bps: f64,
     depth: Duration,
     loss: f64,
+    /// Extra one-way delay per packet, uniform in 0..jitter.
+    jitter: Duration,
+    /// Demand comes in keyframe bursts: four times the mean for a tenth of each second.
+    bursty: bool,
     /// Household traffic entering the same queue while `household_on`, bit/s.
     household_bps: f64,
     household_on: bool,
@@ -27,6 +31,8 @@ impl Lab {
             uplink_bps,
             depth: Duration::from_millis(400),
             loss: 0.0,
+            jitter: Duration::ZERO,
+            bursty: false,
             household_bps: 0.0,
             household_on: false,
             demand_bps,
@@ -59,7 +65,12 @@ impl Lab {
             }
             // What the controller lets out this millisecond, chunks first, then padding.
             let allowed = up.pacing_bps().unwrap_or(f64::INFINITY) / 8.0 / 1000.0;
-            let want = self.demand_bps / 8.0 / 1000.0;
+            let burst = match (self.bursty, i % 1000 < 100) {
+                (false, _) => 1.0,
+                (true, true) => 4.0,
+                (true, false) => 2.0 / 3.0,
+            };
+            let want = burst * self.demand_bps / 8.0 / 1000.0;
             let chunks = want.min(allowed);
             let padding = (up.probe_bps() / 8.0 / 1000.0).min((allowed - chunks).max(0.0));
             self.owed += chunks + padding;
@@ -69,7 +80,8 @@ impl Lab {
             let queue = Duration::from_secs_f64(self.backlog_bytes / (self.uplink_bps / 8.0));
             self.queue_ms.push(queue.as_secs_f64() * 1000.0);
             let path = i % 3;
-            let base = Duration::from_millis(20 + 30 * path);
+            let jitter = self.jitter.mul_f64(self.random());
+            let base = Duration::from_millis(20 + 30 * path) + jitter;
             if bytes > 0.0 {
                 let dropped = queue > self.depth || self.random() < self.loss;
                 if dropped {
@@ -83,10 +95,10 @@ impl Lab {
             while self.acks.front().is_some_and(|a| a.0 <= self.now) {
                 let (_, path, bytes, rtt) = self.acks.pop_front().expect("checked");
                 if bytes == 0 {
-                    up.on_lost(path);
+                    up.on_lost(path, 1200);
                 } else {
                     up.on_rtt(path, rtt, self.now);
-                    up.on_acked(bytes);
+                    up.on_acked(path, bytes);
                 }
             }
             up.poll(self.now);
@@ -132,6 +144,24 @@ fn random_loss_does_not_starve_it() {
     lab.run(&mut up, 20.0);
     let capacity = up.capacity_bps().expect("learnt");
     assert!(capacity > 0.7 * 4e6, "capacity {capacity} at 2 % random loss");
+}
+
+#[test]
+fn random_loss_with_jitter_does_not_wear_the_estimate_down() {
+    // What a relay sees on a lossy path: 2 % of packets lost, round trips jittering by
+    // 10 ms, and children asking 70 % of the uplink in keyframe bursts. Random losses that come with the
+    // jitter's highs once read as drops at a full queue, shrank the delay target and made
+    // every small queue a "full uplink": the estimate fell to a third within a minute.
+    let mut lab = Lab::new(10e6, 7e6);
+    lab.loss = 0.02;
+    lab.jitter = Duration::from_millis(10);
+    lab.bursty = true;
+    let mut up = background(lab.now);
+    lab.run(&mut up, 60.0);
+    let capacity = up.capacity_bps().expect("learnt");
+    assert!(capacity > 0.8 * 10e6, "capacity {capacity} after a minute at 2 % random loss");
+    let target = up.report().target;
+    assert_eq!(target, Duration::from_millis(60), "random loss read as a shallow router");
 }
 
 #[test]

@@ -7,7 +7,7 @@ use clap::Parser;
 // mimalloc does that markedly faster than the system allocator.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use shoal_sim::{CpuConfig, Sim, SimConfig, parse_upload_mix};
+use shoal_sim::{CpuConfig, Sim, SimConfig, parse_household, parse_join_uplinks, parse_upload_mix};
 
 /// Simulate a shoal swarm: the real swarm core, a modelled network, one JSON line of results.
 #[derive(Parser, Debug)]
@@ -84,6 +84,20 @@ struct Args {
     /// CPU µs a received control message costs, with its transport.
     #[arg(long, default_value_t = 40.0)]
     cpu_message_us: f64,
+    /// Viewers that upload nothing (as the lab's gateway with --upload-kbps 0), joined first
+    /// and unshaped; the report's "watch" says what a gateway on them would have published.
+    #[arg(long, default_value_t = 0)]
+    watchers: usize,
+    /// The lab's way to join: these uplinks (multiples of the bitrate), in this order, one
+    /// every --join-every-ms (instead of --peers drawn from --upload-mix).
+    #[arg(long)]
+    join_uplinks: Option<String>,
+    #[arg(long, default_value_t = 500)]
+    join_every_ms: u64,
+    /// VIEWER:START-END[:START-END…] — that viewer's household (in join order) uploads in
+    /// bulk in those periods (seconds of the run); repeatable.
+    #[arg(long)]
+    household: Vec<String>,
 }
 
 fn main() {
@@ -103,8 +117,31 @@ fn main() {
         eprintln!("error: --loss and --malicious must be in [0, 1), --churn-per-min ≥ 0, --peers ≥ 1");
         std::process::exit(2);
     }
+    let join_uplinks = match a.join_uplinks.as_deref().map(parse_join_uplinks).transpose() {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("error: --join-uplinks: {e}");
+            std::process::exit(2);
+        }
+    };
+    let households = match a
+        .household
+        .iter()
+        .map(|h| parse_household(h))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("error: --household: {e}");
+            std::process::exit(2);
+        }
+    };
     let cfg = SimConfig {
-        peers: a.peers,
+        peers: join_uplinks.as_ref().map_or(a.peers, Vec::len),
+        watchers: a.watchers,
+        join_uplinks,
+        join_every_ms: a.join_every_ms,
+        households,
         duration_s: a.duration_s,
         bitrate_kbps: a.bitrate_kbps,
         rtt_ms: a.rtt_ms,
