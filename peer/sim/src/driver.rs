@@ -20,6 +20,27 @@ pub(crate) struct NodeIo<'a> {
 
 impl Driver for NodeIo<'_> {
     fn send(&mut self, to: NodeId, msg: Message) {
+        if self.sim.trace == Some(self.n) && matches!(msg, Message::Graft { .. } | Message::Prune { .. }) {
+            eprintln!(
+                "TRACE {} {} -> {}: {:?}",
+                self.sim.now / 1000,
+                self.n,
+                index_of(&to),
+                msg
+            );
+        }
+        if self.sim.trace.is_some()
+            && index_of(&to) == self.sim.trace.unwrap_or(0)
+            && matches!(msg, Message::Prune { .. })
+        {
+            eprintln!(
+                "TRACE {} {} -> {}: {:?}",
+                self.sim.now / 1000,
+                self.n,
+                index_of(&to),
+                msg
+            );
+        }
         let bytes = self.sim.frame_len(&msg);
         self.sim
             .enqueue(self.n, index_of(&to), Payload::Control(vec![msg]), bytes, u64::MAX);

@@ -306,10 +306,12 @@ impl Sim {
         // What the node is told it may upload: the source its cap, a watcher nothing (the
         // lab's gateway, `--upload-kbps 0`), and viewers their uplink only with --declare-upload.
         let watcher = !source && index <= self.cfg.watchers;
+        // (The broadcaster declares no upload either, as shoal-broadcaster without a cap:
+        // its link still carries only `--source-upload-x` times the stream.)
         let declared = if watcher {
             Some(0.0)
         } else {
-            (source || !self.cfg.upload_unknown).then_some(upload_bps)
+            (!source && !self.cfg.upload_unknown).then_some(upload_bps)
         };
         let config = state::Config {
             source,
@@ -345,7 +347,7 @@ impl Sim {
             sender: if self.cfg.router_queue_ms == 0 {
                 Sender::Exact
             } else {
-                Sender::new(self.cfg.sender, source, declared.filter(|_| !source), self.base)
+                Sender::new(self.cfg.sender, source, declared, self.base)
             },
             router: (self.cfg.router_queue_ms > 0).then(|| Router::new(upload_bps, self.cfg.router_queue_ms)),
             sent_data: 0,

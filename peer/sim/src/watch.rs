@@ -76,8 +76,11 @@ impl WatchReport {
             match watch.held.get(seg) {
                 Some((held, complete)) if held >= chunks => {
                     self.segments_published += 1;
-                    if last_complete.is_some_and(|l| complete.saturating_sub(l) > STALL_AFTER_US) {
+                    if let Some(l) = last_complete.filter(|l| complete.saturating_sub(*l) > STALL_AFTER_US) {
                         self.playlist_stalls += 1;
+                        if std::env::var_os("SHOAL_SIM_WATCH").is_some() {
+                            eprintln!("stall {} ms to {} ms (segment {seg})", l / 1000, complete / 1000);
+                        }
                     }
                     last_complete = Some(*complete);
                 }

@@ -191,6 +191,7 @@ impl State {
             config: &self.config,
             meter: &self.meter,
             view: &self.view,
+            window: &self.window,
         }
     }
 
@@ -288,6 +289,7 @@ impl State {
                     config: &self.config,
                     meter: &self.meter,
                     view: &self.view,
+                    window: &self.window,
                 };
                 self.trees.on_graft(from, stripe, now, &cx, &mut self.out);
             }
@@ -461,15 +463,16 @@ impl State {
         }
         self.mark_has(from, seq);
         let s = self.trees.stripe_of(seq);
-        self.trees.note_chunk(s, from, now, &mut self.out);
-        if self.startup.is_none() && self.window.holds_whole_segment() {
-            self.startup = Some(now.saturating_duration_since(self.started));
-        }
-
         let age_us = self
             .window
             .newest_timestamp_us()
             .saturating_sub(chunk.header.timestamp_us);
+        self.trees
+            .note_chunk(s, from, Duration::from_micros(age_us), now, &mut self.out);
+        if self.startup.is_none() && self.window.holds_whole_segment() {
+            self.startup = Some(now.saturating_duration_since(self.started));
+        }
+
         if let Some(left) = self.config.push_deadline.checked_sub(Duration::from_micros(age_us)) {
             let deadline = now + left;
             for child in self.trees.push_targets(s, now) {
@@ -539,6 +542,7 @@ impl State {
             config: &self.config,
             meter: &self.meter,
             view: &self.view,
+            window: &self.window,
         };
         self.trees.broadcast_status(now, &cx, &self.window, &mut self.out);
         self.maintain_neighbours(now);
@@ -549,6 +553,7 @@ impl State {
             config: &self.config,
             meter: &self.meter,
             view: &self.view,
+            window: &self.window,
         };
         let failed = self.trees.maintain(now, &cx, &mut self.out);
         // A parent took a GRAFT and then sent nothing while the stream flowed: it is asked

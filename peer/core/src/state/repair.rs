@@ -254,11 +254,13 @@ impl Repair {
         self.missing.retain(|s, _| *s + MAX_REPAIR_SPAN >= newest);
         let mut asks: HashMap<NodeId, Vec<u64>> = HashMap::default();
         for (&seq, &since) in &self.missing {
-            // While the stripe's parent is delivering, the gap is most likely a chunk it
-            // sends late (newer ones go first): give it longer before asking someone else.
+            // While the stripe's parent is delivering (and keeping up), the gap is most likely
+            // a chunk it sends late (newer ones go first): give it longer before asking
+            // someone else.
             // A stripe no parent feeds brings nothing by waiting: ask at once.
             let stripe = trees.stripe_of(seq);
-            let wait = if trees.parent_delivered_within(stripe, now, config.repair_after) {
+            let wait = if trees.parent_delivered_within(stripe, now, config.repair_after) && !trees.parent_lags(stripe)
+            {
                 config.repair_after * 5 / 2
             } else if trees.parent_delivered_within(stripe, now, config.parent_timeout) {
                 config.repair_after

@@ -658,7 +658,16 @@ fn the_source_lets_a_child_rooting_several_stripes_make_way_for_one_rooting_none
     let mut s = source(now);
     for n in 1..=2 {
         up(&mut s, n, now);
-        control(&mut s, n, status(vec![NO_DEPTH, NO_DEPTH], 4), now);
+        // (Viewers that can pass the stream on: the source makes room for no leaf.)
+        let strong = Message::Status {
+            depths: vec![NO_DEPTH, NO_DEPTH],
+            upload_kbps: 10_000,
+            free_slots: 4,
+            stream_kbps: 0,
+            epoch: 1,
+            segment_start: None,
+        };
+        control(&mut s, n, strong, now);
     }
     // The first viewer takes both stripes: nobody else was there.
     control(&mut s, 1, Message::Graft { stripe: 0 }, now);
@@ -819,4 +828,77 @@ fn a_neighbour_claiming_a_depth_without_a_chunk_is_no_parent_and_a_starving_newc
     assert_eq!(disconnected_for(&actions, 1), Some("no chunks"), "{actions:?}");
     assert!(s.is_banned(&node(1), starving));
     assert_eq!(s.neighbours().count(), 0);
+}
+
+#[test]
+fn the_source_makes_room_only_for_a_viewer_that_can_pass_the_stream_on() {
+    let now = Instant::now();
+    let mut s = source(now);
+    let told = |kbps| Message::Status {
+        depths: vec![NO_DEPTH, NO_DEPTH],
+        upload_kbps: kbps,
+        free_slots: 0,
+        stream_kbps: 2_000,
+        epoch: 1,
+        segment_start: None,
+    };
+    // A gateway that uploads nothing took both stripes; then a viewer that measured nothing
+    // yet (it plans as a 1 Mbit/s leaf) and one that measured 4 Mbit/s ask for stripe 1.
+    for (n, kbps) in [(1, 0), (2, 1_000), (3, 4_000)] {
+        up(&mut s, n, now);
+        control(&mut s, n, told(kbps), now);
+    }
+    control(&mut s, 1, Message::Graft { stripe: 0 }, now);
+    control(&mut s, 1, Message::Graft { stripe: 1 }, now);
+    let leaf = control(&mut s, 2, Message::Graft { stripe: 1 }, now);
+    assert_eq!(
+        sends(&leaf),
+        vec![(node(2), Message::Prune { stripe: 1 })],
+        "a leaf for a leaf"
+    );
+    let relay = control(&mut s, 3, Message::Graft { stripe: 1 }, now);
+    assert_eq!(
+        sends(&relay),
+        vec![(node(1), Message::Prune { stripe: 1 })],
+        "room for a relay"
+    );
+}
+
+#[test]
+fn a_parent_whose_chunks_come_late_is_routed_around() {
+    let t0 = Instant::now();
+    let mut s = state_with(&[1, 2], t0);
+    control(&mut s, 1, status(vec![0, 0], 4), t0);
+    s.handle(Event::Tick, t0).count();
+    assert_eq!(s.parents(), vec![Some(node(1)), Some(node(1))]);
+    control(&mut s, 2, status(vec![0, 0], 4), t0);
+    // Node 1 keeps stripe 0 on time but sends stripe 1 a second behind (it stepped aside for
+    // its household's upload): every chunk still comes, only late.
+    for i in 0..30u64 {
+        let t = t0 + Duration::from_millis(33 * i);
+        let ts = 1_000_000 + 33_000 * i;
+        feed(&mut s, 1, 2 * i, ts, 0, t);
+        feed(&mut s, 1, 2 * i + 1, ts.saturating_sub(1_000_000), 0, t);
+    }
+    let t = t0 + Duration::from_secs(1);
+    // Node 2 is on the stream too (it announces what it holds).
+    let have = Message::Have {
+        epoch: 1,
+        ranges: vec![SeqRange { start: 0, len: 60 }],
+    };
+    control(&mut s, 2, have, t);
+    let grafts: Vec<_> = sends(&s.handle(Event::Tick, t).collect::<Vec<_>>())
+        .into_iter()
+        .filter(|(_, m)| matches!(m, Message::Graft { .. }))
+        .collect();
+    assert_eq!(
+        grafts,
+        vec![(node(2), Message::Graft { stripe: 1 })],
+        "the late stripe only"
+    );
+    // Make-before-break: node 1 feeds stripe 1 until node 2 does.
+    assert_eq!(s.parents(), vec![Some(node(1)), Some(node(1))]);
+    let switched = feed(&mut s, 2, 61, 1_000_000 + 33_000 * 30, 0, t);
+    assert_eq!(s.parents(), vec![Some(node(1)), Some(node(2))]);
+    assert!(sends(&switched).contains(&(node(1), Message::Prune { stripe: 1 })));
 }

@@ -32,6 +32,14 @@ const CLIMB_INTERVAL: Duration = Duration::from_secs(3);
 const CLIMB_RETRY: Duration = Duration::from_millis(500);
 /// STATUS changes are told at most this often (and unchanged ones every `status_interval`).
 const STATUS_MIN_GAP: Duration = Duration::from_millis(100);
+/// A parent whose chunks come this far behind the newest held is routed around (a few hops'
+/// pacing and a keyframe's burst stay well under it).
+const LAG_LIMIT_US: f64 = 500_000.0;
+/// Weight of a new chunk in the parent's lag.
+const LAG_GAIN: f64 = 0.2;
+/// A parent left for lagging is not asked again for this stripe for this long: its
+/// household's upload may last a while.
+const LAGGED_COOLDOWN: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Default)]
 struct Stripe {
@@ -52,6 +60,9 @@ struct Stripe {
     leaving: Vec<(NodeId, Instant)>,
     /// The parent that told us to go and may still feed us: told once the next one delivers.
     released: Option<NodeId>,
+    /// How far behind the newest chunk held the parent's chunks come (µs, smoothed): a
+    /// parent that stepped aside for its household's traffic still delivers, but late.
+    lag_us: Option<f64>,
 }
 
 impl Stripe {
@@ -64,19 +75,28 @@ impl Stripe {
 const ASSUMED_STREAM_BPS: f64 = 4_000_000.0;
 /// How long a child told to go is still fed: long enough to graft onto another parent and
 /// get its first chunk.
-const LEAVE_GRACE: Duration = Duration::from_secs(1);
+const LEAVE_GRACE: Duration = Duration::from_secs(3);
+
+/// Whether an upload of `kbps` (as a neighbour told it) carries a whole copy of the stream
+/// beside the reserve: enough to be a parent in every stripe.
+fn forwards_a_copy(kbps: u32, cx: &Ctx) -> bool {
+    let stream_bps = cx.meter.plan_bps().unwrap_or(ASSUMED_STREAM_BPS);
+    f64::from(kbps) * 1000.0 * (1.0 - cx.config.upload_reserve) >= stream_bps
+}
 
 /// What the trees consult elsewhere in the node, read-only.
 pub(super) struct Ctx<'a> {
     pub config: &'a Config,
     pub meter: &'a StreamMeter,
     pub view: &'a Neighbourhood,
+    pub window: &'a Window,
 }
 
 pub(super) struct Trees {
     k: Stripes,
     stripes: Vec<Stripe>,
-    /// (neighbour, stripe) → when it refused or failed as parent.
+    /// (neighbour, stripe) → until when it is not asked to be parent (it refused, failed, or
+    /// lagged).
     cooldown: HashMap<(NodeId, u8), Instant>,
     /// Depths or room changed since the last STATUS.
     status_dirty: bool,
@@ -145,6 +165,11 @@ impl Trees {
         self.stripes
             .iter()
             .any(|s| s.parent == Some(*id) || s.children.contains(id) || s.is_pending(*id))
+    }
+
+    /// The parent of stripe `s` delivers, but its chunks come well behind the others'.
+    pub fn parent_lags(&self, s: usize) -> bool {
+        self.stripes[s].lag_us.is_some_and(|l| l > LAG_LIMIT_US)
     }
 
     /// Whether the parent of stripe `s` delivered within `within`.
@@ -261,6 +286,11 @@ impl Trees {
         };
         // (Upload unknown on both sides, as when nobody passed --upload-kbps, is comparable.)
         let newcomer = strength(&from);
+        // Only for one that can pass a whole copy on: trading one leaf for another (a viewer
+        // that measured nothing yet for the gateway that uploads nothing) only churns.
+        if newcomer > 0 && !forwards_a_copy(newcomer, cx) {
+            return false;
+        }
         // A child that takes several stripes from us makes way for a comparable one that
         // takes none: then one departure cuts one stripe, not all of them (at the source,
         // where each stripe has one child, that is the difference between a hiccup and the
@@ -318,16 +348,17 @@ impl Trees {
         if self.stripes[s].children.len() != before {
             self.status_dirty = true;
         }
-        self.cooldown.insert((from, stripe), now);
+        self.cooldown.insert((from, stripe), now + PARENT_COOLDOWN);
     }
 
     fn drop_parent(&mut self, s: usize, now: Instant) {
         if let Some(old) = self.stripes[s].parent.take() {
-            self.cooldown.insert((old, s as u8), now);
+            self.cooldown.insert((old, s as u8), now + PARENT_COOLDOWN);
         }
         self.stripes[s].parent_active = None;
         self.stripes[s].overtaken = None;
         self.stripes[s].delivering = false;
+        self.stripes[s].lag_us = None;
         self.status_dirty = true;
     }
 
@@ -342,6 +373,7 @@ impl Trees {
                 stripe.parent_active = None;
                 stripe.overtaken = None;
                 stripe.delivering = false;
+                stripe.lag_us = None;
             }
             stripe.children.retain(|c| *c != id);
             stripe.leaving.retain(|(c, _)| *c != id);
@@ -349,20 +381,25 @@ impl Trees {
         self.status_dirty = true;
     }
 
-    /// A new chunk of stripe `s` arrived from `from`: keeps the parent's liveness up to date,
-    /// and switches to a pending closer parent once it delivers.
-    pub fn note_chunk(&mut self, s: usize, from: Option<NodeId>, now: Instant, out: &mut Outbox) {
+    /// A new chunk of stripe `s` arrived from `from`, `behind` the newest chunk held: keeps
+    /// the parent's liveness and lag up to date, and switches to a pending parent once it
+    /// delivers.
+    pub fn note_chunk(&mut self, s: usize, from: Option<NodeId>, behind: Duration, now: Instant, out: &mut Outbox) {
         let stripe = &mut self.stripes[s];
         if let Some((pending, _)) = stripe.pending
             && from == Some(pending)
         {
-            // The closer parent delivers: switch to it and release the old one.
+            // The closer (or timelier) parent delivers: switch to it and release the old one.
             stripe.pending = None;
             if let Some(old) = stripe.parent.replace(pending) {
                 out.send(old, Message::Prune { stripe: s as u8 });
+                if stripe.lag_us.is_some_and(|l| l > LAG_LIMIT_US) {
+                    self.cooldown.insert((old, s as u8), now + LAGGED_COOLDOWN);
+                }
             }
             stripe.parent_active = Some(now);
             stripe.overtaken = None;
+            stripe.lag_us = Some(behind.as_micros() as f64);
             stripe.delivering = true;
             self.status_dirty = true;
             out.counters.parent_changes += 1;
@@ -381,6 +418,8 @@ impl Trees {
             }
             stripe.parent_active = Some(now);
             stripe.overtaken = None;
+            let behind = behind.as_micros() as f64;
+            stripe.lag_us = Some(stripe.lag_us.map_or(behind, |l| l + LAG_GAIN * (behind - l)));
         } else if stripe.parent.is_some() && stripe.overtaken.is_none() {
             stripe.overtaken = Some(now);
         }
@@ -406,7 +445,7 @@ impl Trees {
         if cx.config.source {
             return failed;
         }
-        self.cooldown.retain(|_, at| now.duration_since(*at) < PARENT_COOLDOWN);
+        self.cooldown.retain(|_, until| now < *until);
         for s in 0..self.stripes.len() {
             if let Some(parent) = self.stripes[s].parent {
                 let stripe = &self.stripes[s];
@@ -439,9 +478,15 @@ impl Trees {
                     continue;
                 }
             }
-            let candidate = self
-                .best_parent(s, now, cx, &failed)
-                .or_else(|| self.full_parent_to_ask(s, now, cx));
+            let mut candidate = self.best_parent(s, now, cx, &failed);
+            if candidate.is_none() {
+                candidate = self.full_parent_to_ask(s, now, cx);
+                // It judges whether to make room by what we told it: tell it now (our upload
+                // may have just been measured; the tick's STATUS goes after this GRAFT).
+                if let Some(full) = candidate {
+                    out.send(full, self.status_message(cx, cx.window));
+                }
+            }
             if let Some(candidate) = candidate {
                 self.stripes[s].parent = Some(candidate);
                 self.stripes[s].parent_active = Some(now);
@@ -453,14 +498,15 @@ impl Trees {
         failed
     }
 
-    /// Climbs towards the source, make-before-break: GRAFT onto a closer neighbour and keep
-    /// the current parent until the new one's first chunk arrives (`note_chunk`).
+    /// Climbs towards the source, make-before-break: GRAFT onto a closer neighbour (or, when
+    /// the parent lags, one as close) and keep the current parent until the new one's first
+    /// chunk arrives (`note_chunk`).
     /// A strong uploader also asks closer neighbours that are full: they make room for it.
     fn maybe_climb(&mut self, s: usize, now: Instant, cx: &Ctx, out: &mut Outbox) {
         if let Some((pending, since)) = self.stripes[s].pending {
             if now.duration_since(since) > GRAFT_TIMEOUT {
                 self.stripes[s].pending = None;
-                self.cooldown.insert((pending, s as u8), now);
+                self.cooldown.insert((pending, s as u8), now + PARENT_COOLDOWN);
                 out.send(pending, Message::Prune { stripe: s as u8 });
             }
             return;
@@ -472,6 +518,10 @@ impl Trees {
         let Some(parent_depth) = cx.view.get(&parent).map(|n| n.depths[s]) else {
             return;
         };
+        // A parent that lags (it stepped aside for its household, or is overloaded) is left
+        // for any neighbour as near the source, not only a nearer one: none of those is below
+        // us in the tree, so no loop can form.
+        let lagging = self.parent_lags(s);
         let strong = self.slots(cx.config, cx.meter.plan_bps()) >= 2 * usize::from(cx.config.stripes);
         let mine = &self.stripes[s].children;
         let candidate = cx
@@ -479,7 +529,7 @@ impl Trees {
             .iter()
             .filter(|(id, n)| {
                 **id != parent
-                    && n.depths[s] < parent_depth
+                    && (n.depths[s] < parent_depth || lagging && n.depths[s] <= parent_depth)
                     && cx.view.is_fresh(n, cx.meter.last_new_chunk())
                     && (n.free_slots > 0 || strong)
                     && !mine.contains(id)
@@ -572,6 +622,9 @@ impl Trees {
             .filter(|(id, n)| {
                 n.depths[s] < MAX_DEPTH
                     && n.free_slots == 0
+                    // (One that cannot pass a copy on has no child to give up for us; the
+                    // source, which tells no upload unless capped, always has.)
+                    && (n.depths[s] == 0 || forwards_a_copy(n.upload_kbps, cx))
                     && cx.view.is_fresh(n, cx.meter.last_new_chunk())
                     && !self.claims_without_proof(n, now, cx.config, cx.view)
                     && !mine.contains(id)
@@ -670,9 +723,9 @@ mod tests {
         trees.stripes[1].parent = Some(node(2));
         trees.stripes[1].pending = Some((node(3), now));
         let mut out = Outbox::default();
-        trees.note_chunk(1, Some(node(2)), now, &mut out);
+        trees.note_chunk(1, Some(node(2)), Duration::ZERO, now, &mut out);
         assert_eq!(trees.parents(), vec![None, Some(node(2))], "the old parent still feeds");
-        trees.note_chunk(1, Some(node(3)), now, &mut out);
+        trees.note_chunk(1, Some(node(3)), Duration::ZERO, now, &mut out);
         assert_eq!(trees.parents(), vec![None, Some(node(3))]);
         assert_eq!(out.counters.parent_changes, 1);
         assert!(matches!(

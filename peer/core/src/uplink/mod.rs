@@ -28,6 +28,8 @@ pub use capacity::How;
 use delay::Delays;
 use loss::Losses;
 
+/// After stepping aside, children are planned with the rate left for this long.
+const YIELD_HOLD: Duration = Duration::from_secs(5);
 /// Share of the measured capacity chunks are released at, at most (between probes).
 const UNDER_CAPACITY: f64 = 0.95;
 /// How often the rate is adjusted.
@@ -178,6 +180,10 @@ pub struct Uplink {
     next_probe: Option<Instant>,
     probe_spacing: Duration,
     yielding: bool,
+    /// Until when children are planned with the rate the household leaves us, not the
+    /// uplink's capacity: a household's upload lasts a while, and children a parent cannot
+    /// feed are better off finding another one now than being fed late.
+    yielded_until: Option<Instant>,
 }
 
 impl Uplink {
@@ -212,6 +218,7 @@ impl Uplink {
             next_probe: cfg.probe.then_some(now),
             probe_spacing: PROBE_SPACING_MIN,
             yielding: false,
+            yielded_until: None,
             cfg,
         }
     }
@@ -298,6 +305,9 @@ impl Uplink {
     /// (a public relay, presumed strong) plans with defaults until its uplink was seen full.
     pub fn plan_bps(&self) -> Option<f64> {
         match (self.cfg.mode, self.capacity.how()) {
+            (Mode::Background, How::Measured) if self.yielded_until.is_some() => {
+                Some(self.capacity_bps()?.min(self.rate))
+            }
             (_, How::Measured) => self.capacity_bps(),
             // The owner's word stands until the uplink is seen to carry less.
             (Mode::Background, _) if self.cfg.cap_bps.is_some() => self.cfg.cap_bps,
@@ -468,6 +478,11 @@ impl Uplink {
         // the household's, and we are stepping aside.
         self.yielding =
             queue.is_some_and(|q| q > self.target) && self.capacity.bps().is_some_and(|c| self.rate < 0.5 * c);
+        if self.yielding {
+            self.yielded_until = Some(now + YIELD_HOLD);
+        } else if self.yielded_until.is_some_and(|t| now >= t) {
+            self.yielded_until = None;
+        }
     }
 
     /// LEDBAT++'s periodic slowdown: the rate drops to the floor long enough for our own

@@ -159,9 +159,16 @@ fn random_loss_with_jitter_does_not_wear_the_estimate_down() {
     let mut up = background(lab.now);
     lab.run(&mut up, 60.0);
     let capacity = up.capacity_bps().expect("learnt");
-    assert!(capacity > 0.8 * 10e6, "capacity {capacity} after a minute at 2 % random loss");
+    assert!(
+        capacity > 0.8 * 10e6,
+        "capacity {capacity} after a minute at 2 % random loss"
+    );
     let target = up.report().target;
-    assert_eq!(target, Duration::from_millis(60), "random loss read as a shallow router");
+    assert_eq!(
+        target,
+        Duration::from_millis(60),
+        "random loss read as a shallow router"
+    );
 }
 
 #[test]
