@@ -2,7 +2,7 @@
 //! household router's FIFO (which drains at the uplink's rate and drops beyond its depth),
 //! then per-link latency and jitter, per-1200-byte packet loss with retransmission after
 //! about an RTT (costing upload again), and arrival at the other end; ACKs carry round trips
-//! and losses back to the sender's congestion control.
+//! and losses back to the sender's congestion control, queued in the receiver's own router.
 
 use rand::Rng;
 use shoal_core::state::{Event, Reject};
@@ -170,10 +170,13 @@ impl Sim {
         let there = self.one_way_us();
         let arrive = leaves + there + delay;
         if !matches!(self.nodes[n].sender, Sender::Exact) {
-            // The ACK comes back over the path (its queues are not modelled on the way back).
+            // The ACK comes back over the path, out through the receiver's own uplink: behind
+            // whatever its household router holds (a viewer whose household fills its uplink
+            // acknowledges everything it receives that much later).
             // QUIC samples a round trip per packet, from when that packet was sent: the last
             // packet's, here (its wait in the router and the path, not the item's pacing).
-            let rtt_us = leaves.saturating_sub(sent_last) + there + self.one_way_us();
+            let ack_wait = self.nodes[q.to].router.as_ref().map_or(0, |r| r.backlog_us(self.now));
+            let rtt_us = leaves.saturating_sub(sent_last) + there + ack_wait + self.one_way_us();
             self.schedule(
                 sent_last + rtt_us,
                 Ev::Acked {
