@@ -20,25 +20,15 @@ pub(crate) struct NodeIo<'a> {
 
 impl Driver for NodeIo<'_> {
     fn send(&mut self, to: NodeId, msg: Message) {
-        if self.sim.trace == Some(self.n) && matches!(msg, Message::Graft { .. } | Message::Prune { .. }) {
+        // SHOAL_SIM_TRACE=n: the tree messages node n sends, and the PRUNEs it is sent.
+        let traced = self.sim.trace == Some(self.n) && matches!(msg, Message::Graft { .. } | Message::Prune { .. })
+            || self.sim.trace == Some(index_of(&to)) && matches!(msg, Message::Prune { .. });
+        if traced {
             eprintln!(
-                "TRACE {} {} -> {}: {:?}",
+                "tree {} ms: {} -> {}: {msg:?}",
                 self.sim.now / 1000,
                 self.n,
-                index_of(&to),
-                msg
-            );
-        }
-        if self.sim.trace.is_some()
-            && index_of(&to) == self.sim.trace.unwrap_or(0)
-            && matches!(msg, Message::Prune { .. })
-        {
-            eprintln!(
-                "TRACE {} {} -> {}: {:?}",
-                self.sim.now / 1000,
-                self.n,
-                index_of(&to),
-                msg
+                index_of(&to)
             );
         }
         let bytes = self.sim.frame_len(&msg);
