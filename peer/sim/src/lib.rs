@@ -271,6 +271,7 @@ impl Sim {
             if index < sim.nodes.len() && sim.cfg.router_queue_ms > 0 {
                 let periods = periods.iter().map(|(a, b)| (a * 1_000_000, b * 1_000_000)).collect();
                 sim.nodes[index].household = Some(household::Household::scheduled(periods));
+                sim.schedule(0, Ev::Household(index));
             }
         }
         sim.schedule(0, Ev::Frame);
@@ -505,7 +506,7 @@ impl Sim {
             Ev::Close { node, peer } => self.close(node, peer),
             Ev::Join(n) => {
                 self.nodes[n].online = true;
-                if self.nodes[n].household.is_some() {
+                if self.nodes[n].household.as_ref().is_some_and(|h| !h.is_scheduled()) {
                     self.schedule(self.now, Ev::Household(n));
                 }
                 self.nodes[n].joined_us = self.now;

@@ -247,19 +247,19 @@ impl Sim {
     /// dropped at the full queue.
     pub(crate) fn household(&mut self, n: usize) {
         let node = &mut self.nodes[n];
-        if !node.online {
-            return;
-        }
         let (Some(h), Some(router)) = (&mut node.household, &mut node.router) else {
             return;
         };
+        // (A given household uploads whether its viewer runs shoal yet or not.)
+        if !node.online && !h.is_scheduled() {
+            return;
+        }
         let rtt = self.cfg.rtt_ms * 1000 + router.backlog_us(self.now);
         let bytes = h.tick(self.now, rtt);
         if bytes > 0 {
             let passage = router.pass_now(self.now, bytes, PACKET_BYTES);
             if passage.dropped > 0 {
-                h.dropped(self.now, rtt);
-                h.sent_bits -= (passage.dropped.min(bytes.div_ceil(PACKET_BYTES)) * PACKET_BYTES * 8) as f64;
+                h.dropped(self.now, rtt, passage.dropped.min(bytes.div_ceil(PACKET_BYTES)));
             }
         }
         self.schedule(self.now + super::household::TICK_US, Ev::Household(n));

@@ -52,6 +52,10 @@ pub struct Report {
     /// as a share of their uplinks (absent without cross traffic).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cross_traffic_share: Option<f64>,
+    /// The same for each upload period of the households given with `--household`, in order
+    /// (the lab's "TCP before shoal" and "after").
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub household_shares: Vec<f64>,
     /// Padding bytes (capacity probes) / DATA bytes.
     pub padding_ratio: f64,
     /// Honest viewers' learnt capacity / their uplink's rate, at the end: p10 and p50
@@ -292,13 +296,18 @@ impl Sim {
                 let shares: Vec<f64> = self
                     .nodes
                     .iter()
-                    .filter_map(|n| {
-                        let h = n.household.as_ref()?;
-                        (h.on_us > 0).then(|| h.sent_bits / (h.on_us as f64 / 1e6) / n.upload_bps)
-                    })
+                    .filter_map(|n| n.household.as_ref().map(|h| h.shares(n.upload_bps, self.now)))
+                    .flatten()
                     .collect();
                 (!shares.is_empty()).then(|| round(shares.iter().sum::<f64>() / shares.len() as f64, 3))
             },
+            household_shares: self
+                .nodes
+                .iter()
+                .filter_map(|n| n.household.as_ref().filter(|h| h.is_scheduled()).map(|h| h.shares(n.upload_bps, self.now)))
+                .flatten()
+                .map(|s| round(s, 3))
+                .collect(),
             slow_dropped: self.slow_dropped,
             padding_ratio: round(padding as f64 / data_sent.max(1) as f64, 4),
             capacity_learnt,
