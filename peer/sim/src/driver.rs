@@ -20,8 +20,13 @@ pub(crate) struct NodeIo<'a> {
 
 impl Driver for NodeIo<'_> {
     fn send(&mut self, to: NodeId, msg: Message) {
-        // SHOAL_SIM_TRACE=n: the tree messages node n sends, and the PRUNEs it is sent.
-        let traced = self.sim.trace == Some(self.n) && matches!(msg, Message::Graft { .. } | Message::Prune { .. })
+        // SHOAL_SIM_TRACE=n: the tree messages and REQUESTs node n sends, and the PRUNEs it
+        // is sent.
+        let traced = self.sim.trace == Some(self.n)
+            && matches!(
+                msg,
+                Message::Graft { .. } | Message::Prune { .. } | Message::Request { .. }
+            )
             || self.sim.trace == Some(index_of(&to)) && matches!(msg, Message::Prune { .. });
         if traced {
             eprintln!(
@@ -49,8 +54,9 @@ impl Driver for NodeIo<'_> {
 
     fn judged(&mut self, from: NodeId, header: ChunkHeader, verdict: Verdict) {
         let bytes = u64::from(header.payload_len);
+        // SHOAL_SIM_WATCH: the chunks the watchers (and the traced node) get, when, from whom.
         if verdict == Verdict::New
-            && self.sim.nodes[self.n].watch.is_some()
+            && (self.sim.nodes[self.n].watch.is_some() || self.sim.trace == Some(self.n))
             && std::env::var_os("SHOAL_SIM_WATCH").is_some()
             && let super::Role::Honest(state) = &self.sim.nodes[self.n].role
         {

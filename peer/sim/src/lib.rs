@@ -185,6 +185,8 @@ pub struct Sim {
     scratch: BytesMut,
     /// `SHOAL_SIM_TRACE=n`: print node n's uplink twice a second.
     trace: Option<usize>,
+    /// `SHOAL_SIM_DEBUG`: latencies (ms) per 10 s of the run, printed at the end.
+    debug_latency: Option<Vec<Vec<u32>>>,
     /// Connections closed by QUIC's idle timeout, and neighbours dropped as too slow.
     idle_timeouts: u64,
     slow_dropped: u64,
@@ -234,6 +236,7 @@ impl Sim {
             scratch: BytesMut::new(),
             idle_timeouts: 0,
             trace: std::env::var("SHOAL_SIM_TRACE").ok().and_then(|s| s.parse().ok()),
+            debug_latency: std::env::var_os("SHOAL_SIM_DEBUG").map(|_| Vec::new()),
             slow_dropped: 0,
             cpu: cfg.cpu.clone().map(Cpu::new),
             cfg,

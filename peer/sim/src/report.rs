@@ -117,6 +117,13 @@ impl Sim {
                 eprintln!("watch {} {} {}", self.now / 1000, latency_us / 1000, header.seq);
             }
         }
+        if let Some(windows) = &mut self.debug_latency {
+            let w = (self.now / 10_000_000) as usize;
+            if windows.len() <= w {
+                windows.resize(w + 1, Vec::new());
+            }
+            windows[w].push((latency_us / 1000) as u32);
+        }
         self.delivered += 1;
         self.latency_ms[((latency_us / 1000) as usize).min(HISTOGRAM_MS)] += 1;
         if node.startup_us.is_some_and(|s| emitted_at >= s) && latency_us <= self.cfg.deadline_ms * 1000 {
@@ -130,6 +137,51 @@ impl Sim {
         let (mut expected, mut on_time, mut startups) = (0u64, 0u64, Vec::new());
         let mut max_peer_upload: f64 = 0.0;
         let bytes_per_us = self.stream_bytes as f64 / end.max(1) as f64;
+        if std::env::var_os("SHOAL_SIM_DEBUG").is_some()
+            && let Role::Honest(source) = &self.nodes[SOURCE].role
+        {
+            let c = source.counters();
+            eprintln!(
+                "source requests served {} refused {}; sent data {} control {}",
+                c.requests_served, c.requests_refused, self.nodes[SOURCE].sent_data, self.nodes[SOURCE].sent_control
+            );
+        }
+        if let Some(windows) = &self.debug_latency {
+            let p95: Vec<u32> = windows
+                .iter()
+                .map(|w| {
+                    let mut w = w.clone();
+                    w.sort_unstable();
+                    w.get(w.len() * 95 / 100).copied().unwrap_or(0)
+                })
+                .collect();
+            eprintln!("latency p95 per 10 s: {p95:?}");
+        }
+        if std::env::var_os("SHOAL_SIM_DEBUG").is_some() {
+            let mut t = [0u64; 6];
+            for node in &self.nodes {
+                if let Role::Honest(state) = &node.role {
+                    let c = state.counters();
+                    for (i, v) in [
+                        c.children_shed,
+                        c.children_displaced,
+                        c.pruned_by_parent,
+                        c.parents_quiet,
+                        c.parents_switched,
+                        c.requests_sent,
+                    ]
+                    .into_iter()
+                    .enumerate()
+                    {
+                        t[i] += v;
+                    }
+                }
+            }
+            eprintln!(
+                "trees: shed {} displaced {} pruned_by_parent {} quiet {} switched {} requests {}",
+                t[0], t[1], t[2], t[3], t[4], t[5]
+            );
+        }
         for node in self.nodes.iter().skip(1) {
             if matches!(node.role, Role::Evil(_)) || (node.joined_us == 0 && !node.online && node.left_us.is_none()) {
                 continue;
@@ -138,6 +190,11 @@ impl Sim {
             if std::env::var_os("SHOAL_SIM_DEBUG").is_some()
                 && let Role::Honest(state) = &node.role
             {
+                let c = state.counters();
+                eprintln!(
+                    "{} requests sent {} served {} refused {}",
+                    node.addr, c.requests_sent, c.requests_served, c.requests_refused
+                );
                 if let Some(r) = &node.router {
                     let mut q = r.queued_us.clone();
                     q.sort_unstable();
@@ -304,7 +361,12 @@ impl Sim {
             household_shares: self
                 .nodes
                 .iter()
-                .filter_map(|n| n.household.as_ref().filter(|h| h.is_scheduled()).map(|h| h.shares(n.upload_bps, self.now)))
+                .filter_map(|n| {
+                    n.household
+                        .as_ref()
+                        .filter(|h| h.is_scheduled())
+                        .map(|h| h.shares(n.upload_bps, self.now))
+                })
                 .flatten()
                 .map(|s| round(s, 3))
                 .collect(),

@@ -1,4 +1,4 @@
-//! The stream as this node sees it: its rate over the last two seconds of broadcaster time,
+//! The stream as this node sees it: its rate over the last ten seconds of broadcaster time,
 //! when a new chunk last arrived, and when a neighbour last announced chunks newer than ours.
 //! A silent parent is a problem only while the stream flows; capacity is counted in copies of
 //! the measured rate.
@@ -6,8 +6,12 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// Stream rate is measured over this much broadcaster time.
-const RATE_SPAN_US: u64 = 2_000_000;
+/// Stream rate is measured over this much broadcaster time: ten segments or so, so that
+/// one keyframe more or less in the span moves it by little (children are counted in copies
+/// of it, and a rate that jitters sheds and takes them back in turn).
+const RATE_SPAN_US: u64 = 10_000_000;
+/// ...and first measured once this much is seen.
+const FIRST_SPAN_US: u64 = 500_000;
 /// The stream flows if a new chunk arrived this recently...
 const FLOWING_CHUNK: Duration = Duration::from_millis(500);
 /// ...or a neighbour announced a newer one this recently.
@@ -37,11 +41,11 @@ impl StreamMeter {
         while self.recent_bytes.front().is_some_and(|(ts, _)| *ts < from) {
             self.recent_bytes.pop_front();
         }
-        // Measured once half a second of stream is seen (over up to two seconds); kept
+        // Measured once half a second of stream is seen (over up to ten seconds); kept
         // between updates.
         if let Some(first) = self.first_chunk_us {
             let span = newest_us.saturating_sub(first).min(RATE_SPAN_US);
-            if span >= RATE_SPAN_US / 4 {
+            if span >= FIRST_SPAN_US {
                 let bytes: usize = self.recent_bytes.iter().map(|(_, b)| b).sum();
                 self.rate_bps = Some(bytes as f64 * 8.0 * 1e6 / span as f64);
             }
@@ -59,7 +63,7 @@ impl StreamMeter {
         self.first_chunk_us = None;
     }
 
-    /// The stream's rate in bit/s over the last two seconds of broadcaster time, once seen.
+    /// The stream's rate in bit/s over the last ten seconds of broadcaster time, once seen.
     pub fn bps(&self) -> Option<f64> {
         self.rate_bps
     }

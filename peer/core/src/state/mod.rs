@@ -43,6 +43,11 @@ const STARVING_AFTER: Duration = Duration::from_secs(4);
 /// How long a starving newcomer keeps out a neighbour that lied about its place in the trees.
 /// (Short: an honest node looks the same while the whole stream is stalled.)
 const LIAR_BAN: Duration = Duration::from_secs(30);
+/// Share of a copy of the stream the source spends on repairs, at most.
+const SOURCE_REPAIR_SHARE: f64 = 0.5;
+/// Seconds of that share the source may spend at once (a swarm forming, or a relay's
+/// household taking its uplink, needs it all at once, and then for a long while not).
+const SOURCE_REPAIR_BURST_S: f64 = 10.0;
 /// HAVEs are judged against our live edge only while chunks arrive this recently.
 const HAVE_CHECK_WITHIN: Duration = Duration::from_secs(1);
 
@@ -131,7 +136,7 @@ impl State {
         self.view.is_banned(id, now)
     }
 
-    /// The stream's rate in bit/s over the last two seconds of broadcaster time, once seen.
+    /// The stream's rate in bit/s over the last ten seconds of broadcaster time, once seen.
     pub fn stream_bps(&self) -> Option<f64> {
         self.meter.bps()
     }
@@ -293,7 +298,7 @@ impl State {
                 };
                 self.trees.on_graft(from, stripe, now, &cx, &mut self.out);
             }
-            Message::Prune { stripe } => self.trees.on_prune(from, stripe, now),
+            Message::Prune { stripe } => self.trees.on_prune(from, stripe, now, &mut self.out),
             Message::Status {
                 depths,
                 upload_kbps,
@@ -327,7 +332,11 @@ impl State {
                     .on_punch(peer, &addrs, &self.config.listen, &mut self.view, now, &mut self.out)
             }
             Message::Goodbye { .. } => self.evict(from, DisconnectReason::Goodbye, now),
-            // HELLO is the driver's; CANCEL is not acted on by this core yet.
+            // A neighbour will not send what we asked of it.
+            Message::Cancel { epoch, ranges } if self.window.live_epoch() == Some(epoch) => {
+                self.repair.refused(from, &ranges)
+            }
+            // HELLO is the driver's.
             _ => {}
         }
     }
@@ -378,17 +387,32 @@ impl State {
     }
 
     fn on_request(&mut self, from: NodeId, epoch: u64, ranges: &[SeqRange], now: Instant) {
-        // The source's upload is for new chunks: it repairs only the children it feeds.
-        if self.config.source && !self.trees.is_child(&from) {
-            return;
+        let mut spare = repair::spare_bps(&self.config, self.meter.plan_bps(), self.trees.children_total());
+        if self.config.source {
+            // The source's upload is for new chunks: repairs get at most a share of a copy,
+            // the last resort of a node the swarm could not serve in time (requesters ask
+            // it last). (Half a copy: with its one copy to its children, 1.5x at most.)
+            let share = self.meter.bps().map(|b| b * SOURCE_REPAIR_SHARE);
+            spare = match (spare, share) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => b.or(a.map(|_| 0.0)),
+            };
+            if spare.is_none() {
+                return;
+            }
         }
-        let spare = repair::spare_bps(&self.config, self.meter.plan_bps(), self.trees.children_total());
-        self.repair.refill(spare, now);
+        let burst_s = if self.config.source { SOURCE_REPAIR_BURST_S } else { 1.0 };
+        self.repair.refill(spare, burst_s, now);
         let deadline = now + self.config.push_deadline;
         let window = &self.window;
         let held = |seq| window.get(epoch, seq);
-        self.repair
+        let refused = self
+            .repair
             .serve(from, ranges, held, deadline, &mut self.view, &mut self.out);
+        if !refused.is_empty() {
+            let ranges = ranges_of(refused);
+            self.out.send(from, Message::Cancel { epoch, ranges });
+        }
     }
 
     fn on_chunk(&mut self, from: Option<NodeId>, chunk: Arc<Chunk>, now: Instant) {

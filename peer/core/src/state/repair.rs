@@ -36,6 +36,14 @@ struct Progress {
     stall_checked: Option<u64>,
 }
 
+/// A request out for a chunk: whom, when, and whether that neighbour said no (CANCEL).
+#[derive(Debug, Clone, Copy)]
+struct Asked {
+    who: NodeId,
+    at: Instant,
+    refused: bool,
+}
+
 #[derive(Debug)]
 pub(super) struct Repair {
     k: Stripes,
@@ -48,8 +56,8 @@ pub(super) struct Repair {
     backfilled: bool,
     /// Gap → when it was first seen open.
     missing: BTreeMap<u64, Instant>,
-    /// Seq → (neighbour asked, when).
-    requested: HashMap<u64, (NodeId, Instant)>,
+    /// Seq → the last request for it.
+    requested: HashMap<u64, Asked>,
     /// Bytes this node may still spend serving REQUESTs (`None`: no cap to respect).
     tokens: Option<f64>,
     refilled: Option<Instant>,
@@ -76,7 +84,7 @@ impl Repair {
     /// still absent are gaps, and it is announced in the next HAVE round. Returns the
     /// neighbour it had been asked of, if any.
     pub fn note_new_chunk(&mut self, seq: u64, window: &Window, now: Instant) -> Option<NodeId> {
-        let asked = self.requested.remove(&seq).map(|(asked, _)| asked);
+        let asked = self.requested.remove(&seq).map(|a| a.who);
         self.missing.remove(&seq);
         let s = self.k.of(seq);
         self.note_gaps(seq, self.stripes[s].newest, window, now);
@@ -99,7 +107,7 @@ impl Repair {
 
     /// A neighbour is gone: what it was asked for is asked elsewhere.
     pub fn forget(&mut self, id: NodeId) {
-        self.requested.retain(|_, (asked, _)| *asked != id);
+        self.requested.retain(|_, a| a.who != id);
     }
 
     /// Records as gaps the seqs of `seq`'s stripe between the stripe's previous newest and
@@ -225,7 +233,14 @@ impl Repair {
         }
         for seq in &seqs {
             // Gaps like any other: if the answer does not come, repair asks elsewhere.
-            self.requested.insert(*seq, (from, now));
+            self.requested.insert(
+                *seq,
+                Asked {
+                    who: from,
+                    at: now,
+                    refused: false,
+                },
+            );
             self.missing.insert(*seq, now);
         }
         out.counters.requests_sent += 1;
@@ -271,28 +286,50 @@ impl Repair {
                 continue;
             }
             let previous = self.requested.get(&seq).copied();
-            if let Some((_, at)) = previous
-                && now.duration_since(at) < config.request_timeout
+            // (One that said no is asked elsewhere at once.)
+            if let Some(a) = previous
+                && !a.refused
+                && now.duration_since(a.at) < config.request_timeout
             {
                 continue;
             }
-            if let Some((asked, _)) = previous
-                && let Some(n) = view.get_mut(&asked)
+            if let Some(a) = previous
+                && !a.refused
+                && let Some(n) = view.get_mut(&a.who)
             {
                 n.unanswered += 1;
             }
-            let previous = previous.map(|(id, _)| id);
+            // Timed out: the chunk is late by now, and the source is asked first.
+            let timed_out = previous.is_some_and(|a| !a.refused);
+            let previous = previous.map(|a| a.who);
             let holder = view
                 .iter()
                 .filter(|(id, n)| n.has.contains(seq) && Some(**id) != previous)
-                // The least-failing, then strongest uploader: repairs cost upload too.
-                .min_by_key(|(id, n)| (n.unanswered, std::cmp::Reverse(n.upload_kbps), **id))
+                // The least-failing, then strongest uploader: repairs cost upload too. The
+                // source (depth 0, not our parent) is the last resort, but the first once a
+                // request went unanswered.
+                .min_by_key(|(id, n)| {
+                    let source = n.depths.get(stripe) == Some(&0) && trees.parent(stripe) != Some(**id);
+                    let rank = match (source, timed_out) {
+                        (true, true) => 0,
+                        (false, _) => 1,
+                        (true, false) => 2,
+                    };
+                    (rank, n.unanswered, std::cmp::Reverse(n.upload_kbps), **id)
+                })
                 .map(|(id, _)| *id)
                 // Nobody else has it: ask the same neighbour again.
                 .or(previous.filter(|p| view.get(p).is_some_and(|n| n.has.contains(seq))));
             if let Some(holder) = holder {
                 asks.entry(holder).or_default().push(seq);
-                self.requested.insert(seq, (holder, now));
+                self.requested.insert(
+                    seq,
+                    Asked {
+                        who: holder,
+                        at: now,
+                        refused: false,
+                    },
+                );
             }
         }
         for (to, seqs) in asks {
@@ -308,7 +345,9 @@ impl Repair {
     }
 
     /// Sends what a neighbour asked for and we hold, within the repair budget (topped up by
-    /// `refill` first); what is sent is dropped if not out by `deadline`.
+    /// `refill` first); what is sent is dropped if not out by `deadline`. Returns what it
+    /// cannot have (not held, or past the budget), for the caller to tell it at once
+    /// (CANCEL), so it asks someone else.
     pub fn serve<'w>(
         &mut self,
         from: NodeId,
@@ -317,44 +356,62 @@ impl Repair {
         deadline: Instant,
         view: &mut Neighbourhood,
         out: &mut Outbox,
-    ) {
+    ) -> Vec<u64> {
         let mut served = 0;
+        let mut refused = Vec::new();
+        let mut broke = false;
         for seq in ranges.iter().flat_map(SeqRange::iter).take(MAX_SERVED_PER_REQUEST) {
-            if let Some(chunk) = held(seq) {
-                // Repairs come out of what the children leave of the upload; past that the
-                // requester times out and asks someone with room.
-                if let Some(tokens) = &mut self.tokens {
-                    if *tokens < chunk.encoded_len() as f64 {
-                        out.counters.requests_refused += 1;
-                        break;
-                    }
-                    *tokens -= chunk.encoded_len() as f64;
+            let Some(chunk) = held(seq).filter(|_| !broke) else {
+                refused.push(seq);
+                continue;
+            };
+            // Repairs come out of what the children leave of the upload; past that the
+            // requester asks someone with room.
+            if let Some(tokens) = &mut self.tokens {
+                if *tokens < chunk.encoded_len() as f64 {
+                    out.counters.requests_refused += 1;
+                    broke = true;
+                    refused.push(seq);
+                    continue;
                 }
-                served += 1;
-                if let Some(n) = view.get_mut(&from) {
-                    n.has.insert(seq);
-                }
-                out.push(Action::Push {
-                    to: from,
-                    chunk: chunk.clone(),
-                    deadline,
-                });
+                *tokens -= chunk.encoded_len() as f64;
             }
+            served += 1;
+            if let Some(n) = view.get_mut(&from) {
+                n.has.insert(seq);
+            }
+            out.push(Action::Push {
+                to: from,
+                chunk: chunk.clone(),
+                deadline,
+            });
         }
         out.counters.requests_served += served;
+        refused
+    }
+
+    /// `from` will not send these (CANCEL): what was asked of it is asked elsewhere now.
+    pub fn refused(&mut self, from: NodeId, ranges: &[SeqRange]) {
+        for seq in ranges.iter().flat_map(SeqRange::iter).take(MAX_SERVED_PER_REQUEST) {
+            if let Some(a) = self.requested.get_mut(&seq)
+                && a.who == from
+            {
+                a.refused = true;
+            }
+        }
     }
 
     /// Tops up the bytes this node may spend on repairs at `spare_bps` (what its capacity
     /// leaves after its children and a tenth for control), with a second's worth of burst.
     /// `None`: uncapped, or the stream's rate not measured yet: no budget to keep.
-    pub fn refill(&mut self, spare_bps: Option<f64>, now: Instant) {
+    pub fn refill(&mut self, spare_bps: Option<f64>, burst_s: f64, now: Instant) {
         let Some(spare_bps) = spare_bps else {
             self.tokens = None;
             return;
         };
         let elapsed = self.refilled.map_or(1.0, |t| now.duration_since(t).as_secs_f64());
         self.refilled = Some(now);
-        let burst = spare_bps / 8.0;
+        let burst = spare_bps / 8.0 * burst_s;
         let tokens = self.tokens.unwrap_or(burst);
         self.tokens = Some((tokens + elapsed * spare_bps / 8.0).min(burst));
     }

@@ -155,11 +155,6 @@ impl Trees {
         self.status_dirty = true;
     }
 
-    /// A child of ours in some stripe.
-    pub fn is_child(&self, id: &NodeId) -> bool {
-        self.stripes.iter().any(|s| s.children.contains(id))
-    }
-
     /// Parent, pending parent or child of ours in some stripe.
     pub fn involves(&self, id: &NodeId) -> bool {
         self.stripes
@@ -172,11 +167,11 @@ impl Trees {
         self.stripes[s].lag_us.is_some_and(|l| l > LAG_LIMIT_US)
     }
 
-    /// Whether the parent of stripe `s` delivered within `within`.
+    /// Whether the parent of stripe `s` delivered within `within`. (A parent just grafted
+    /// onto has not: it brings chunks from now on, never the ones already missing.)
     pub fn parent_delivered_within(&self, s: usize, now: Instant, within: Duration) -> bool {
-        self.stripes[s]
-            .parent_active
-            .is_some_and(|t| now.duration_since(t) < within)
+        let stripe = &self.stripes[s];
+        stripe.delivering && stripe.parent_active.is_some_and(|t| now.duration_since(t) < within)
     }
 
     /// Hop count from the source in `stripe` (0 at the source).
@@ -326,16 +321,18 @@ impl Trees {
             }
         };
         let displaced = self.stripes[s].children.remove(i);
+        out.counters.children_displaced += 1;
         self.shed(s, displaced, now, out);
         true
     }
 
-    pub fn on_prune(&mut self, from: NodeId, stripe: u8, now: Instant) {
+    pub fn on_prune(&mut self, from: NodeId, stripe: u8, now: Instant, out: &mut Outbox) {
         let s = usize::from(stripe);
         if s >= self.stripes.len() {
             return;
         }
         if self.stripes[s].parent == Some(from) {
+            out.counters.pruned_by_parent += 1;
             self.drop_parent(s, now);
             self.stripes[s].released = Some(from);
         }
@@ -403,6 +400,7 @@ impl Trees {
             stripe.delivering = true;
             self.status_dirty = true;
             out.counters.parent_changes += 1;
+            out.counters.parents_switched += 1;
             return;
         }
         if from.is_some() && from == stripe.parent {
@@ -431,7 +429,14 @@ impl Trees {
     pub fn maintain(&mut self, now: Instant, cx: &Ctx, out: &mut Outbox) -> Vec<NodeId> {
         let mut failed = Vec::new();
         let slots = self.slots(cx.config, cx.meter.plan_bps());
-        while self.children_total() > slots {
+        // (A little over is tolerated: the reserve covers it, and an estimate that moves by
+        // a few percent must not shed a child and take another in turn.)
+        let tolerated = if cx.config.source {
+            slots
+        } else {
+            slots + (slots / 8).max(1)
+        };
+        while self.children_total() > tolerated {
             let Some(s) = (0..self.stripes.len()).max_by_key(|s| self.stripes[*s].children.len()) else {
                 break;
             };
@@ -439,6 +444,7 @@ impl Trees {
                 break;
             };
             // Over capacity: feeding it on would only make everyone's chunks later.
+            out.counters.children_shed += 1;
             out.send(child, Message::Prune { stripe: s as u8 });
             self.status_dirty = true;
         }
@@ -470,6 +476,7 @@ impl Trees {
                     out.send(parent, Message::Prune { stripe: s as u8 });
                     self.drop_parent(s, now);
                     out.counters.parent_changes += 1;
+                    out.counters.parents_quiet += 1;
                     if quiet && !cut_off && never_delivered {
                         failed.push(parent);
                     }

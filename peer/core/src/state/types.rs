@@ -267,6 +267,14 @@ pub struct Counters {
     pub requests_refused: u64,
     pub banned: u64,
     pub parent_changes: u64,
+    /// The trees' churn, by cause: children told to go because the upload no longer carries
+    /// them, children displaced for a stronger newcomer, parents that told us to go, parents
+    /// left for going quiet, and parents left for a nearer or timelier one.
+    pub children_shed: u64,
+    pub children_displaced: u64,
+    pub pruned_by_parent: u64,
+    pub parents_quiet: u64,
+    pub parents_switched: u64,
     /// Neighbours dropped for saying nothing for too long.
     pub silent_dropped: u64,
     /// Hole punching: punches started (as the dialler or the dialled), connected, timed out,

@@ -2,7 +2,7 @@
 //! its own base delay (LEDBAT's history of per-minute minima), and the uplink's queue is what
 //! trusted paths see above their bases. The household router's queue is common to every
 //! path; what a single path adds (the neighbour's own uplink, on the ACK's way back) is not, so
-//! the lower median of the paths' excess is ours.
+//! the lower quartile of the paths' excess is ours.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -133,10 +133,13 @@ impl Delays {
                 p.trusted.then(|| current.saturating_sub(p.base()))
             })
             .collect();
-        // The lower median: what most paths share. (The smallest would let one path whose
-        // base was taken behind a queue hide the queue from all the others.)
+        // The lower quartile: what the least delayed paths share. Our own queue delays every
+        // path alike; a neighbour whose household fills its uplink delays only the ACKs of its
+        // own path, and a third of a swarm's viewers may be such neighbours (the median then
+        // read their queues as ours, and the whole swarm yielded to them). (Not the smallest:
+        // one path whose base was taken behind a queue would hide it from all the others.)
         excess.sort_unstable();
-        let queue = excess.get(excess.len().saturating_sub(1) / 2).copied();
+        let queue = excess.get(excess.len().saturating_sub(1) / 4).copied();
         if queue.is_some() {
             self.queue = queue;
         }
@@ -250,6 +253,17 @@ mod tests {
         d.sample_quiet(1, ms(95), at(5) + ms(50));
         d.sample_quiet(4, ms(12), at(5));
         assert_eq!(d.step(), Some(ms(2)));
+        // Most neighbours' households fill their own uplinks: their ACKs come 400 ms late.
+        let mut d = Delays::default();
+        for p in 1..=5 {
+            d.sample_quiet(p, ms(20 + p), at(0));
+        }
+        d.step();
+        for p in 1..=5 {
+            let reverse = if p <= 3 { 400 } else { 0 };
+            d.sample_quiet(p, ms(20 + p + 10 + reverse), at(1));
+        }
+        assert_eq!(d.step(), Some(ms(10)), "our queue, not theirs");
     }
 
     #[test]
