@@ -107,11 +107,15 @@ pub(super) async fn run_link(
         }
     }
     tasks.abort_all();
+    let why = conn
+        .close_reason()
+        .map_or_else(|| "shutting down".to_string(), |e| e.to_string());
     let _ = shared
         .events
         .send(Input::Unlinked {
             node_id,
             conn_id: conn.stable_id(),
+            why,
         })
         .await;
     true

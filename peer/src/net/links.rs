@@ -48,6 +48,9 @@ impl Links {
 
 impl Driver for Links {
     fn send(&mut self, to: NodeId, msg: Message) {
+        if matches!(msg, Message::Graft { .. } | Message::Prune { .. }) {
+            tracing::debug!(neighbour = %to.short(), ?msg, "tree");
+        }
         if let Some(link) = self.by_id.get(&to)
             && let Err(mpsc::error::TrySendError::Full(_)) = link.control.try_send(msg)
         {

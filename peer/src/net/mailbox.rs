@@ -19,6 +19,8 @@ pub enum Input {
     Unlinked {
         node_id: NodeId,
         conn_id: usize,
+        /// How the connection ended, for the log.
+        why: String,
     },
     Publish(Chunk),
     /// Addresses found elsewhere (the DHT), to dial like a ticket's.

@@ -21,7 +21,7 @@ use shoal_core::uplink::{Mode, Uplink, UplinkConfig};
 use super::connect::{Dialer, run_link};
 use super::link::{Identity, Shared};
 use super::links::Links;
-use super::mailbox::Input;
+use super::mailbox::{Input, LinkHandle};
 use super::pacer::Pacer;
 use super::stats::{Stats, spawn_writer};
 use super::uplink::{Reporting, SharedUplink};
@@ -262,8 +262,20 @@ async fn run_core(
                 continue;
             }
             Input::Linked(link) => {
-                if links.by_id.contains_key(&link.node_id) {
-                    link.conn.close(close::DUPLICATE.into(), b"already connected");
+                if let Some(existing) = links.by_id.get(&link.node_id) {
+                    // Two nodes that dial each other at once each hold two connections:
+                    // both keep the one the smaller node ID dialled (closing "the new one"
+                    // on each side closed both, and they dialled again, and again).
+                    let me = core.node_id();
+                    let dialler = |l: &LinkHandle| if l.outbound { me } else { l.node_id };
+                    if dialler(&link) < dialler(existing) {
+                        if let Some(old) = links.by_id.insert(link.node_id, link) {
+                            old.conn.close(close::DUPLICATE.into(), b"already connected");
+                            stats.closed(&old.stats);
+                        }
+                    } else {
+                        link.conn.close(close::DUPLICATE.into(), b"already connected");
+                    }
                     continue;
                 }
                 let event = Event::NeighbourUp {
@@ -282,14 +294,14 @@ async fn run_core(
                 links.by_id.insert(link.node_id, link);
                 event
             }
-            Input::Unlinked { node_id, conn_id } => {
+            Input::Unlinked { node_id, conn_id, why } => {
                 if links.by_id.get(&node_id).is_none_or(|l| l.conn.stable_id() != conn_id) {
                     continue;
                 }
                 if let Some(link) = links.by_id.remove(&node_id) {
                     stats.closed(&link.stats);
                 }
-                tracing::info!(neighbour = %node_id.short(), "neighbour down");
+                tracing::info!(neighbour = %node_id.short(), %why, "neighbour down");
                 Event::NeighbourDown { id: node_id }
             }
         };

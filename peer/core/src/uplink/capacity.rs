@@ -49,6 +49,9 @@ pub struct Capacity {
     fell_at: Option<Instant>,
     /// Chunk bytes released, smoothed over a few steps (bit/s).
     recent_sent: f64,
+    /// A probe runs: a measure far above the estimate replaces it instead of being averaged
+    /// in (it measures the uplink itself, not the share the household left).
+    probing: bool,
 }
 
 impl Capacity {
@@ -65,7 +68,19 @@ impl Capacity {
             measured_at: None,
             fell_at: None,
             recent_sent: 0.0,
+            probing: false,
         }
+    }
+
+    /// A probe starts: a fresh window, whose measure is taken as it is.
+    pub fn probe_from(&mut self, now: Instant) {
+        self.window_start = now;
+        self.step_start = now;
+        self.acked = 0;
+        self.acked_step = 0;
+        self.acked_full = 0;
+        self.full_for = Duration::ZERO;
+        self.probing = true;
     }
 
     pub fn acked(&mut self, bytes: u64) {
@@ -100,10 +115,13 @@ impl Capacity {
         let delivered = self.acked as f64 * 8.0 / elapsed.as_secs_f64();
         if self.full_for >= FULL_FOR {
             let delivered = self.acked_full as f64 * 8.0 / self.full_for.as_secs_f64();
+            // (A probe that finds far more than the estimate took the uplink back from the
+            // household: that is the uplink now. Otherwise measures are averaged.)
             let new = match (self.how, self.estimate) {
-                (How::Measured, Some(e)) => 0.5 * e + 0.5 * delivered,
+                (How::Measured, Some(e)) if !(self.probing && delivered > 1.5 * e) => 0.5 * e + 0.5 * delivered,
                 _ => delivered,
             };
+            self.probing = false;
             if self.estimate.is_some_and(|e| new < 0.7 * e) {
                 self.fell_at = Some(now);
             }

@@ -408,9 +408,10 @@ impl Uplink {
             gain = gain.min(0.5);
             self.last_congestion = Some(now);
         }
-        // Someone else's traffic held the queue up (drops, or a queue over the target):
-        // once it is gone, probe again to see the uplink come back.
-        if congested || queue.is_some_and(|q| q > self.target) {
+        // Someone else's traffic held the queue up (drops, or a queue over the target, while
+        // we sent under half of what the uplink carries): once it is gone, probe again to
+        // see the uplink come back. (Not our own probe's queue: that would call the next.)
+        if self.yielding && self.probe_until.is_none() && (congested || queue.is_some_and(|q| q > self.target)) {
             self.pressed_at = Some(now);
         }
         // A change shows in the samples only a round trip (queue included) later: until then
@@ -561,24 +562,30 @@ impl Uplink {
         let Some(next) = self.next_probe else {
             return;
         };
-        // A node that fills its uplink with chunks shows what it carries without padding.
-        if self
-            .capacity
-            .measured_since(now.checked_sub(self.probe_spacing).unwrap_or(now))
-        {
-            self.next_probe = Some(now + self.probe_spacing);
-            return;
-        }
         // Soon after the estimate fell (the household took the uplink), probe as soon as the
         // queue has been empty a while: the uplink may be free again.
         let pressed =
             self.capacity.fell_lately() || self.pressed_at.is_some_and(|t| now.duration_since(t) < PRESSED_LATELY);
         let freed = pressed && self.quiet_steps >= FREED_STEPS && self.probed_at < self.pressed_at;
+        // A node that fills its uplink with chunks shows what it carries without padding.
+        // (Not once the household's traffic went away: what was measured beside it was only
+        // our share.)
+        if !freed
+            && self
+                .capacity
+                .measured_since(now.checked_sub(self.probe_spacing).unwrap_or(now))
+        {
+            self.next_probe = Some(now + self.probe_spacing);
+            return;
+        }
         // (Not before two paths are believed: the queue the probe builds must be seen.)
         let seeing = self.delays.trusted_lately(now) >= 2;
         if (now >= next || freed) && seeing && self.slowdown_until.is_none() {
             self.probe_until = Some(now + PROBE_FOR);
             self.probed_at = Some(now);
+            // What the probe finds is measured from now on, alone (a window begun beside the
+            // household's traffic would end it at once with that traffic's leftovers).
+            self.capacity.probe_from(now);
         }
     }
 }
