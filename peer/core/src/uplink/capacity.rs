@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 const WINDOW: Duration = Duration::from_secs(1);
 /// Full time in a window that makes it a measure of the capacity.
 const FULL_FOR: Duration = Duration::from_millis(300);
+/// The most the uplink was seen to carry is remembered this long (the estimate itself falls
+/// to our share while the household's traffic lasts).
+const PEAK_FOR: Duration = Duration::from_secs(300);
 /// A fall of the estimate is "lately" for this long (probe again soon, to see it come back).
 const FELL_LATELY: Duration = Duration::from_secs(30);
 
@@ -49,6 +52,8 @@ pub struct Capacity {
     fell_at: Option<Instant>,
     /// Chunk bytes released, smoothed over a few steps (bit/s).
     recent_sent: f64,
+    /// The highest estimate of the last `PEAK_FOR`, and when it was made.
+    peak: Option<(f64, Instant)>,
     /// A probe runs: a measure far above the estimate replaces it instead of being averaged
     /// in (it measures the uplink itself, not the share the household left).
     probing: bool,
@@ -69,6 +74,7 @@ impl Capacity {
             fell_at: None,
             recent_sent: 0.0,
             probing: false,
+            peak: None,
         }
     }
 
@@ -128,6 +134,12 @@ impl Capacity {
             self.estimate = Some(new);
             self.how = How::Measured;
             self.measured_at = Some(now);
+            if self
+                .peak
+                .is_none_or(|(p, at)| new >= p || now.duration_since(at) > PEAK_FOR)
+            {
+                self.peak = Some((new, now));
+            }
         } else if self.acked > 0 {
             self.estimate = Some(self.estimate.map_or(delivered, |e| e.max(delivered)));
             if self.how == How::Unknown {
@@ -142,6 +154,16 @@ impl Capacity {
 
     pub fn bps(&self) -> Option<f64> {
         self.estimate
+    }
+
+    /// The most the uplink was measured to carry in the last few minutes (the estimate
+    /// before it was measured).
+    pub fn peak_bps(&self, now: Instant) -> f64 {
+        let estimate = self.estimate.unwrap_or(0.0);
+        match self.peak {
+            Some((p, at)) if now.duration_since(at) <= PEAK_FOR => p.max(estimate),
+            _ => estimate,
+        }
     }
 
     pub fn how(&self) -> How {

@@ -477,8 +477,9 @@ impl Uplink {
         self.rate = self.rate.clamp(FLOOR_BPS.min(cap), cap.max(FLOOR_BPS.min(cap)));
         // Over target while sending under half of what the uplink carries: the queue is
         // the household's, and we are stepping aside.
-        self.yielding =
-            queue.is_some_and(|q| q > self.target) && self.capacity.bps().is_some_and(|c| self.rate < 0.5 * c);
+        // (Half of the most it was seen to carry lately: the estimate itself falls to our
+        // share while the household's traffic lasts.)
+        self.yielding = queue.is_some_and(|q| q > self.target) && self.rate < 0.5 * self.capacity.peak_bps(now);
         if self.yielding {
             self.yielded_until = Some(now + YIELD_HOLD);
         } else if self.yielded_until.is_some_and(|t| now >= t) {
@@ -583,6 +584,12 @@ impl Uplink {
         if (now >= next || freed) && seeing && self.slowdown_until.is_none() {
             self.probe_until = Some(now + PROBE_FOR);
             self.probed_at = Some(now);
+            // The uplink carried its peak a few minutes ago at most, and the queue is quiet
+            // now: half of it at once, the rest as the probe grows.
+            if freed {
+                self.rate = self.rate.max(0.5 * self.capacity.peak_bps(now));
+                self.last_change = Some(now);
+            }
             // What the probe finds is measured from now on, alone (a window begun beside the
             // household's traffic would end it at once with that traffic's leftovers).
             self.capacity.probe_from(now);

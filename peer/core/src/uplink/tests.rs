@@ -216,3 +216,28 @@ fn foreground_is_paced_only_by_the_cap() {
     let up = Uplink::new(cfg, Instant::now());
     assert_eq!(up.pacing_bps(), Some(3e6));
 }
+
+#[test]
+fn after_a_bulk_upload_that_took_it_all_the_uplink_is_probed_back_within_5_s() {
+    // The household's bulk upload takes nearly the whole uplink for 12 s; the swarm moves this
+    // node's children to others meanwhile, so little is asked of it when the upload stops.
+    // Nothing then fills the uplink to show it is free again: the controller must probe.
+    let mut lab = Lab::new(4e6, 3e6);
+    let mut up = background(lab.now);
+    lab.run(&mut up, 15.0);
+    lab.household_bps = 3.9e6;
+    lab.household_on = true;
+    lab.demand_bps = 0.2e6;
+    lab.run(&mut up, 12.0);
+    assert!(
+        up.plan_bps().is_some_and(|p| p < 2e6),
+        "planned {:?} beside the upload",
+        up.plan_bps()
+    );
+    lab.household_on = false;
+    lab.run(&mut up, 5.0);
+    let rate = up.pacing_bps().expect("paces");
+    let plan = up.plan_bps().expect("measured");
+    assert!(rate > 0.7 * 4e6, "the rate is back to {rate} bit/s only, 5 s after");
+    assert!(plan > 0.7 * 4e6, "children planned with {plan} bit/s only, 5 s after");
+}
