@@ -44,7 +44,7 @@ const STARVING_AFTER: Duration = Duration::from_secs(4);
 /// (Short: an honest node looks the same while the whole stream is stalled.)
 const LIAR_BAN: Duration = Duration::from_secs(30);
 /// Share of a copy of the stream the source spends on repairs, at most.
-const SOURCE_REPAIR_SHARE: f64 = 0.5;
+const SOURCE_REPAIR_SHARE: f64 = 0.4;
 /// Seconds of that share the source may spend at once (a swarm forming, or a relay's
 /// household taking its uplink, needs it all at once, and then for a long while not).
 const SOURCE_REPAIR_BURST_S: f64 = 10.0;
@@ -391,7 +391,8 @@ impl State {
         if self.config.source {
             // The source's upload is for new chunks: repairs get at most a share of a copy,
             // the last resort of a node the swarm could not serve in time (requesters ask
-            // it last). (Half a copy: with its one copy to its children, 1.5x at most.)
+            // it last). (Two fifths of a copy: with its one copy to its children and what
+            // QUIC adds, under 1.5x.)
             let share = self.meter.bps().map(|b| b * SOURCE_REPAIR_SHARE);
             spare = match (spare, share) {
                 (Some(a), Some(b)) => Some(a.min(b)),

@@ -15,8 +15,13 @@ struct Lab {
     /// Household traffic entering the same queue while `household_on`, bit/s.
     household_bps: f64,
     household_on: bool,
+    /// Or a household's bulk TCP upload (Reno-like: a window that grows a packet a round trip
+    /// and is cut by 30 % on a drop, or times out when under four packets were in flight).
+    tcp: Option<Tcp>,
     /// Chunk bytes the swarm asks this node to send per second (bit/s).
     demand_bps: f64,
+    /// The three paths' base round trips.
+    bases_ms: [u64; 3],
     backlog_bytes: f64,
     acks: std::collections::VecDeque<(Instant, u64, u64, Duration)>,
     now: Instant,
@@ -35,7 +40,9 @@ impl Lab {
             bursty: false,
             household_bps: 0.0,
             household_on: false,
+            tcp: None,
             demand_bps,
+            bases_ms: [20, 50, 80],
             backlog_bytes: 0.0,
             acks: Default::default(),
             now: Instant::now(),
@@ -63,6 +70,16 @@ impl Lab {
             if self.household_on {
                 self.backlog_bytes += self.household_bps / 8.0 / 1000.0;
             }
+            if let Some(tcp) = &mut self.tcp {
+                let queue = Duration::from_secs_f64(self.backlog_bytes / (self.uplink_bps / 8.0));
+                let bytes = tcp.step(self.now, queue);
+                if queue > self.depth {
+                    tcp.dropped(self.now, queue);
+                } else {
+                    self.backlog_bytes += bytes;
+                    tcp.delivered += bytes;
+                }
+            }
             // What the controller lets out this millisecond, chunks first, then padding.
             let allowed = up.pacing_bps().unwrap_or(f64::INFINITY) / 8.0 / 1000.0;
             let burst = match (self.bursty, i % 1000 < 100) {
@@ -81,7 +98,7 @@ impl Lab {
             self.queue_ms.push(queue.as_secs_f64() * 1000.0);
             let path = i % 3;
             let jitter = self.jitter.mul_f64(self.random());
-            let base = Duration::from_millis(20 + 30 * path) + jitter;
+            let base = Duration::from_millis(self.bases_ms[path as usize]) + jitter;
             if bytes > 0.0 {
                 let dropped = queue > self.depth || self.random() < self.loss;
                 if dropped {
@@ -110,6 +127,64 @@ impl Lab {
         let mut tail: Vec<f64> = self.queue_ms[self.queue_ms.len() - n..].to_vec();
         tail.sort_by(f64::total_cmp);
         tail[tail.len() * 95 / 100]
+    }
+}
+
+/// A bulk TCP upload through the lab's queue (1 ms base round trip, as in the namespace lab).
+struct Tcp {
+    /// Congestion window, packets.
+    window: f64,
+    last_cut: Option<Instant>,
+    timeout_until: Option<Instant>,
+    owed: f64,
+    delivered: f64,
+}
+
+impl Tcp {
+    const BASE: Duration = Duration::from_millis(1);
+
+    fn new() -> Self {
+        Tcp {
+            window: 10.0,
+            last_cut: None,
+            timeout_until: None,
+            owed: 0.0,
+            delivered: 0.0,
+        }
+    }
+
+    /// Bytes it sends in this millisecond.
+    fn step(&mut self, now: Instant, queue: Duration) -> f64 {
+        if self.timeout_until.is_some_and(|t| now < t) {
+            return 0.0;
+        }
+        self.timeout_until = None;
+        let rtt = (Self::BASE + queue).as_secs_f64();
+        // A packet a round trip, in this millisecond's share.
+        self.window += 0.001 / rtt;
+        self.owed += self.window * 1200.0 * 0.001 / rtt;
+        let bytes = self.owed.floor();
+        self.owed -= bytes;
+        bytes
+    }
+
+    fn dropped(&mut self, now: Instant, queue: Duration) {
+        let rtt = Self::BASE + queue;
+        if self.last_cut.is_some_and(|t| now.duration_since(t) < rtt) {
+            return;
+        }
+        self.last_cut = Some(now);
+        if self.window < 4.0 {
+            self.timeout_until = Some(now + Duration::from_millis(200));
+            self.window = 1.0;
+        } else {
+            self.window *= 0.7;
+        }
+    }
+
+    /// kbit/s delivered over `seconds`, counting from the last reset.
+    fn take_kbps(&mut self, seconds: f64) -> f64 {
+        std::mem::take(&mut self.delivered) * 8.0 / 1000.0 / seconds
     }
 }
 
@@ -240,4 +315,36 @@ fn after_a_bulk_upload_that_took_it_all_the_uplink_is_probed_back_within_5_s() {
     let plan = up.plan_bps().expect("measured");
     assert!(rate > 0.7 * 4e6, "the rate is back to {rate} bit/s only, 5 s after");
     assert!(plan > 0.7 * 4e6, "children planned with {plan} bit/s only, 5 s after");
+}
+
+#[test]
+fn a_bulk_upload_that_filled_a_shallow_queue_first_keeps_its_throughput() {
+    // The household's TCP upload has filled a 30 ms router queue before shoal starts: every
+    // path's base delay is taken behind that queue. The controller must still step aside.
+    for depth_ms in [30, 400] {
+        let mut lab = Lab::new(10e6, 8e6);
+        lab.depth = Duration::from_millis(depth_ms);
+        lab.tcp = Some(Tcp::new());
+        // The namespace lab: neighbours a millisecond away.
+        lab.bases_ms = [1, 1, 2];
+        let mut none = Uplink::new(
+            UplinkConfig {
+                cap_bps: Some(1.0),
+                ..UplinkConfig::default()
+            },
+            lab.now,
+        );
+        // Alone (shoal sends nothing: a cap of 1 bit/s and no probe).
+        none.cfg.probe = false;
+        lab.run(&mut none, 10.0);
+        let alone = lab.tcp.as_mut().expect("tcp").take_kbps(10.0);
+        let mut up = background(lab.now);
+        lab.run(&mut up, 30.0);
+        let beside = lab.tcp.as_mut().expect("tcp").take_kbps(30.0);
+        assert!(
+            beside >= 0.8 * alone,
+            "{depth_ms} ms queue: TCP got {beside:.0} kbit/s beside shoal, {alone:.0} alone ({:?})",
+            up.report()
+        );
+    }
 }
