@@ -63,7 +63,8 @@ pub enum Message {
     Have { epoch: u64, ranges: Vec<SeqRange> },
     /// "Send me these chunks."
     Request { epoch: u64, ranges: Vec<SeqRange> },
-    /// "Stop sending these chunks" (already had them, or too late now).
+    /// "None of these chunks between us": from a node asked for them, it will not send them
+    /// (not held, or no upload left for repairs), and the asker asks someone else.
     Cancel { epoch: u64, ranges: Vec<SeqRange> },
     /// Peers the sender knows, for the receiver to dial.
     Pex { peers: Vec<PeerInfo> },
