@@ -197,8 +197,9 @@ async fn broadcast(args: Args) -> anyhow::Result<()> {
     for line in health.media() {
         println!("{line}");
     }
+    let stats = node.stats();
     let status = tokio::spawn(status::show(
-        node.stats(),
+        move || stats.snapshot(),
         status_done.clone(),
         move |now: &status::Now| {
             // A CDN would send one copy of the stream per viewer; the source sends about one in all.

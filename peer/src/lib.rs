@@ -10,8 +10,11 @@
 //! - `ops`: the status line, logging, command-line plumbing.
 
 pub mod discovery;
+pub mod events;
 pub mod net;
 pub mod ops;
+pub mod relay;
+pub mod swarm;
 
 pub use net::node::{Node, NodeConfig, Publisher};
 pub use shoal_core::{Action, Event, State, limits, state};

@@ -1,6 +1,7 @@
-// The gateway's player page: hls.js on /live.m3u8 (low-latency mode when the gateway serves
-// parts), the facts from /stats.json, a small chart, and a player that reconnects by itself
+// The gateway's player page: hls.js on live.m3u8 (low-latency mode when the gateway serves
+// parts), the facts from stats.json, a small chart, and a player that reconnects by itself
 // when the stream or the gateway goes away and comes back (kiosks are left alone for days).
+// Every URL is relative to the page's <base>, so the page works mounted under a prefix.
 "use strict";
 
 const config = window.SHOAL || { lowLatency: true };
@@ -8,7 +9,9 @@ const video = document.getElementById("video");
 const notice = document.getElementById("notice");
 const badge = document.getElementById("badge");
 const $ = (id) => document.getElementById(id);
-$("url").textContent = location.origin + "/live.m3u8";
+// (hls.js resolves against the page's address, not <base>: give it the whole URL.)
+const playlist = new URL("live.m3u8", document.baseURI).href;
+$("url").textContent = playlist;
 
 let hls = null;
 let state = "connecting";
@@ -30,11 +33,11 @@ function start() {
   hls = null;
   if (!window.Hls || !Hls.isSupported()) {
     if (video.canPlayType("application/vnd.apple.mpegurl")) {
-      video.src = "/live.m3u8"; // Safari plays HLS itself
+      video.src = playlist; // Safari plays HLS itself
       video.play().catch(() => {});
       return;
     }
-    setState("offline", "This browser cannot play HLS: open " + location.origin + "/live.m3u8 in VLC.");
+    setState("offline", "This browser cannot play HLS: open " + playlist + " in VLC.");
     return;
   }
   hls = new Hls({
@@ -58,7 +61,7 @@ function start() {
     retryTimer = setTimeout(start, retryMs);
     retryMs = Math.min(retryMs * 2, 10000);
   });
-  hls.loadSource("/live.m3u8");
+  hls.loadSource(playlist);
   hls.attachMedia(video);
 }
 
@@ -100,7 +103,7 @@ let lastNewSegmentAt = Date.now();
 async function poll() {
   let s;
   try {
-    const response = await fetch("/stats.json", { cache: "no-store" });
+    const response = await fetch("stats.json", { cache: "no-store" });
     s = await response.json();
   } catch (e) {
     setState("offline", "The gateway is not answering… (retrying)");

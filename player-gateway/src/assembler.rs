@@ -73,6 +73,11 @@ pub struct Assembler {
 
 impl Assembler {
     /// Finished segments, oldest first.
+    /// The stream epoch being assembled (a broadcaster restart starts a new one).
+    pub fn epoch(&self) -> Option<u64> {
+        self.epoch
+    }
+
     pub fn segments(&self) -> &VecDeque<Segment> {
         &self.segments
     }

@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use shoal_peer::net::stats::{Percentiles, Snapshot, Stats, percentiles};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use crate::assembler::{Assembler, Segment};
 use crate::playlist::Latency;
+use crate::viewer::ViewerEvent;
 
 /// Per-segment latency samples kept.
 const SEGMENT_SAMPLES: usize = 600;
@@ -28,6 +29,9 @@ pub struct Gateway {
     /// When the newest segment became available (local µs), and how often the playlist
     /// went without a new one for longer than `STALL_AFTER_US`.
     stalls: Mutex<(Option<u64>, u64)>,
+    events: broadcast::Sender<ViewerEvent>,
+    /// Segments are not flowing (none yet, or none for a long while): the next one is "live".
+    quiet: std::sync::atomic::AtomicBool,
 }
 
 /// The gateway's stats: the swarm's, and what its playlist served (`/stats.json`,
@@ -67,13 +71,14 @@ pub struct SegmentStats {
 
 /// A playlist that gets no new segment for this long has stalled its players.
 const STALL_AFTER_US: u64 = 2_500_000;
+pub(crate) const STALL_AFTER: Duration = Duration::from_micros(STALL_AFTER_US);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Gateway {
-    pub fn new(name: String, latency: Latency, stats: Arc<Stats>) -> Arc<Self> {
+    pub fn new(name: String, latency: Latency, stats: Arc<Stats>, events: broadcast::Sender<ViewerEvent>) -> Arc<Self> {
         Arc::new(Gateway {
             name,
             latency,
@@ -82,15 +87,28 @@ impl Gateway {
             updated: watch::channel(0).0,
             segment_latency_ms: Mutex::new(VecDeque::new()),
             stalls: Mutex::default(),
+            events,
+            quiet: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
-    /// Feeds a verified chunk to the assembler and wakes requests waiting for a part.
+    /// Feeds a verified chunk to the assembler, wakes requests waiting for a part, and tells
+    /// what changed (segments, skips, a new epoch, the end).
     pub fn push(&self, chunk: shoal_proto::Chunk, now_us: u64) {
         let mut a = lock(&self.assembler);
         let before = a.segments().back().map(|s| s.msn);
+        let (epoch, skipped, ended) = (a.epoch(), a.skipped, a.ended);
         if a.push(chunk, now_us) == 0 {
             return;
+        }
+        let tell = |e| {
+            let _ = self.events.send(e);
+        };
+        if let Some(new) = a.epoch().filter(|_| epoch.is_some() && a.epoch() != epoch) {
+            tell(ViewerEvent::NewEpoch { epoch: new });
+        }
+        for _ in skipped..a.skipped {
+            tell(ViewerEvent::SegmentSkipped);
         }
         self.updated.send_modify(|n| *n += 1);
         let new: Vec<&Segment> = a
@@ -118,7 +136,29 @@ impl Gateway {
                 duration = s.duration_s,
                 "segment ready"
             );
+            if self.quiet.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                tell(ViewerEvent::Live);
+            }
+            tell(ViewerEvent::SegmentPublished {
+                msn: s.msn,
+                duration: Duration::from_secs_f64(s.duration_s.max(0.0)),
+                latency: Duration::from_micros(s.complete_us.saturating_sub(s.start_us)),
+            });
         }
+        if a.ended && !ended {
+            tell(ViewerEvent::Ended);
+        }
+    }
+
+    /// When the newest segment became available (local µs), and whether the stream ended.
+    pub fn last_segment(&self) -> Option<(u64, bool)> {
+        let last = lock(&self.stalls).0?;
+        Some((last, lock(&self.assembler).ended))
+    }
+
+    /// The playlist has not moved for long: the next segment makes the stream live again.
+    pub fn went_offline(&self) {
+        self.quiet.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The assembler, locked: what the playlist, segments and parts are read from.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{OriginalUri, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -137,15 +137,23 @@ async fn metrics(State(g): State<Arc<Gateway>>) -> Response {
     }
 }
 
-/// The player page, with the stream's name and the gateway's latency mode filled in.
-async fn index(State(g): State<Arc<Gateway>>) -> Html<String> {
-    let name = g.name.replace('&', "&amp;").replace('<', "&lt;").replace('"', "&quot;");
+/// The player page, with the stream's name and the gateway's latency mode filled in, and its
+/// base: where the router is mounted (`/`, or `/tv/` under `nest("/tv", …)`), so the page's
+/// relative URLs reach this router whatever the prefix.
+async fn index(State(g): State<Arc<Gateway>>, OriginalUri(uri): OriginalUri) -> Html<String> {
+    let escape = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('"', "&quot;");
+    let mut base = uri.path().to_string();
+    if !base.ends_with('/') {
+        base.push('/');
+    }
+    let name = escape(&g.name);
     let config = json!({"name": g.name, "lowLatency": g.latency == Latency::Low})
         .to_string()
         .replace("</", "<\\/");
     Html(
         include_str!("../assets/index.html")
             .replace("{{NAME}}", &name)
+            .replace("{{BASE}}", &escape(&base))
             .replace("{{CONFIG}}", &config),
     )
 }

@@ -2,9 +2,9 @@
 //! its neighbours, uploading as much as `--upload-kbps` allows.
 
 use clap::Parser;
-use shoal_peer::Node;
-use shoal_peer::ops::cli::{self, SwarmArgs, TicketArgs, UploadMode};
+use shoal_peer::ops::cli::{self, SwarmArgs, TicketArgs};
 use shoal_peer::ops::status;
+use shoal_peer::relay::Relay;
 use tokio_util::sync::CancellationToken;
 
 /// Relay a shoal stream: verify every chunk and pass it on to other viewers.
@@ -24,9 +24,6 @@ struct Args {
     config: Option<std::path::PathBuf>,
 }
 
-/// Neighbours a `--public` relay keeps at least.
-const PUBLIC_NEIGHBOURS: usize = 64;
-
 fn main() {
     let args: Args = cli::parse();
     cli::run(|| relay(args));
@@ -34,47 +31,26 @@ fn main() {
 
 async fn relay(args: Args) -> anyhow::Result<()> {
     let ticket = args.ticket.load()?;
-    cli::check_reachable(&ticket, &args.swarm)?;
-    let dht = args.swarm.dht()?;
-    let dial = cli::dial_list(&ticket, args.swarm.bootstrap_addrs().await?, args.swarm.no_discovery);
-    let mut core = args.swarm.core_config();
-    if args.public {
-        // Everyone behind a NAT meets here first and learns of each other through it.
-        core.limits.max_neighbours = core.limits.max_neighbours.max(PUBLIC_NEIGHBOURS);
-        core.limits.max_incoming_connections = core.limits.max_incoming_connections.max(PUBLIC_NEIGHBOURS);
-    }
-    // A public relay is a server: its upload is what it is there for.
-    let mode = if args.public {
-        UploadMode::Foreground
-    } else {
-        UploadMode::Background
-    };
-    let node = Node::spawn(shoal_peer::NodeConfig {
-        upload_mode: args.swarm.upload_mode_or(mode),
-        ..args.swarm.node_config(ticket.stream_key, dial, core)
-    })
-    .await?;
+    let relay = Relay::builder(ticket.clone())
+        .swarm(args.swarm.options())
+        .public(args.public)
+        .start()
+        .await
+        .map_err(cli::in_flag_terms)?;
     println!(
         "relaying \"{}\" on {} as node {}",
         ticket.name,
-        node.local_addr(),
-        node.node_id().short()
+        relay.local_addr(),
+        relay.node_id().short()
     );
-    let status_done = CancellationToken::new();
-    if let Some(dht) = dht {
-        let finder = node.peer_finder();
-        tokio::spawn(shoal_peer::discovery::dht::follow(
-            dht,
-            ticket.stream_key,
-            finder,
-            status_done.clone(),
-        ));
-    }
-    let status = tokio::spawn(status::show(node.stats(), status_done.clone(), status::nothing));
-    cli::shutdown_signal().await;
-    status_done.cancel();
-    let _ = status.await;
+    let done = CancellationToken::new();
+    let status = status::show(|| relay.stats(), done.clone(), status::nothing);
+    let wait = async {
+        cli::shutdown_signal().await;
+        done.cancel();
+    };
+    tokio::join!(status, wait);
     tracing::info!("shutting down");
-    node.shutdown().await;
+    relay.shutdown().await;
     Ok(())
 }

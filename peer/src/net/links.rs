@@ -10,12 +10,13 @@ use std::time::Duration;
 use shoal_core::Driver;
 use shoal_core::state::{DisconnectReason, Verdict};
 use shoal_proto::{Chunk, ChunkHeader, Message, NodeId, close};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
 use super::connect::Dialer;
 use super::mailbox::LinkHandle;
 use super::stats::Stats;
+use crate::events::NodeEvent;
 
 /// How long a lingering hang-up waits for what was queued to go out.
 const LINGER: Duration = Duration::from_millis(300);
@@ -30,10 +31,16 @@ pub(super) struct Links {
     slow_warned: bool,
     /// Neighbours hung up on while carrying out actions: the core is told they are down.
     pub hung_up: Vec<NodeId>,
+    pub events: broadcast::Sender<NodeEvent>,
 }
 
 impl Links {
-    pub fn new(stats: Arc<Stats>, deliveries: Option<mpsc::Sender<Chunk>>, dialer: Dialer) -> Self {
+    pub fn new(
+        stats: Arc<Stats>,
+        deliveries: Option<mpsc::Sender<Chunk>>,
+        dialer: Dialer,
+        events: broadcast::Sender<NodeEvent>,
+    ) -> Self {
         Links {
             by_id: HashMap::new(),
             stats,
@@ -42,6 +49,7 @@ impl Links {
             started_us: super::stats::now_us(),
             slow_warned: false,
             hung_up: Vec::new(),
+            events,
         }
     }
 }
@@ -98,6 +106,10 @@ impl Driver for Links {
         };
         let why = reason.as_str();
         tracing::info!(neighbour = %id.short(), reason = why, "disconnecting");
+        let _ = self.events.send(NodeEvent::NeighbourDown {
+            node_id: id,
+            why: why.to_string(),
+        });
         self.stats.closed(&link.stats);
         self.hung_up.push(id);
         let code = reason.close_code();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use shoal_proto::{Chunk, Message, NodeId, close};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +25,7 @@ use super::mailbox::{Input, LinkHandle};
 use super::pacer::Pacer;
 use super::stats::{Stats, spawn_writer};
 use super::uplink::{Reporting, SharedUplink};
+use crate::events::{EVENTS_QUEUE, Events, NodeEvent};
 
 /// Events queued towards the core from all links together.
 const INPUT_QUEUE: usize = 4096;
@@ -62,6 +63,7 @@ pub struct Node {
     inputs: mpsc::Sender<Input>,
     stats: Arc<Stats>,
     deliveries: Option<mpsc::Receiver<Chunk>>,
+    events: broadcast::Sender<NodeEvent>,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
@@ -99,6 +101,7 @@ impl Node {
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
         let (inputs, input_rx) = mpsc::channel(INPUT_QUEUE);
+        let (events, _) = broadcast::channel(EVENTS_QUEUE);
         let (delivery_tx, delivery_rx) = mpsc::channel(DELIVERY_QUEUE);
 
         let listen = super::transport::advertised_addrs(local_addr);
@@ -135,15 +138,8 @@ impl Node {
         };
         // The core dials these at once, and again whenever it is not connected to them.
         core.add_peers(&config.dial);
-        tasks.spawn(run_core(
-            core,
-            input_rx,
-            deliver.then_some(delivery_tx),
-            stats.clone(),
-            dialer,
-            listen_tx,
-            uplink,
-        ));
+        let links = Links::new(stats.clone(), deliver.then_some(delivery_tx), dialer, events.clone());
+        tasks.spawn(run_core(core, input_rx, links, listen_tx, uplink));
         tasks.spawn(accept(
             endpoint.clone(),
             identity.clone(),
@@ -169,6 +165,7 @@ impl Node {
             inputs,
             stats,
             deliveries: Some(delivery_rx),
+            events,
             cancel,
             tasks,
         })
@@ -191,6 +188,11 @@ impl Node {
         self.deliveries.take()
     }
 
+    /// Neighbours coming and going, from now on.
+    pub fn events(&self) -> Events<NodeEvent> {
+        Events::new(self.events.subscribe())
+    }
+
     /// A handle the broadcaster uses to put its own chunks into the swarm.
     pub fn publisher(&self) -> Publisher {
         Publisher(self.inputs.clone())
@@ -206,12 +208,30 @@ impl Node {
     }
 
     /// Says goodbye to every neighbour, closes the endpoint and waits for the tasks.
+    /// Returns once the node's UDP port is free again (or a second later at most).
     pub async fn shutdown(self) {
         self.cancel.cancel();
         self.tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.tasks.wait()).await;
         self.endpoint.close(close::GOODBYE.into(), b"goodbye");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        // The socket goes when quinn's endpoint driver next runs after its last handle drops:
+        // wait for that, so a caller may bind the port again at once.
+        let addr = self.local_addr;
+        drop(self);
+        let released = async {
+            while std::net::UdpSocket::bind(addr).is_err() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), released).await;
+    }
+}
+
+impl Drop for Node {
+    /// Stops every task the node started (without the goodbyes `shutdown` sends).
+    fn drop(&mut self) {
+        self.cancel.cancel();
     }
 }
 
@@ -231,14 +251,12 @@ impl Publisher {
 async fn run_core(
     mut core: State,
     mut inputs: mpsc::Receiver<Input>,
-    deliveries: Option<mpsc::Sender<Chunk>>,
-    stats: Arc<Stats>,
-    dialer: Dialer,
+    mut links: Links,
     listen: watch::Sender<Vec<SocketAddr>>,
     uplink: SharedUplink,
 ) {
-    let cancel = dialer.cancel.clone();
-    let mut links = Links::new(stats.clone(), deliveries, dialer);
+    let cancel = links.dialer.cancel.clone();
+    let (stats, events) = (links.stats.clone(), links.events.clone());
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -291,6 +309,10 @@ async fn run_core(
                 {
                     tracing::info!(%seen, "neighbours see this node at {seen}: its address beyond this network's NAT");
                 }
+                let _ = events.send(NodeEvent::NeighbourUp {
+                    node_id: link.node_id,
+                    addr: link.conn.remote_address(),
+                });
                 links.by_id.insert(link.node_id, link);
                 event
             }
@@ -302,6 +324,7 @@ async fn run_core(
                     stats.closed(&link.stats);
                 }
                 tracing::info!(neighbour = %node_id.short(), %why, "neighbour down");
+                let _ = events.send(NodeEvent::NeighbourDown { node_id, why });
                 Event::NeighbourDown { id: node_id }
             }
         };

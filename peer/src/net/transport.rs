@@ -82,6 +82,15 @@ pub fn endpoint(listen: SocketAddr, limits: &Limits, key: &SigningKey) -> anyhow
 }
 
 /// `endpoint`, its connections paced by `congestion`.
+/// The UDP address could not be bound (taken, or not this machine's).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct ListenError {
+    pub addr: SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
+
 pub fn endpoint_with(
     listen: SocketAddr,
     limits: &Limits,
@@ -97,7 +106,7 @@ pub fn endpoint_with(
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(server_tls)?));
     server.transport_config(transport_config(limits, congestion.clone()));
 
-    let socket = std::net::UdpSocket::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
+    let socket = std::net::UdpSocket::bind(listen).map_err(|source| ListenError { addr: listen, source })?;
     let mut endpoint = udp_endpoint(socket, server).with_context(|| format!("cannot start QUIC on {listen}"))?;
     endpoint.set_default_client_config(client_config_with(key, limits, congestion)?);
     Ok(endpoint)

@@ -14,6 +14,8 @@ use shoal_core::limits::Limits;
 use shoal_core::state;
 use shoal_core::uplink::Mode;
 
+use crate::swarm::{Dht, SwarmOptions};
+
 /// Swarm options shared by the broadcaster, the relay peer and the gateway.
 #[derive(clap::Args, Debug, Clone)]
 pub struct SwarmArgs {
@@ -61,13 +63,30 @@ pub struct SwarmArgs {
     pub max_incoming_connections: u64,
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UploadMode {
-    Background,
-    Foreground,
-}
+pub use crate::swarm::UploadMode;
 
 impl SwarmArgs {
+    /// The swarm options these flags describe.
+    pub fn options(&self) -> SwarmOptions {
+        SwarmOptions {
+            listen: self.listen,
+            bootstrap: self.bootstrap.clone(),
+            discovery: !self.no_discovery,
+            dht: match (self.dht, self.dht_bootstrap.is_empty()) {
+                (_, false) => Dht::Nodes(self.dht_bootstrap.clone()),
+                (true, true) => Dht::Public,
+                (false, true) => Dht::Off,
+            },
+            port_mapping: !self.no_port_mapping,
+            upload_kbps: self.upload_kbps,
+            upload_mode: self.upload_mode,
+            window: Duration::from_secs(self.window_s),
+            max_neighbours: self.max_neighbours as usize,
+            max_incoming_connections: self.max_incoming_connections as usize,
+            stats_json: self.stats_json.clone(),
+        }
+    }
+
     /// `--upload-mode`, or this binary's default.
     pub fn upload_mode_or(&self, default: UploadMode) -> Mode {
         match self.upload_mode.unwrap_or(default) {
@@ -163,6 +182,16 @@ impl TicketArgs {
             }
             (None, None) => bail!("no ticket: pass --ticket TICKET or --ticket-file PATH"),
         }
+    }
+}
+
+/// A swarm error in the words of the flags that fix it.
+pub fn in_flag_terms(e: crate::swarm::SwarmError) -> anyhow::Error {
+    match e {
+        crate::swarm::SwarmError::NoAddress => {
+            anyhow::anyhow!("the ticket lists no address: add --dht to look the stream up, or --bootstrap HOST:PORT")
+        }
+        e => e.into(),
     }
 }
 

@@ -2,14 +2,13 @@
 //! rewritten every second. Only when stderr is a terminal: logs and pipes get plain lines.
 
 use std::io::{IsTerminal, Write};
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
 use super::log::{CLEAR_LINE, SHOWN};
-use crate::net::stats::{Snapshot, Stats, UplinkView};
+use crate::net::stats::{Snapshot, UplinkView};
 
 /// What one second of the status line is made of.
 pub struct Now<'a> {
@@ -19,9 +18,10 @@ pub struct Now<'a> {
     pub mbps_out: f64,
 }
 
-/// Shows the status line until `cancel`, if stderr is a terminal; `extra` adds what the
-/// binary knows besides the swarm (the gateway's segments, the broadcaster's upload).
-pub async fn show(stats: Arc<Stats>, cancel: CancellationToken, extra: impl Fn(&Now) -> String + Send) {
+/// Shows the status line until `cancel`, if stderr is a terminal, from the node's counters
+/// as `stats` gives them; `extra` adds what the binary knows besides the swarm (the
+/// gateway's segments, the broadcaster's upload).
+pub async fn show(stats: impl Fn() -> Snapshot, cancel: CancellationToken, extra: impl Fn(&Now) -> String) {
     if !std::io::stderr().is_terminal() {
         return;
     }
@@ -32,7 +32,7 @@ pub async fn show(stats: Arc<Stats>, cancel: CancellationToken, extra: impl Fn(&
             _ = cancel.cancelled() => break,
             _ = tick.tick() => {}
         }
-        let s = stats.snapshot();
+        let s = stats();
         // Out: what the uplink carried (QUIC's count), not what was handed to streams.
         let (bytes_in, bytes_out, now) = (s.bytes_in.total(), s.wire_out.carried_bytes(), Instant::now());
         let rate = |now_bytes: u64, then: u64, at: Instant| {
