@@ -5,12 +5,16 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::broadcast::BroadcasterEvent;
+
 /// Media speed is measured over this much wall time.
 const SPEED_SPAN: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 pub struct Health {
     state: Mutex<State>,
+    /// Where the source going and coming back is told.
+    events: Option<tokio::sync::broadcast::Sender<BroadcasterEvent>>,
 }
 
 #[derive(Default)]
@@ -26,6 +30,19 @@ struct State {
 }
 
 impl Health {
+    pub fn with_events(events: tokio::sync::broadcast::Sender<BroadcasterEvent>) -> Self {
+        Health {
+            state: Mutex::default(),
+            events: Some(events),
+        }
+    }
+
+    fn tell(&self, event: BroadcasterEvent) {
+        if let Some(events) = &self.events {
+            let _ = events.send(event);
+        }
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -35,7 +52,9 @@ impl Health {
     pub fn media_arrived(&self, media_ns: Option<u64>) {
         let now = Instant::now();
         let mut state = self.state();
-        state.lost_since = None;
+        if state.lost_since.take().is_some() && state.playing {
+            self.tell(BroadcasterEvent::SourceBack);
+        }
         state.playing = true;
         let Some(media_ns) = media_ns else { return };
         // A timestamp going back is other media (a loop, a restart): measure afresh.
@@ -52,8 +71,13 @@ impl Health {
         }
     }
 
+    // (Only GStreamer sources are covered by the slate when they stop.)
+    #[cfg_attr(not(feature = "gstreamer"), allow(dead_code))]
     pub fn source_lost(&self) {
         let mut state = self.state();
+        if state.lost_since.is_none() && state.playing {
+            self.tell(BroadcasterEvent::SourceLost);
+        }
         state.lost_since.get_or_insert_with(Instant::now);
         state.progress.clear();
     }

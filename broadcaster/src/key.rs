@@ -17,8 +17,18 @@ pub fn default_path() -> PathBuf {
     base.join("shoal").join("broadcaster.key")
 }
 
-/// Loads the key at `path`, creating it if there is none.
-pub fn load_or_create(path: &Path) -> anyhow::Result<SigningKey> {
+/// A stream key file that cannot be used, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct KeyError(String);
+
+/// Loads the stream key at `path`, creating it (mode 0600) if there is none. Refuses a key
+/// file other users can read.
+pub fn load_or_create(path: &Path) -> Result<SigningKey, KeyError> {
+    load(path).map_err(|e| KeyError(format!("{e:#}")))
+}
+
+fn load(path: &Path) -> anyhow::Result<SigningKey> {
     match std::fs::metadata(path) {
         Ok(meta) => {
             let mode = meta.permissions().mode() & 0o777;
@@ -76,7 +86,7 @@ fn create(path: &Path) -> anyhow::Result<SigningKey> {
             tracing::info!("created a new stream key in {}", path.display());
             Ok(SigningKey::from_bytes(&seed))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => load_or_create(path),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => load(path),
         Err(e) => Err(e).with_context(|| format!("cannot create key file {}", path.display())),
     }
 }

@@ -2,16 +2,18 @@
 //! code (in this process) on a real broadcaster, the viewer's page and playlist mounted under
 //! the application's own axum server at a prefix, played by ffmpeg there and at the viewer's
 //! own URL, its events and stats read, and everything shut down with nothing left running:
-//! threads back to what they were, ports bindable again.
+//! threads back to what they were, ports bindable again. And an application broadcasting the
+//! MPEG-TS its own encoder makes (ffmpeg here), with no GStreamer.
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::time::{Duration, Instant};
 
+use shoal_broadcaster::{Broadcaster, BroadcasterEvent, Source};
 use shoal_gateway::{Viewer, ViewerEvent};
 use shoal_peer::relay::Relay;
 use shoal_peer::swarm::SwarmOptions;
 use shoal_proto::Ticket;
-use shoal_tests::player::{chromium, ffmpeg};
+use shoal_tests::player::{chromium, ffmpeg, probe};
 use shoal_tests::process::test_dir;
 use shoal_tests::swarm::{broadcaster, http_get};
 
@@ -202,4 +204,86 @@ fn a_viewer_embedded_in_an_app_plays_under_a_prefix_and_leaves_nothing_running()
     assert!(UdpSocket::bind(relay_port).is_ok(), "the relay's QUIC port is free");
     assert!(TcpListener::bind(http).is_ok(), "the viewer's HTTP port {http} is free");
     drop(runtime);
+}
+
+#[test]
+fn an_app_broadcasts_the_mpeg_ts_of_its_own_encoder_and_a_viewer_plays_it() {
+    let dir = test_dir("library-ts");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        // The app's encoder: H.264 High 640x360 + AAC in MPEG-TS, in real time.
+        let (_pusher, stdout) = shoal_tests::pusher::pipe(&dir, "encoder").expect("ffmpeg");
+        let ts = tokio::process::ChildStdout::from_std(stdout).expect("async pipe");
+        let key = ed25519_dalek::SigningKey::from_bytes(&[42; 32]);
+        let b = Broadcaster::builder(key)
+            .name("from the app")
+            .listen(LOOPBACK)
+            .source(Source::MpegTs(Box::new(ts)))
+            .start()
+            .await
+            .expect("the broadcaster starts once the input plays");
+        let mut b_events = b.events();
+        let ticket = b.ticket();
+        assert_eq!(ticket.name, "from the app");
+        assert!(
+            b.stats()
+                .media
+                .iter()
+                .any(|m| m.contains("MPEG-TS from the application")),
+            "{:?}",
+            b.stats().media
+        );
+        let viewer = Viewer::builder(ticket).listen(LOOPBACK).start().await.expect("viewer");
+        let mut events = viewer.events();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let event = tokio::time::timeout_at(deadline, events.next())
+                .await
+                .expect("a segment within 30 s");
+            if matches!(event, Some(ViewerEvent::SegmentPublished { .. })) {
+                break;
+            }
+        }
+        let url = viewer.playlist_url().expect("url");
+        let played = play(url.clone(), 4).await;
+        assert!(
+            played.success && played.frames > 50,
+            "frames {} errors {:?}",
+            played.frames,
+            played.errors
+        );
+        // Passed through untouched: the encoder's own profile and size.
+        let streams = {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(probe(&url).expect("ffprobe"));
+            });
+            rx.await.expect("probe thread")
+        };
+        let video = streams.iter().find(|s| s.codec_name == "h264").expect("video");
+        assert_eq!((video.width, video.height), (Some(640), Some(360)), "{video:?}");
+        assert_eq!(
+            video.profile.as_deref(),
+            Some(shoal_tests::pusher::PROFILE),
+            "passed through"
+        );
+        assert!(
+            matches!(b_events.next().await, Some(BroadcasterEvent::NeighbourUp { .. })),
+            "the broadcaster tells its neighbours"
+        );
+        // The broadcast ends: the viewer is told.
+        b.shutdown().await;
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match events.next().await {
+                    Some(ViewerEvent::Ended) => return true,
+                    None => return false,
+                    _ => {}
+                }
+            }
+        })
+        .await;
+        assert_eq!(ended, Ok(true), "the viewer hears the end of the stream");
+        viewer.shutdown().await;
+    });
 }

@@ -11,8 +11,6 @@ use clap::Parser;
 use shoal_proto::Ticket;
 
 use shoal_core::limits::Limits;
-use shoal_core::state;
-use shoal_core::uplink::Mode;
 
 use crate::swarm::{Dht, SwarmOptions};
 
@@ -86,72 +84,6 @@ impl SwarmArgs {
             stats_json: self.stats_json.clone(),
         }
     }
-
-    /// `--upload-mode`, or this binary's default.
-    pub fn upload_mode_or(&self, default: UploadMode) -> Mode {
-        match self.upload_mode.unwrap_or(default) {
-            UploadMode::Background => Mode::Background,
-            UploadMode::Foreground => Mode::Foreground,
-        }
-    }
-
-    /// `--dht`, or `--dht-bootstrap` (which implies it).
-    fn wants_dht(&self) -> bool {
-        self.dht || !self.dht_bootstrap.is_empty()
-    }
-
-    /// The DHT node, if `--dht` or `--dht-bootstrap` asked for one.
-    pub fn dht(&self) -> anyhow::Result<Option<mainline::async_dht::AsyncDht>> {
-        if !self.wants_dht() {
-            return Ok(None);
-        }
-        crate::discovery::dht::join(&self.dht_bootstrap).map(Some)
-    }
-
-    /// Resolves the `--bootstrap` peers (names allowed), failing with the one that does not resolve.
-    pub async fn bootstrap_addrs(&self) -> anyhow::Result<Vec<SocketAddr>> {
-        let mut out = Vec::new();
-        for peer in &self.bootstrap {
-            let mut addrs = tokio::net::lookup_host(peer.as_str())
-                .await
-                .with_context(|| format!("bootstrap peer {peer:?} is not a HOST:PORT that resolves"))?;
-            out.extend(addrs.next());
-        }
-        Ok(out)
-    }
-
-    /// The node these flags describe, for `stream_key`, dialling `dial`.
-    pub fn node_config(
-        &self,
-        stream_key: ed25519_dalek::VerifyingKey,
-        dial: Vec<SocketAddr>,
-        core: state::Config,
-    ) -> crate::NodeConfig {
-        crate::NodeConfig {
-            stream_key,
-            node_key: None,
-            listen: self.listen,
-            dial,
-            upload_kbps: self.upload_kbps,
-            upload_mode: self.upload_mode_or(UploadMode::Background),
-            core,
-            stats_json: self.stats_json.clone(),
-            port_mapping: !self.no_port_mapping,
-        }
-    }
-
-    pub fn core_config(&self) -> state::Config {
-        state::Config {
-            limits: Limits {
-                window: Duration::from_secs(self.window_s),
-                max_neighbours: self.max_neighbours as usize,
-                max_incoming_connections: self.max_incoming_connections as usize,
-                ..Limits::default()
-            },
-            discovery: !self.no_discovery,
-            ..state::Config::default()
-        }
-    }
 }
 
 /// Where a binary reads its ticket from.
@@ -193,25 +125,6 @@ pub fn in_flag_terms(e: crate::swarm::SwarmError) -> anyhow::Error {
         }
         e => e.into(),
     }
-}
-
-/// Which addresses to dial: the bootstrap peers, plus the ticket's unless discovery is off.
-/// Fails when nothing says where the swarm is: no address in the ticket, no `--bootstrap`,
-/// no DHT.
-pub fn check_reachable(ticket: &Ticket, args: &SwarmArgs) -> anyhow::Result<()> {
-    if ticket.addrs.is_empty() && args.bootstrap.is_empty() && !args.wants_dht() {
-        anyhow::bail!("the ticket lists no address: add --dht to look the stream up, or --bootstrap HOST:PORT");
-    }
-    Ok(())
-}
-
-pub fn dial_list(ticket: &Ticket, bootstrap: Vec<SocketAddr>, no_discovery: bool) -> Vec<SocketAddr> {
-    let mut dial = bootstrap;
-    if !no_discovery {
-        dial.extend(ticket.addrs.iter().copied());
-    }
-    dial.dedup();
-    dial
 }
 
 /// Parses the command line, with `--config FILE` (TOML) supplying defaults: each key is a flag
