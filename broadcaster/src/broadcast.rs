@@ -214,14 +214,25 @@ impl BroadcasterBuilder {
     /// source that cannot play fails here, and the ticket handed out plays), or at once for
     /// `Source::Push`.
     pub async fn start(self) -> Result<Broadcaster, BroadcastError> {
-        let segment_ms = self.segment.as_millis().clamp(200, 10_000) as u64;
+        // (Taken apart: a source reader is Send but not Sync, and the future must be Send.)
+        let BroadcasterBuilder {
+            key,
+            name,
+            segment,
+            swarm,
+            source,
+            record,
+            announce_on_lan,
+            #[cfg(feature = "gstreamer")]
+                media: media_options,
+        } = self;
+        let segment_ms = segment.as_millis().clamp(200, 10_000) as u64;
         #[cfg(feature = "gstreamer")]
-        let media = match &self.source {
-            Source::Media(m) => Some(crate::media::prepare(m, &self.media, segment_ms)?),
+        let media = match &source {
+            Source::Media(m) => Some(crate::media::prepare(m, &media_options, segment_ms)?),
             _ => None,
         };
-        let recorder = self
-            .record
+        let recorder = record
             .as_deref()
             .map(Recorder::create)
             .transpose()
@@ -233,15 +244,15 @@ impl BroadcasterBuilder {
             upload_mode: UploadMode::Foreground,
             // Its node ID is the stream key itself, proven in every handshake: the source
             // cannot be impersonated, and every peer knows which neighbour it is.
-            node_key: Some(self.key.clone()),
+            node_key: Some(key.clone()),
             public: false,
         };
-        let started = self.swarm.start(self.key.verifying_key(), &[], role).await?;
+        let started = swarm.start(key.verifying_key(), &[], role).await?;
         let node = started.node;
-        let bootstrap = self.swarm_bootstrap(&node).await;
+        let bootstrap = resolve(&swarm.bootstrap).await;
         let tickets = Tickets {
-            key: self.key.verifying_key(),
-            name: self.name.clone(),
+            key: key.verifying_key(),
+            name: name.clone(),
             bootstrap,
             local: shoal_peer::net::transport::advertised_addrs(node.local_addr()),
         };
@@ -249,7 +260,7 @@ impl BroadcasterBuilder {
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
         if let Some(dht) = started.dht {
-            let (key, addrs, stats) = (self.key.clone(), tickets.make(&[]).addrs, node.stats());
+            let (key, addrs, stats) = (key.clone(), tickets.make(&[]).addrs, node.stats());
             let public = move || stats.public_addrs();
             tasks.spawn(shoal_peer::discovery::dht::publish(
                 dht,
@@ -271,11 +282,11 @@ impl BroadcasterBuilder {
         let cut = Cut {
             chunker: Chunker::new(random_epoch()?, segment_ms),
             segment_ms,
-            key: self.key.clone(),
+            key: key.clone(),
             recorder,
         };
         let mut push = None;
-        let source: tokio::task::JoinHandle<Result<(), BroadcastError>> = match self.source {
+        let source: tokio::task::JoinHandle<Result<(), BroadcastError>> = match source {
             Source::MpegTs(reader) => tokio::spawn(crate::ingest::read(reader, cut, tx, health.clone(), stop.token())),
             Source::Push => {
                 let (push_tx, push_rx) = mpsc::channel(PUSH_QUEUE);
@@ -285,7 +296,7 @@ impl BroadcasterBuilder {
             #[cfg(feature = "gstreamer")]
             Source::Media(source) => {
                 let (health, stop) = (health.clone(), stop.flag());
-                let (media, options) = (media.expect("prepared above"), self.media.clone());
+                let (media, options) = (media.expect("prepared above"), media_options.clone());
                 tokio::task::spawn_blocking(move || {
                     crate::media::encode(&source, &options, media, cut, tx, &health, &stop)
                         .map_err(|e| BroadcastError::Source(format!("{e:#}")))
@@ -332,7 +343,7 @@ impl BroadcasterBuilder {
             events.clone(),
             cancel.clone(),
         ));
-        let announcement = if self.announce_on_lan {
+        let announcement = if announce_on_lan {
             let a = shoal_peer::discovery::lan::announce(&ticket, node.local_addr().port(), &node.node_id().short())
                 .map_err(|e| BroadcastError::Lan(format!("{e:#}")))?;
             Some(a)
@@ -353,17 +364,17 @@ impl BroadcasterBuilder {
             _announcement: announcement,
         })
     }
+}
 
-    /// The bootstrap relays, resolved, for the ticket (the node dials them already).
-    async fn swarm_bootstrap(&self, _node: &Node) -> Vec<SocketAddr> {
-        let mut out = Vec::new();
-        for peer in &self.swarm.bootstrap {
-            if let Ok(mut addrs) = tokio::net::lookup_host(peer.as_str()).await {
-                out.extend(addrs.next());
-            }
+/// The bootstrap relays, resolved, for the ticket (the node dials them already).
+async fn resolve(peers: &[String]) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for peer in peers {
+        if let Ok(mut addrs) = tokio::net::lookup_host(peer.as_str()).await {
+            out.extend(addrs.next());
         }
-        out
     }
+    out
 }
 
 /// Stops the source when dropped (or asked): the flag a GStreamer thread polls, the token an

@@ -7,9 +7,12 @@ use std::str::FromStr;
 use anyhow::{anyhow, bail};
 use gstreamer as gst;
 
+/// A picture size, `WIDTHxHEIGHT` on the command line (even sizes from 16x16 to 7680x4320).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Resolution {
+    /// Pixels across.
     pub width: u32,
+    /// Pixels down.
     pub height: u32,
 }
 

@@ -21,6 +21,7 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
 mod broadcast;
 mod chunker;
 mod health;

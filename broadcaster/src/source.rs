@@ -7,6 +7,7 @@ use std::str::FromStr;
 
 use anyhow::{anyhow, bail};
 
+/// What the broadcaster streams, as `--source` names it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Source {
     /// A generated picture (with the wall clock when the text plugin is installed) and tone.
@@ -16,7 +17,12 @@ pub enum Source {
     /// Anything `uridecodebin` opens: http(s)://, rtsp://, file://…
     Uri(String),
     /// MPEG-TS received on a UDP port (`udp://HOST:PORT`), as OBS and ffmpeg send it.
-    Udp { host: String, port: u16 },
+    Udp {
+        /// The address to listen on (`0.0.0.0` when the URL gives none).
+        host: String,
+        /// The UDP port.
+        port: u16,
+    },
     /// MPEG-TS over SRT (`srt://:PORT` listens, `srt://HOST:PORT` calls), as the URL says.
     Srt(String),
     /// MPEG-TS piped into standard input.
@@ -30,8 +36,11 @@ pub enum Source {
 /// Where a source's audio comes from, for sources that carry none (screen, camera).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Audio {
+    /// PulseAudio's default source (PipeWire's too, through its Pulse server).
     Pulse,
+    /// ALSA's default capture device.
     Alsa,
+    /// No sound.
     None,
 }
 
@@ -105,6 +114,7 @@ pub enum OnEnd {
 }
 
 impl Source {
+    /// What the broadcaster does when this source's media stops.
     pub fn on_end(&self) -> OnEnd {
         match self {
             Source::File(_) => OnEnd::Loop,

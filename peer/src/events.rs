@@ -77,9 +77,18 @@ pub enum NodeEvent {
         addr: std::net::SocketAddr,
     },
     /// A neighbour is gone, and why.
-    NeighbourDown { node_id: shoal_proto::NodeId, why: String },
+    NeighbourDown {
+        /// The key the neighbour proved in the handshake.
+        node_id: shoal_proto::NodeId,
+        /// The reason this node hung up (`goodbye`, `banned`, `full`…), or what closed the
+        /// connection.
+        why: String,
+    },
     /// This listener fell behind and missed this many events.
-    Lagged { missed: u64 },
+    Lagged {
+        /// Events dropped before this listener read them.
+        missed: u64,
+    },
 }
 
 impl Lagging for NodeEvent {

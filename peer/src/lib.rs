@@ -10,10 +10,13 @@
 //! - `ops`: the status line, logging, command-line plumbing.
 
 pub mod discovery;
+#[warn(missing_docs)]
 pub mod events;
 pub mod net;
 pub mod ops;
+#[warn(missing_docs)]
 pub mod relay;
+#[warn(missing_docs)]
 pub mod swarm;
 
 pub use net::node::{Node, NodeConfig, Publisher};

@@ -16,6 +16,13 @@ use crate::net::transport::ListenError;
 
 /// How a node finds the swarm and takes part in it. `SwarmOptions::default()` is what the
 /// binaries do without flags; change the fields you need.
+///
+/// ```
+/// let mut options = shoal_peer::swarm::SwarmOptions::default();
+/// options.bootstrap = vec!["relay.example.org:7000".to_string()];
+/// options.upload_kbps = Some(0); // a metered link: watch, upload nothing
+/// assert!(options.validate().is_ok());
+/// ```
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct SwarmOptions {
@@ -105,14 +112,18 @@ pub enum SwarmError {
     /// The UDP address is taken, or not this machine's.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
+        /// The address asked for.
         addr: SocketAddr,
+        /// Why the socket could not be bound.
         #[source]
         source: std::io::Error,
     },
     /// A bootstrap peer that is not a `HOST:PORT` that resolves.
     #[error("bootstrap peer {peer:?} is not a HOST:PORT that resolves")]
     Bootstrap {
+        /// The peer as given.
         peer: String,
+        /// Why it did not resolve.
         #[source]
         source: std::io::Error,
     },
@@ -121,7 +132,12 @@ pub enum SwarmError {
     NoAddress,
     /// An option out of its range.
     #[error("{name}: {why}")]
-    Invalid { name: &'static str, why: String },
+    Invalid {
+        /// The `SwarmOptions` field.
+        name: &'static str,
+        /// What is wrong with its value.
+        why: String,
+    },
     /// The DHT node could not start.
     #[error("cannot start the DHT node: {0}")]
     Dht(String),
@@ -138,6 +154,8 @@ pub struct Role {
     pub source: bool,
     /// Verified chunks are handed to the caller (a viewer plays them).
     pub deliver: bool,
+    /// Whether chunk uploads step aside for the household's traffic (`Background`) or are
+    /// paced only by the upload cap (`Foreground`).
     pub upload_mode: UploadMode,
     /// The key it proves in handshakes; `None`: a fresh one (viewers and relays).
     pub node_key: Option<SigningKey>,

@@ -38,32 +38,42 @@ pub struct Gateway {
 /// `--stats-json`, `/metrics`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct GatewayStats {
+    /// The swarm node's stats; in the JSON their keys sit beside these.
     #[serde(flatten)]
     pub swarm: Snapshot,
     /// The stream's name.
     pub stream: String,
+    /// What the playlist published.
     pub segments: Segments,
     /// Broadcaster timestamp of a segment's start → the segment servable here.
     pub segment_latency_ms: Percentiles,
 }
 
+/// The segments this gateway's playlist published.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Segments {
+    /// Segments published since start (the newest media sequence number + 1).
     pub published: u64,
     /// Segments the swarm could not complete in time.
     pub skipped: u64,
     /// Times the playlist went more than 2.5 s without a new segment before the stream ended.
     pub stalls: u64,
+    /// The broadcaster ended the stream (its last chunk said so).
     pub ended: bool,
     /// The newest ten, newest first.
     pub recent: Vec<SegmentStats>,
 }
 
+/// One published segment.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct SegmentStats {
+    /// Its media sequence number in the playlist.
     pub msn: u64,
+    /// Its size, bytes.
     pub bytes: usize,
+    /// Its media duration, seconds.
     pub duration_s: f64,
+    /// Its first chunk's broadcaster timestamp → the segment servable here, ms.
     pub latency_ms: u64,
     /// Its last chunk's broadcaster timestamp → the segment servable here.
     pub swarm_latency_ms: u64,

@@ -18,6 +18,7 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
 mod assembler;
 mod gateway;
 mod http;

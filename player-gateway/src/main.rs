@@ -45,13 +45,11 @@ const LAN_SEARCH: Duration = Duration::from_secs(10);
 async fn serve(args: Args) -> anyhow::Result<()> {
     let ticket = match &args.lan {
         Some(name) if !args.ticket.given() => {
-            let name = (!name.is_empty()).then(|| name.clone());
             eprintln!("looking for streams on the local network…");
-            let found =
-                tokio::task::spawn_blocking(move || shoal_peer::discovery::lan::find(name.as_deref(), LAN_SEARCH))
-                    .await??;
-            eprintln!("found \"{}\" on the local network", found.ticket.name);
-            found.ticket
+            let name = (!name.is_empty()).then(|| name.clone());
+            let ticket = Viewer::find_on_lan(name, LAN_SEARCH).await?;
+            eprintln!("found \"{}\" on the local network", ticket.name);
+            ticket
         }
         _ => args.ticket.load()?,
     };

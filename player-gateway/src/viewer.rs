@@ -103,8 +103,8 @@ pub enum ViewerError {
         #[source]
         source: std::io::Error,
     },
-    /// Announcing the stream on the local network (mDNS) failed.
-    #[error("cannot announce on the local network: {0}")]
+    /// Announcing or finding the stream on the local network (mDNS) failed.
+    #[error("{0}")]
     Lan(String),
 }
 
@@ -339,6 +339,16 @@ impl Viewer {
         }
     }
 
+    /// Looks for a stream on the local network (announced by a broadcaster or a viewer with
+    /// LAN announcement on) for up to `wait`: the one called `name`, or the only one there.
+    pub async fn find_on_lan(name: Option<String>, wait: Duration) -> Result<Ticket, ViewerError> {
+        let found = tokio::task::spawn_blocking(move || shoal_peer::discovery::lan::find(name.as_deref(), wait))
+            .await
+            .map_err(|e| ViewerError::Lan(e.to_string()))?
+            .map_err(|e| ViewerError::Lan(format!("{e:#}")))?;
+        Ok(found.ticket)
+    }
+
     /// The playlist any player opens (`http://127.0.0.1:PORT/live.m3u8`); `None` when the
     /// viewer serves no HTTP of its own.
     pub fn playlist_url(&self) -> Option<String> {
@@ -381,8 +391,20 @@ impl Viewer {
     }
 
     /// The HLS playlist, segments, player page, stats and metrics, to mount under an
-    /// application's own axum server: `Router::new().nest("/tv", viewer.router())` serves
-    /// the page at `/tv/` and the playlist at `/tv/live.m3u8`.
+    /// application's own axum server. Nested at `/tv`, the page is at `/tv` (axum routes
+    /// `/tv/` nowhere unless you add a redirect) and the playlist at `/tv/live.m3u8`; the
+    /// page's links follow the prefix.
+    ///
+    /// ```no_run
+    /// # async fn run(ticket: shoal_proto::Ticket) -> Result<(), Box<dyn std::error::Error>> {
+    /// // No server of its own: the app's serves it.
+    /// let viewer = shoal_gateway::Viewer::builder(ticket).http(None).start().await?;
+    /// let app = axum::Router::new().nest("/tv", viewer.router());
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+    /// axum::serve(listener, app).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn router(&self) -> axum::Router {
         crate::http::router(self.gateway.clone())
     }

@@ -3,7 +3,7 @@
 //! the application's own axum server at a prefix, played by ffmpeg there and at the viewer's
 //! own URL, its events and stats read, and everything shut down with nothing left running:
 //! threads back to what they were, ports bindable again. And an application broadcasting the
-//! MPEG-TS its own encoder makes (ffmpeg here), with no GStreamer.
+//! MPEG-TS its own encoder makes (ffmpeg here), which goes through no GStreamer.
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::time::{Duration, Instant};

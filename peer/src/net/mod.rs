@@ -10,6 +10,7 @@ pub mod mailbox;
 pub mod netem;
 pub mod node;
 pub mod pacer;
+#[warn(missing_docs)]
 pub mod stats;
 pub mod transport;
 pub mod uplink;

@@ -25,7 +25,9 @@ const CLOSED_LINKS_KEPT: usize = 64;
 /// Bytes exchanged with one neighbour.
 #[derive(Debug)]
 pub struct Link {
+    /// The key the neighbour proved in the handshake.
     pub node_id: NodeId,
+    /// Its address as this node sees it (the connection's remote address).
     pub addr: SocketAddr,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
@@ -54,7 +56,9 @@ impl Link {
 /// carried: with many short-lived connections the figure runs high.)
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Wire {
+    /// Bytes of every UDP datagram sent.
     pub sent_bytes: u64,
+    /// Bytes of the packets QUIC declared lost.
     pub lost_bytes: u64,
 }
 
@@ -72,6 +76,8 @@ impl Wire {
         self.lost_bytes += other.lost_bytes;
     }
 
+    /// Sent less lost: what reached the other end, bytes (high when connections closed with
+    /// packets in flight).
     pub fn carried_bytes(&self) -> u64 {
         self.sent_bytes.saturating_sub(self.lost_bytes)
     }
@@ -92,9 +98,12 @@ impl Totals {
     }
 }
 
+/// What a counted byte carried.
 #[derive(Clone, Copy, Debug)]
 pub enum Kind {
+    /// Chunks, whole as encoded: header, payload and signature.
     Data,
+    /// Control messages, as framed on the control stream.
     Control,
 }
 
@@ -109,6 +118,7 @@ struct CoreView {
     depths: Vec<u8>,
 }
 
+/// A node's counters, moved by its tasks as they go and read as one `Snapshot`.
 pub struct Stats {
     node_id: NodeId,
     /// The broadcaster's node ID: its stream key, proven in the handshake.
@@ -144,6 +154,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Stats {
+    /// Counters at zero for node `node_id`, in the stream whose broadcaster is `source`.
     pub fn new(node_id: NodeId, source: NodeId, limits: Limits) -> Arc<Self> {
         Arc::new(Stats {
             node_id,
@@ -167,6 +178,8 @@ impl Stats {
         })
     }
 
+    /// Starts counting a new connection to `node_id`. Beyond the 64 closed links kept, the oldest
+    /// is forgotten; its wire bytes stay in the totals.
     pub fn link(&self, node_id: NodeId, conn: &quinn::Connection) -> Arc<Link> {
         let link = Arc::new(Link {
             node_id,
@@ -189,18 +202,22 @@ impl Stats {
         link
     }
 
+    /// Counts a neighbour dropped for not taking the chunks pushed to it.
     pub fn slow_dropped(&self) {
         self.slow_dropped.fetch_add(1, Relaxed);
     }
 
+    /// Counts a handshake refused because the HELLO claimed a node ID its sender did not prove.
     pub fn identity_refused(&self) {
         self.identity_refused.fetch_add(1, Relaxed);
     }
 
+    /// Counts an incoming connection turned away because `max_incoming_connections` were open.
     pub fn connection_refused(&self) {
         self.connections_refused.fetch_add(1, Relaxed);
     }
 
+    /// Marks `link` closed, keeping QUIC's counts as they were when it closed.
     pub fn closed(&self, link: &Link) {
         link.connected.store(false, Relaxed);
         if let Some(conn) = lock(&link.conn).take() {
@@ -217,6 +234,7 @@ impl Stats {
         total
     }
 
+    /// Counts `n` bytes of `kind` read from a neighbour (and on its link, when given).
     pub fn received(&self, link: Option<&Link>, kind: Kind, n: usize) {
         let n = n as u64;
         match kind {
@@ -228,6 +246,8 @@ impl Stats {
         }
     }
 
+    /// Counts `n` bytes of `kind` handed to a neighbour's streams (and on its link, when given);
+    /// a chunk counts once it went out whole before its deadline.
     pub fn sent(&self, link: Option<&Link>, kind: Kind, n: usize) {
         let n = n as u64;
         match kind {
@@ -271,6 +291,7 @@ impl Stats {
         self.padding_sent.fetch_add(bytes as u64, Relaxed);
     }
 
+    /// What the router forwards to this node now (`None`: no mapping, or it was lost).
     pub fn set_mapping(&self, mapping: Option<Mapping>) {
         *lock(&self.mapping) = mapping;
     }
@@ -301,6 +322,7 @@ impl Stats {
         }
     }
 
+    /// Copies what the stats show of the core: its counters, startup time, stream rate, depths.
     pub fn set_core(&self, core: &State) {
         *lock(&self.core) = CoreView {
             counters: core.counters().clone(),
@@ -310,6 +332,7 @@ impl Stats {
         };
     }
 
+    /// Every counter at this moment: the object `--stats-json` and `/stats.json` write.
     pub fn snapshot(&self) -> Snapshot {
         let CoreView {
             counters,
@@ -407,18 +430,20 @@ impl Stats {
 pub struct UplinkView {
     /// `background` (steps aside for the household) or `foreground`.
     pub mode: String,
-    /// What the uplink carries, kbit/s, and how that was found: `measured` (seen full),
-    /// `at least` (never seen full), `unknown`.
+    /// What the uplink carries, kbit/s (none until it has been seen to carry anything).
     pub capacity_kbps: Option<u64>,
+    /// How `capacity_kbps` was found: `measured` (seen full), `at least` (never seen full),
+    /// `unknown`.
     pub how: String,
     /// The rate chunks are released at, kbit/s (none: unpaced).
     pub pacing_kbps: Option<u64>,
-    /// Queueing delay on the uplink at the last measure.
+    /// Queueing delay on the uplink at the last measure, ms (none before the first).
     pub queue_ms: Option<f64>,
     /// The queueing delay it holds at most (60 ms, or less behind a router seen to drop
     /// before its queue got that deep).
     #[serde(default)]
     pub target_ms: f64,
+    /// Sending padding to see whether the uplink carries more than it has been seen to.
     pub probing: bool,
     /// Holding back for a queue the household built.
     pub yielding: bool,
@@ -430,22 +455,28 @@ pub struct UplinkView {
 /// line and the benchmarks read (the keys are DESIGN.md's contract).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Snapshot {
+    /// This node's ID (the key it proves in handshakes), hex.
     pub node_id: String,
     /// Connected neighbours and the most recently closed ones.
     pub neighbours: Vec<NeighbourStats>,
+    /// Bytes read from neighbours' QUIC streams (chunks, control), duplicates and forged chunks included.
     pub bytes_in: ByKind,
     /// Bytes handed to QUIC streams (chunks, control).
     pub bytes_out: ByKind,
     /// What the uplink carried, as QUIC counted it.
     #[serde(default)]
     pub wire_out: Wire,
+    /// Chunks received or produced, by verdict.
     pub chunks: ChunkCounts,
+    /// Repair requests this node sent, and chunks it served in answer to others'.
     pub requests: Requests,
     /// Neighbours banned for forgeries, floods or lies.
     pub banned: u64,
     /// This node's addresses beyond its NAT: the mapped one, then those neighbours agree on.
     pub public_addrs: Vec<SocketAddr>,
+    /// The port the router forwards to this node (PCP, NAT-PMP or UPnP); none until one is got.
     pub port_mapping: Option<PortMapping>,
+    /// Hole punches and the introductions that start them.
     pub punch: Punch,
     /// Incoming connections turned away because `max_incoming_connections` were open.
     pub connections_refused: u64,
@@ -454,17 +485,20 @@ pub struct Snapshot {
     /// Handshakes refused because the HELLO claimed a node ID its sender did not prove.
     #[serde(default)]
     pub identity_refused: u64,
-    /// The stream's rate as measured, bit/s.
+    /// The stream's rate as measured, bit/s (none until a chunk is held).
     pub stream_bps: Option<u64>,
     /// Hops from the broadcaster per stripe (255: cut off).
     pub depths: Vec<u8>,
+    /// The bounds this node keeps, and the memory they add up to.
     pub limits: LimitsView,
     /// Chunk timestamp → held verified, over recent chunks emitted since this node started.
     pub latency_ms: Percentiles,
+    /// The same latency over every such chunk since start, as a histogram.
     pub latency_histogram_ms: HistogramView,
-    /// The seqs of chunks emitted since start that this node holds (a benchmark's denominator).
+    /// The seqs of chunks emitted since start that this node holds (a benchmark's denominator;
+    /// none until one arrives).
     pub live_chunks: Option<LiveChunks>,
-    /// Start → a whole keyframe segment held.
+    /// Start → a whole keyframe segment held, ms (none until then).
     pub startup_ms: Option<u64>,
     /// What the uplink carries and how chunk uploads are paced.
     #[serde(default)]
@@ -472,102 +506,146 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Neighbours still connected (the list also keeps recently closed ones).
     pub fn connected_neighbours(&self) -> usize {
         self.neighbours.iter().filter(|n| n.connected).count()
     }
 }
 
+/// One neighbour, connected or recently closed.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NeighbourStats {
+    /// Its node ID (the key it proved in the handshake), hex.
     pub node_id: String,
+    /// Its address as this node sees it.
     pub addr: SocketAddr,
+    /// False once the connection closed.
     pub connected: bool,
     /// It is the broadcaster (it proved the stream key).
     pub source: bool,
+    /// Bytes read from it: chunks and control.
     pub bytes_in: u64,
+    /// Bytes handed to its QUIC streams: chunks and control.
     pub bytes_out: u64,
+    /// What the uplink carried to it, as QUIC counted it.
     #[serde(default)]
     pub wire_out: Wire,
 }
 
+/// Bytes, by what they carried.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct ByKind {
+    /// Chunks as encoded (header, payload, signature), bytes.
     pub data: u64,
+    /// Control messages as framed, bytes.
     pub control: u64,
 }
 
 impl ByKind {
+    /// Chunks and control together, bytes.
     pub fn total(&self) -> u64 {
         self.data + self.control
     }
 }
 
+/// Chunks by verdict: new ones received or produced, copies already held, late, refused.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ChunkCounts {
     /// Received from neighbours, verified and new (and their wire bytes).
     pub verified: u64,
+    /// Those chunks' encoded size, bytes: the useful download.
     pub verified_bytes: u64,
     /// Produced by this node (the broadcaster).
     pub published: u64,
+    /// Those chunks' encoded size, bytes.
     pub published_bytes: u64,
+    /// Received again while already held.
     pub duplicate: u64,
+    /// Those copies' encoded size, bytes: download wasted.
     pub duplicate_bytes: u64,
     /// Older than the window.
     pub late: u64,
-    /// Refused, by reason.
+    /// Refused, by reason: `bad_signature`, `malformed`, `oversized`, `protocol`,
+    /// `control_flood`, `request_flood`, `false_have`, `stale`.
     pub rejected: BTreeMap<String, u64>,
 }
 
+/// Repair: chunks asked of neighbours to fill gaps, and sent to neighbours that asked.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct Requests {
+    /// REQUEST messages sent (one may name several chunks).
     pub sent: u64,
+    /// Chunks sent in answer to neighbours' REQUESTs.
     pub served: u64,
 }
 
+/// A port the router forwards to this node.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PortMapping {
+    /// Where peers outside reach this node.
     pub external: SocketAddr,
+    /// How it was got: `PCP`, `NAT-PMP` or `UPnP`.
     pub protocol: String,
 }
 
 /// Hole punching: punches started, connected, timed out, and introductions made.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct Punch {
+    /// Punches started, as the dialler or the dialled.
     pub attempts: u64,
+    /// Punches that connected.
     pub succeeded: u64,
+    /// Punches that timed out.
     pub failed: u64,
+    /// Introductions this node made: it told one neighbour to dial back another (PUNCH).
     pub introductions: u64,
 }
 
 /// The bounds this node keeps (`shoal_core::limits`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct LimitsView {
+    /// Stream kept and relayed, seconds of broadcaster time (`--window-s`).
     pub window_s: u64,
+    /// Active neighbours at most; newcomers beyond are turned away with other peers to try.
     pub max_neighbours: usize,
+    /// Connections dialled to this node at once, handshaking or running; more are refused.
     pub max_incoming_connections: usize,
+    /// Control messages queued towards one neighbour; one that lets it fill is dropped as slow.
     pub control_queue: usize,
+    /// Chunks queued towards one neighbour; when full, pushes to it are skipped.
     pub chunk_queue: usize,
+    /// Bytes a neighbour may send that this node has not read yet (QUIC receive window).
     pub receive_window: u64,
+    /// Bytes this node may write to a neighbour unacknowledged (QUIC send window).
     pub send_window: u64,
+    /// Largest control frame body accepted, bytes.
     pub max_frame: usize,
+    /// Largest encoded chunk accepted, bytes.
     pub max_chunk: usize,
-    /// What this node should stay under at the stream rate it measured.
+    /// What this node should stay under at the stream rate it measured, bytes (none until
+    /// the rate is measured).
     pub memory_bound_bytes: Option<u64>,
 }
 
 /// Percentiles in ms (none when there are no samples).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Percentiles {
+    /// The median, ms.
     pub p50: Option<f64>,
+    /// 95th percentile, ms.
     pub p95: Option<f64>,
+    /// 99th percentile, ms.
     pub p99: Option<f64>,
 }
 
 /// Every chunk's latency since start, in Prometheus' cumulative buckets and fine ones.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct HistogramView {
+    /// Cumulative counts at each bound of `LATENCY_BUCKETS_MS`, then one counting every sample.
     pub buckets: Vec<Bucket>,
+    /// Samples in all.
     pub count: u64,
+    /// Their latencies added up, ms.
     pub sum_ms: f64,
     /// Fine log-spaced counts by bucket number (`fine_bucket`): they add up across nodes.
     pub fine: BTreeMap<u32, u64>,
@@ -576,14 +654,21 @@ pub struct HistogramView {
 /// Samples at most `le_ms` (all of them where `le_ms` is none).
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct Bucket {
+    /// Upper bound, ms; none: no bound (Prometheus' `+Inf`).
     pub le_ms: Option<f64>,
+    /// Samples at most `le_ms`.
     pub count: u64,
 }
 
+/// The chunks emitted since this node started that it got (new, from neighbours), in the
+/// current epoch: it should hold `newest_seq - first_seq + 1` of them.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct LiveChunks {
+    /// The broadcaster's epoch (random at each start); a new one starts the span again.
     pub epoch: u64,
+    /// The lowest seq got.
     pub first_seq: u64,
+    /// The highest seq got.
     pub newest_seq: u64,
 }
 
