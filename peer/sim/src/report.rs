@@ -142,8 +142,14 @@ impl Sim {
         {
             let c = source.counters();
             eprintln!(
-                "source requests served {} refused {}; sent data {} control {}",
-                c.requests_served, c.requests_refused, self.nodes[SOURCE].sent_data, self.nodes[SOURCE].sent_control
+                "source requests served {} refused {}; sent data {} control {}; pushed {:.3} of what it published; displaced {} shed {}",
+                c.requests_served,
+                c.requests_refused,
+                self.nodes[SOURCE].sent_data,
+                self.nodes[SOURCE].sent_control,
+                c.pushed_bytes as f64 / c.published_bytes.max(1) as f64,
+                c.children_displaced,
+                c.children_shed
             );
         }
         if let Some(windows) = &self.debug_latency {

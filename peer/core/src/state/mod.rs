@@ -43,8 +43,11 @@ const STARVING_AFTER: Duration = Duration::from_secs(4);
 /// How long a starving newcomer keeps out a neighbour that lied about its place in the trees.
 /// (Short: an honest node looks the same while the whole stream is stalled.)
 const LIAR_BAN: Duration = Duration::from_secs(30);
-/// Share of a copy of the stream the source spends on repairs, at most.
+/// Share of a copy of the stream the source spends on repairs, at most...
 const SOURCE_REPAIR_SHARE: f64 = 0.4;
+/// ...and copies of the stream it sends in all, children and repairs together (QUIC adds a
+/// few percent on the wire).
+const SOURCE_CEILING: f64 = 1.42;
 /// Seconds of that share the source may spend at once (a swarm forming, or a relay's
 /// household taking its uplink, needs it all at once, and then for a long while not).
 const SOURCE_REPAIR_BURST_S: f64 = 10.0;
@@ -404,6 +407,17 @@ impl State {
         }
         let burst_s = if self.config.source { SOURCE_REPAIR_BURST_S } else { 1.0 };
         self.repair.refill(spare, burst_s, now);
+        if self.config.source {
+            // Whatever the bursts, everything it sent stays under the ceiling (but for one
+            // burst's worth: a forming swarm needs it at once, before much was published).
+            let c = &self.out.counters;
+            let burst = self
+                .meter
+                .bps()
+                .map_or(0.0, |b| b / 8.0 * SOURCE_REPAIR_SHARE * SOURCE_REPAIR_BURST_S);
+            self.repair
+                .limit(SOURCE_CEILING * c.published_bytes as f64 + burst - c.pushed_bytes as f64);
+        }
         let deadline = now + self.config.push_deadline;
         let window = &self.window;
         let held = |seq| window.get(epoch, seq);

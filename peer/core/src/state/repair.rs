@@ -401,6 +401,13 @@ impl Repair {
         }
     }
 
+    /// Spends no more than `bytes` on repairs from now on (until the next top-up raises it).
+    pub fn limit(&mut self, bytes: f64) {
+        if let Some(tokens) = &mut self.tokens {
+            *tokens = tokens.min(bytes.max(0.0));
+        }
+    }
+
     /// Tops up the bytes this node may spend on repairs at `spare_bps` (what its capacity
     /// leaves after its children and a tenth for control), with a second's worth of burst.
     /// `None`: uncapped, or the stream's rate not measured yet: no budget to keep.

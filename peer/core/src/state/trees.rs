@@ -76,6 +76,7 @@ const ASSUMED_STREAM_BPS: f64 = 4_000_000.0;
 /// How long a child told to go is still fed: long enough to graft onto another parent and
 /// get its first chunk.
 const LEAVE_GRACE: Duration = Duration::from_secs(3);
+const SOURCE_LEAVE_GRACE: Duration = Duration::from_secs(1);
 
 /// Whether an upload of `kbps` (as a neighbour told it) carries a whole copy of the stream
 /// beside the reserve: enough to be a parent in every stripe.
@@ -147,11 +148,14 @@ impl Trees {
     }
 
     /// Tells a child of stripe `s` to find another parent, and keeps feeding it a while.
-    fn shed(&mut self, s: usize, child: NodeId, now: Instant, out: &mut Outbox) {
+    /// (The source, a shorter while: its upload is the stream's one copy, and a child it let
+    /// go is usually fed by a nearby relay within a second.)
+    fn shed(&mut self, s: usize, child: NodeId, now: Instant, source: bool, out: &mut Outbox) {
         out.send(child, Message::Prune { stripe: s as u8 });
         let leaving = &mut self.stripes[s].leaving;
         leaving.retain(|(id, until)| *id != child && now < *until);
-        leaving.push((child, now + LEAVE_GRACE));
+        let grace = if source { SOURCE_LEAVE_GRACE } else { LEAVE_GRACE };
+        leaving.push((child, now + grace));
         self.status_dirty = true;
     }
 
@@ -322,7 +326,7 @@ impl Trees {
         };
         let displaced = self.stripes[s].children.remove(i);
         out.counters.children_displaced += 1;
-        self.shed(s, displaced, now, out);
+        self.shed(s, displaced, now, cx.config.source, out);
         true
     }
 

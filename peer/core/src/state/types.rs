@@ -242,6 +242,9 @@ pub(super) struct Outbox {
 
 impl Outbox {
     pub fn push(&mut self, action: Action) {
+        if let Action::Push { chunk, .. } = &action {
+            self.counters.pushed_bytes += chunk.encoded_len() as u64;
+        }
         self.actions.push(action);
     }
 
@@ -257,6 +260,8 @@ pub struct Counters {
     /// Chunks this node produced (the broadcaster), and their wire bytes.
     pub published: u64,
     pub published_bytes: u64,
+    /// Chunk bytes handed to the links to send (to children, to those leaving, as repairs).
+    pub pushed_bytes: u64,
     pub duplicate: u64,
     pub duplicate_bytes: u64,
     pub late: u64,
