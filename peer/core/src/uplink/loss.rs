@@ -13,6 +13,10 @@ const EVIDENCE_BYTES: f64 = 36_000.0;
 const RATIO: f64 = 2.0;
 /// ...and this much more frequent in absolute terms.
 const MARGIN: f64 = 0.005;
+/// Losses this frequent wherever they come (five times the bench's random 2 %) mean the
+/// uplink is overloaded, whatever the queue says: the household's traffic holds a shallow
+/// router queue full, and the paths' base delays were all taken behind it.
+const OVERLOAD: f64 = 0.1;
 
 #[derive(Clone, Copy, Debug, Default)]
 struct Bin {
@@ -48,12 +52,32 @@ impl Losses {
             && self.top.rate() > RATIO * self.rest.rate() + MARGIN
     }
 
+    /// Whether losses come so often, wherever, that the uplink is overloaded.
+    pub fn overloaded(&self) -> bool {
+        let all = Bin {
+            acked: self.top.acked + self.rest.acked,
+            lost: self.top.lost + self.rest.lost,
+        };
+        all.acked + all.lost >= EVIDENCE_BYTES && all.rate() > OVERLOAD
+    }
+
     /// One control step: older evidence counts for less.
     pub fn step(&mut self) {
         for bin in [&mut self.top, &mut self.rest] {
             bin.acked *= MEMORY;
             bin.lost *= MEMORY;
         }
+    }
+
+    /// For debugging: the loss rate at the top and elsewhere, and the evidence at the top.
+    pub fn describe(&self) -> String {
+        format!(
+            "top {:.3} of {:.0} kB, rest {:.3} of {:.0} kB",
+            self.top.rate(),
+            (self.top.acked + self.top.lost) / 1000.0,
+            self.rest.rate(),
+            (self.rest.acked + self.rest.lost) / 1000.0
+        )
     }
 
     fn bin(&mut self, at_top: bool) -> &mut Bin {

@@ -248,7 +248,9 @@ impl Uplink {
     /// Bytes declared lost on `path`: a congestion signal only where the router drops (at a
     /// full queue, markedly more often than elsewhere).
     pub fn on_lost(&mut self, path: u64, bytes: u64) {
-        let routers = self.losses.lost(bytes, self.delays.at_top(path));
+        // (Overloaded: losses so frequent the router drops whatever the delay says; its queue
+        // is then shallower than what the paths' bases hide, and the target goes below it.)
+        let routers = self.losses.lost(bytes, self.delays.at_top(path)) || self.losses.overloaded();
         if self.cfg.mode == Mode::Background && self.slowdown_until.is_none() && routers {
             self.congested_step = true;
             // A router that drops at this queue is shallower than the target: aim below it.
@@ -321,7 +323,7 @@ impl Uplink {
 
     /// For debugging: the paths' delays.
     pub fn describe_paths(&self) -> String {
-        self.delays.describe()
+        format!("{} losses {}", self.delays.describe(), self.losses.describe())
     }
 
     pub fn report(&self) -> Report {

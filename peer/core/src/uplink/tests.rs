@@ -23,7 +23,8 @@ struct Lab {
     /// The three paths' base round trips.
     bases_ms: [u64; 3],
     backlog_bytes: f64,
-    acks: std::collections::VecDeque<(Instant, u64, u64, Duration)>,
+    /// (when, path, bytes, round trip, lost).
+    acks: std::collections::VecDeque<(Instant, u64, u64, Duration, bool)>,
     now: Instant,
     queue_ms: Vec<f64>,
     rng: u64,
@@ -101,18 +102,16 @@ impl Lab {
             let base = Duration::from_millis(self.bases_ms[path as usize]) + jitter;
             if bytes > 0.0 {
                 let dropped = queue > self.depth || self.random() < self.loss;
-                if dropped {
-                    self.acks.push_back((self.now + base + queue, path, 0, base + queue));
-                } else {
+                if !dropped {
                     self.backlog_bytes += bytes;
-                    self.acks
-                        .push_back((self.now + base + queue, path, bytes as u64, base + queue));
                 }
+                self.acks
+                    .push_back((self.now + base + queue, path, bytes as u64, base + queue, dropped));
             }
             while self.acks.front().is_some_and(|a| a.0 <= self.now) {
-                let (_, path, bytes, rtt) = self.acks.pop_front().expect("checked");
-                if bytes == 0 {
-                    up.on_lost(path, 1200);
+                let (_, path, bytes, rtt, lost) = self.acks.pop_front().expect("checked");
+                if lost {
+                    up.on_lost(path, bytes);
                 } else {
                     up.on_rtt(path, rtt, self.now);
                     up.on_acked(path, bytes);
