@@ -124,6 +124,31 @@ pub(crate) fn remove_namespace(ns: &str) {
     let _ = Command::new("ip").args(["netns", "del", ns]).status();
 }
 
+/// Removes the namespaces a lab left behind when its process was killed (a lab names its
+/// namespaces `shoal<pid>-…` or `shoalu<pid>-…`; a pid no longer running owns nothing).
+pub(crate) fn remove_stale_namespaces() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        let Some(rest) = name.strip_prefix("shoal") else {
+            continue;
+        };
+        let digits: String = rest
+            .trim_start_matches('u')
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        let owner_gone = digits
+            .parse::<u32>()
+            .is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+        if owner_gone {
+            remove_namespace(name);
+        }
+    }
+}
+
 /// The namespaces of one lab; removed, with everything running in them, when dropped.
 struct Lab {
     prefix: String,
@@ -200,6 +225,7 @@ impl Lab {
     /// The public segment (`public`.0/24, the namespace "pub" at .10), and each site's
     /// router and host.
     fn build(public_net: &'static str, sites: &'static [(&'static str, Nat)]) -> anyhow::Result<Lab> {
+        remove_stale_namespaces();
         let mut lab = Lab {
             prefix: format!("shoal{}", std::process::id()),
             public: public_net,
@@ -508,9 +534,39 @@ pub fn run_mapping_lab(dir: &Path, offer: Offer) -> anyhow::Result<Value> {
         }
     }
     let broadcaster_stats: Value = read_stats(&stats("broadcaster"));
+    // The forwarding rules miniupnpd keeps for the mapping: there while the broadcaster runs,
+    // gone once it stopped (it releases its mapping as it shuts down).
+    let router = lab.ns("r1");
+    let rules = || -> usize {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &router,
+                "nft",
+                "list",
+                "chain",
+                "inet",
+                "miniupnpd",
+                "prerouting_miniupnpd",
+            ])
+            .output();
+        out.map_or(0, |o| String::from_utf8_lossy(&o.stdout).matches("dnat").count())
+    };
+    let rules_running = rules();
+    lab.procs[broadcaster].interrupt(Duration::from_secs(10));
+    let mut rules_after = rules();
+    for _ in 0..30 {
+        if rules_after == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        rules_after = rules();
+    }
     Ok(json!({
         "offer": format!("{offer:?}"),
         "port_mapping": broadcaster_stats["port_mapping"],
+        "router_rules": {"while_broadcasting": rules_running, "after_shutdown": rules_after},
         "first_ticket_addrs": first.addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "ticket_addrs": ticket.addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "listed_after_ms": listed_after.as_millis() as u64,

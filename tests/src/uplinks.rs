@@ -312,6 +312,7 @@ fn rates(samples: &[(Instant, u64, Option<u64>, Option<f64>)]) -> Vec<f64> {
 
 /// Runs the lab once and reports what the swarm and the household saw.
 pub fn run_lab(dir: &Path, config: &Config) -> anyhow::Result<Value> {
+    crate::natlab::remove_stale_namespaces();
     let mut lab = Lab {
         prefix: format!("shoalu{}", std::process::id()),
         namespaces: Vec::new(),

@@ -65,6 +65,15 @@ fn plays_through_a_mapped_port(offer: natlab::Offer, protocol: &str) {
         from.iter().any(|n| n["addr"] == external && n["site"] == "broadcaster"),
         "the viewer got the stream through the mapped port: {report}"
     );
+    // Nothing left behind: the router forwarded the port while it ran, and not after.
+    assert!(
+        report["router_rules"]["while_broadcasting"].as_u64() >= Some(1),
+        "{report}"
+    );
+    assert_eq!(
+        report["router_rules"]["after_shutdown"], 0,
+        "the mapping outlived the broadcaster: {report}"
+    );
 }
 
 #[test]
