@@ -27,7 +27,7 @@ impl Driver for NodeIo<'_> {
                 msg,
                 Message::Graft { .. } | Message::Prune { .. } | Message::Request { .. }
             )
-            || self.sim.trace == Some(index_of(&to)) && matches!(msg, Message::Prune { .. });
+            || self.sim.trace == Some(index_of(&to)) && matches!(msg, Message::Prune { .. } | Message::Graft { .. });
         if traced {
             eprintln!(
                 "tree {} ms: {} -> {}: {msg:?}",

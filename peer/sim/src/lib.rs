@@ -114,7 +114,8 @@ enum Ev {
         path: usize,
         bytes: u64,
         rtt_us: u64,
-        lost: usize,
+        /// Bytes declared lost on the way (in packets dropped or lost at random).
+        lost: u64,
     },
     /// What the router dropped, queued again at its sender.
     Resend(usize, Queued),
@@ -187,6 +188,9 @@ pub struct Sim {
     trace: Option<usize>,
     /// `SHOAL_SIM_DEBUG`: latencies (ms) per 10 s of the run, printed at the end.
     debug_latency: Option<Vec<Vec<u32>>>,
+    /// `SHOAL_SIM_DEBUG`: per 5 s and stripe, chunks delivered and how many of them late.
+    debug_late: Vec<Vec<(u64, u64)>>,
+    stripes: usize,
     /// Connections closed by QUIC's idle timeout, and neighbours dropped as too slow.
     idle_timeouts: u64,
     slow_dropped: u64,
@@ -237,6 +241,8 @@ impl Sim {
             idle_timeouts: 0,
             trace: std::env::var("SHOAL_SIM_TRACE").ok().and_then(|s| s.parse().ok()),
             debug_latency: std::env::var_os("SHOAL_SIM_DEBUG").map(|_| Vec::new()),
+            debug_late: Vec::new(),
+            stripes: usize::from(state::Config::default().stripes),
             slow_dropped: 0,
             cpu: cfg.cpu.clone().map(Cpu::new),
             cfg,

@@ -157,7 +157,7 @@ impl Sim {
                         path: q.to,
                         bytes: wire.saturating_sub(dropped * PACKET_BYTES) as u64,
                         rtt_us: 0,
-                        lost: dropped,
+                        lost: (dropped * PACKET_BYTES).min(wire) as u64,
                     },
                 );
                 if !matches!(q.payload, Payload::Padding | Payload::Ping) {
@@ -184,7 +184,8 @@ impl Sim {
                     path: q.to,
                     bytes: wire as u64,
                     rtt_us,
-                    lost: resent,
+                    // (A lost packet of a small item, a control message, is small too.)
+                    lost: (resent * PACKET_BYTES.min(wire)) as u64,
                 },
             );
         }

@@ -123,6 +123,15 @@ impl Sim {
                 windows.resize(w + 1, Vec::new());
             }
             windows[w].push((latency_us / 1000) as u32);
+            // (A whole stripe late at once is a tree's top that stepped aside or left.)
+            let w = (self.now / 5_000_000) as usize;
+            let stripes = self.stripes;
+            if self.debug_late.len() <= w {
+                self.debug_late.resize(w + 1, vec![(0, 0); stripes]);
+            }
+            let cell = &mut self.debug_late[w][header.seq as usize % stripes];
+            cell.0 += 1;
+            cell.1 += u64::from(latency_us > self.cfg.deadline_ms * 1000);
         }
         self.delivered += 1;
         self.latency_ms[((latency_us / 1000) as usize).min(HISTOGRAM_MS)] += 1;
@@ -162,6 +171,13 @@ impl Sim {
                 })
                 .collect();
             eprintln!("latency p95 per 10 s: {p95:?}");
+            for (w, cells) in self.debug_late.iter().enumerate() {
+                let late: Vec<String> = cells
+                    .iter()
+                    .map(|(n, l)| format!("{:.2}", *l as f64 / (*n).max(1) as f64))
+                    .collect();
+                eprintln!("late share per stripe at {} s: {}", w * 5, late.join(" "));
+            }
         }
         if std::env::var_os("SHOAL_SIM_DEBUG").is_some() {
             let mut t = [0u64; 6];

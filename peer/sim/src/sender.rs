@@ -71,8 +71,8 @@ impl Sender {
     }
 
     /// An acknowledgement for bytes sent on `path`, `rtt` after they were sent, with
-    /// `lost` packets declared lost on the way.
-    pub fn acked(&mut self, path: u64, bytes: u64, rtt: Option<Duration>, lost: usize, now: Instant) {
+    /// `lost` bytes declared lost on the way.
+    pub fn acked(&mut self, path: u64, bytes: u64, rtt: Option<Duration>, lost: u64, now: Instant) {
         match self {
             Sender::Exact => {}
             Sender::Greedy(g) => g.acked(bytes, now),
@@ -82,7 +82,7 @@ impl Sender {
                 }
                 u.on_acked(path, bytes);
                 if lost > 0 {
-                    u.on_lost(path, (lost * 1200) as u64);
+                    u.on_lost(path, lost);
                 }
                 u.poll(now);
             }
