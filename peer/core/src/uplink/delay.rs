@@ -58,6 +58,8 @@ pub struct Delays {
     paths: HashMap<u64, Path>,
     /// The uplink's queueing delay at the last step, if any trusted path was sampled.
     queue: Option<Duration>,
+    /// Trusted paths sampled in the last step.
+    witnesses: usize,
 }
 
 impl Delays {
@@ -143,7 +145,15 @@ impl Delays {
         if queue.is_some() {
             self.queue = queue;
         }
+        self.witnesses = excess.len();
         queue
+    }
+
+    /// Whether the last step's queue was seen on more than one path. One path alone may be
+    /// reading its neighbour's full uplink (the ACKs queue there): enough to slow down for,
+    /// not to conclude what our uplink carries.
+    pub fn corroborated(&self) -> bool {
+        self.witnesses >= 2
     }
 
     /// The queueing delay at the last step that measured one.

@@ -381,8 +381,10 @@ impl Uplink {
         self.acked_step = 0;
         // (A queue is proof of a full uplink only while we were sending all we could: with
         // less asked of it, it is a busy household, or noise.)
+        // (Nor a queue only one path sees: see `Delays::corroborated`.)
+        let full_evidence = queue.filter(|_| self.delays.corroborated());
         self.capacity
-            .step(now, queue, self.target, congested, limited, sent_bps);
+            .step(now, full_evidence, self.target, congested, limited, sent_bps);
         self.run_probe(now);
         if self.slowing_down(now, queue) {
             return;
