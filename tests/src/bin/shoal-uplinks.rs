@@ -9,6 +9,11 @@ use anyhow::Context;
 use shoal_tests::process::test_dir;
 use shoal_tests::uplinks::{self, Config};
 
+const USAGE: &str = "usage: scripts/uplinks [--declare] [--queue-ms 400] [--seconds 60] \
+[--bitrate-kbps 2000] [--household N] [--household-tcp cubic|bbr|reno] [KBPS,KBPS,...]
+  viewers' uplinks in join order (default 1000,4000,1000,4000,10000,1000,4000,10000);
+  the household is by default the first of the strongest viewers. Needs root.";
+
 fn main() -> anyhow::Result<()> {
     if let Some(why) = shoal_tests::natlab::unavailable() {
         println!("uplinks: skipped: {why}");
@@ -28,12 +33,17 @@ fn main() -> anyhow::Result<()> {
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().with_context(|| format!("{name} takes a value"));
         match arg.as_str() {
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
             "--declare" => config.declare = true,
             "--queue-ms" => config.queue_ms = value("--queue-ms")?.parse()?,
             "--seconds" => config.seconds = value("--seconds")?.parse()?,
             "--bitrate-kbps" => config.bitrate_kbps = value("--bitrate-kbps")?.parse()?,
             "--household" => config.household = value("--household")?.parse()?,
             "--household-tcp" => config.household_tcp = value("--household-tcp")?,
+            flag if flag.starts_with('-') => anyhow::bail!("unknown flag {flag}\n{USAGE}"),
             list => {
                 config.uplinks_kbps = list
                     .split(',')
