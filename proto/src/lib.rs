@@ -18,7 +18,7 @@ pub use node_id::NodeId;
 pub use ticket::{Ticket, TicketError};
 
 /// Version of the wire protocol spoken in HELLO; peers with another version are refused.
-/// (2: STATUS tells the stream's rate.)
-pub const PROTOCOL_VERSION: u16 = 2;
+/// (2: STATUS tells the stream's rate; 3: and the children per stripe.)
+pub const PROTOCOL_VERSION: u16 = 3;
 /// QUIC ALPN of shoal connections.
 pub const ALPN: &[u8] = b"shoal/1";

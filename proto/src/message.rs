@@ -75,13 +75,17 @@ pub enum Message {
     /// "Stop pushing me this stripe", or, in answer to GRAFT, "I cannot be your parent".
     Prune { stripe: u8 },
     /// What a neighbour needs to pick parents: the sender's hop count from the source per
-    /// stripe (255 = not receiving it), its upload capacity (kbit/s, 0 if unknown), how many
+    /// stripe (255 = not receiving it), its children per stripe (a node cut off from a stripe
+    /// with children of it brings a whole subtree back when it finds a parent), its upload
+    /// capacity (kbit/s, 0 if unknown), how many
     /// more children it can take (one child of one stripe each), the stream's rate as it
     /// measures it (kbit/s, 0 if not yet: a newcomer that has received nothing plans its
     /// children with it), and where the newest segment it holds starts (so a joining node
     /// can start at a keyframe).
     Status {
         depths: Vec<u8>,
+        /// As many as `depths` (encoded after them; a shorter list is padded with zeros).
+        children: Vec<u8>,
         upload_kbps: u32,
         free_slots: u16,
         stream_kbps: u32,
@@ -204,6 +208,7 @@ impl Message {
             }
             Message::Status {
                 depths,
+                children,
                 upload_kbps,
                 free_slots,
                 stream_kbps,
@@ -213,6 +218,9 @@ impl Message {
                 let depths = &depths[..depths.len().min(MAX_STRIPES)];
                 buf.put_u8(depths.len() as u8);
                 buf.put_slice(depths);
+                for s in 0..depths.len() {
+                    buf.put_u8(children.get(s).copied().unwrap_or(0));
+                }
                 buf.put_u32(*upload_kbps);
                 buf.put_u16(*free_slots);
                 buf.put_u32(*stream_kbps);
@@ -319,8 +327,12 @@ impl Message {
                 need(&body, n)?;
                 let depths = body[..n].to_vec();
                 body = &body[n..];
+                need(&body, n)?;
+                let children = body[..n].to_vec();
+                body = &body[n..];
                 Message::Status {
                     depths,
+                    children,
                     upload_kbps: get_u32(&mut body)?,
                     free_slots: get_u16(&mut body)?,
                     stream_kbps: get_u32(&mut body)?,
@@ -456,23 +468,26 @@ mod tests {
             }),
             any::<u8>().prop_map(|stripe| Message::Prune { stripe }),
             (
-                proptest::collection::vec(any::<u8>(), 0..MAX_STRIPES),
+                proptest::collection::vec(any::<(u8, u8)>(), 0..MAX_STRIPES),
                 any::<u32>(),
                 any::<u16>(),
                 any::<u32>(),
                 any::<u64>(),
                 proptest::option::of(any::<u64>())
             )
-                .prop_map(|(depths, upload_kbps, free_slots, stream_kbps, epoch, segment_start)| {
-                    Message::Status {
-                        depths,
-                        upload_kbps,
-                        free_slots,
-                        stream_kbps,
-                        epoch,
-                        segment_start,
+                .prop_map(
+                    |(stripes, upload_kbps, free_slots, stream_kbps, epoch, segment_start)| {
+                        Message::Status {
+                            depths: stripes.iter().map(|s| s.0).collect(),
+                            children: stripes.iter().map(|s| s.1).collect(),
+                            upload_kbps,
+                            free_slots,
+                            stream_kbps,
+                            epoch,
+                            segment_start,
+                        }
                     }
-                }),
+                ),
         ]
     }
 

@@ -482,6 +482,7 @@ fn viewer_hello() -> BytesMut {
     let stripes = shoal_peer::state::Config::default().stripes;
     let mut frames = Message::Status {
         depths: vec![shoal_proto::message::NO_DEPTH; usize::from(stripes)],
+        children: vec![0; usize::from(stripes)],
         upload_kbps: 0,
         free_slots: 0,
         stream_kbps: 0,

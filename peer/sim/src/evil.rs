@@ -36,6 +36,7 @@ impl Evil {
     fn lies(&self) -> Vec<Message> {
         let mut out = vec![Message::Status {
             depths: vec![1; usize::from(self.stripes)],
+            children: vec![8; usize::from(self.stripes)],
             upload_kbps: 100_000,
             free_slots: 64,
             // (A stream far slighter than it is: newcomers would plan too many children.)

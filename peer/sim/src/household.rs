@@ -79,6 +79,11 @@ impl Household {
         }
     }
 
+    /// Uploading now.
+    pub fn is_on(&self) -> bool {
+        self.on
+    }
+
     /// Uploads in given periods (the lab's), whether or not its viewer runs shoal.
     pub fn is_scheduled(&self) -> bool {
         !self.periods.is_empty()

@@ -191,6 +191,7 @@ pub struct Sim {
     /// `SHOAL_SIM_DEBUG`: per 5 s and stripe, chunks delivered and how many of them late.
     debug_late: Vec<Vec<(u64, u64)>>,
     stripes: usize,
+    dump_at_us: Option<u64>,
     /// Connections closed by QUIC's idle timeout, and neighbours dropped as too slow.
     idle_timeouts: u64,
     slow_dropped: u64,
@@ -243,6 +244,10 @@ impl Sim {
             debug_latency: std::env::var_os("SHOAL_SIM_DEBUG").map(|_| Vec::new()),
             debug_late: Vec::new(),
             stripes: usize::from(state::Config::default().stripes),
+            dump_at_us: std::env::var("SHOAL_SIM_DUMP")
+                .ok()
+                .and_then(|s| s.parse::<f64>().ok())
+                .map(|s| (s * 1e6) as u64),
             slow_dropped: 0,
             cpu: cfg.cpu.clone().map(Cpu::new),
             cfg,
@@ -548,6 +553,36 @@ impl Sim {
         }
     }
 
+    /// `SHOAL_SIM_DUMP=t`: every node's uplink, household, parents and depths at `t` s, one
+    /// line each (to see a stripe's tree when it fails).
+    fn dump_trees(&self) {
+        for (i, node) in self.nodes.iter().enumerate() {
+            let Role::Honest(state) = &node.role else { continue };
+            let (pacing, yielding) = match &node.sender {
+                Sender::Controlled(u) => {
+                    let r = u.report();
+                    (r.pacing_bps.unwrap_or(0.0) / 1e6, r.yielding)
+                }
+                _ => (0.0, false),
+            };
+            let parents: Vec<i64> = state
+                .parents()
+                .iter()
+                .map(|p| p.map_or(-1, |id| index_of(&id) as i64))
+                .collect();
+            eprintln!(
+                "DUMP {i} up {:.1}x household {} pacing {pacing:.2} Mbit/s yielding {yielding} children {} parents {parents:?} depths {:?} backlog {} ms",
+                node.upload_bps / (self.cfg.bitrate_kbps as f64 * 1000.0),
+                node.household
+                    .as_ref()
+                    .map_or("none", |h| if h.is_on() { "on" } else { "off" }),
+                state.children(),
+                state.depths(),
+                node.router.as_ref().map_or(0, |r| r.backlog_us(self.now) / 1000)
+            );
+        }
+    }
+
     fn tick(&mut self, n: usize) {
         let now = self.instant();
         let node = &mut self.nodes[n];
@@ -572,6 +607,9 @@ impl Sim {
                 },
                 node.sender.describe()
             );
+        }
+        if n == SOURCE && self.dump_at_us.is_some_and(|t| self.now / TICK_US == t / TICK_US) {
+            self.dump_trees();
         }
         self.keep_alive(n);
         match &mut self.nodes[n].role {

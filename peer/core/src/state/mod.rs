@@ -304,6 +304,7 @@ impl State {
             Message::Prune { stripe } => self.trees.on_prune(from, stripe, now, &mut self.out),
             Message::Status {
                 depths,
+                children,
                 upload_kbps,
                 free_slots,
                 stream_kbps,
@@ -312,6 +313,9 @@ impl State {
             } => {
                 if let Some(n) = self.view.get_mut(&from) {
                     for (mine, theirs) in n.depths.iter_mut().zip(depths) {
+                        *mine = theirs;
+                    }
+                    for (mine, theirs) in n.children.iter_mut().zip(children) {
                         *mine = theirs;
                     }
                     n.upload_kbps = upload_kbps;

@@ -53,6 +53,8 @@ pub(super) struct Neighbour {
     pub has: SeqSet,
     /// Its hop count from the source per stripe, as it last told us.
     pub depths: Vec<u8>,
+    /// Its children per stripe, as it last told us.
+    pub children: Vec<u8>,
     /// Its upload capacity (0 if unknown) and how many more children it can take.
     pub upload_kbps: u32,
     pub free_slots: u16,
@@ -81,6 +83,7 @@ impl Neighbour {
             listen,
             has: SeqSet::default(),
             depths: vec![NO_DEPTH; usize::from(stripes)],
+            children: vec![0; usize::from(stripes)],
             upload_kbps: 0,
             free_slots: 0,
             stream_kbps: 0,

@@ -57,6 +57,7 @@ fn up(s: &mut State, n: u8, now: Instant) -> Vec<Action> {
 fn status(depths: Vec<u8>, free_slots: u16) -> Message {
     Message::Status {
         depths,
+        children: Vec::new(),
         upload_kbps: 1000,
         free_slots,
         stream_kbps: 0,
@@ -533,6 +534,7 @@ fn a_joining_node_starts_at_the_newest_segment() {
     let mut s = state_with(&[1], now);
     let msg = Message::Status {
         depths: vec![0, 0],
+        children: Vec::new(),
         upload_kbps: 1000,
         free_slots: 1,
         stream_kbps: 0,
@@ -661,6 +663,7 @@ fn the_source_lets_a_child_rooting_several_stripes_make_way_for_one_rooting_none
         // (Viewers that can pass the stream on: the source makes room for no leaf.)
         let strong = Message::Status {
             depths: vec![NO_DEPTH, NO_DEPTH],
+            children: Vec::new(),
             upload_kbps: 10_000,
             free_slots: 4,
             stream_kbps: 0,
@@ -691,6 +694,39 @@ fn the_source_lets_a_child_rooting_several_stripes_make_way_for_one_rooting_none
 }
 
 #[test]
+fn a_node_cut_off_with_a_subtree_takes_the_place_of_a_leaf() {
+    let now = Instant::now();
+    let mut s = source(now);
+    let told = |depths: Vec<u8>, children: Vec<u8>, upload_kbps| Message::Status {
+        depths,
+        children,
+        upload_kbps,
+        free_slots: 0,
+        stream_kbps: 0,
+        epoch: 1,
+        segment_start: None,
+    };
+    for n in 1..=3 {
+        up(&mut s, n, now);
+    }
+    // Node 1, strong, takes stripe 0 and feeds nobody in it.
+    control(&mut s, 1, told(vec![1, NO_DEPTH], vec![0, 0], 10_000), now);
+    control(&mut s, 1, Message::Graft { stripe: 0 }, now);
+    // Node 3, a leaf cut off from the stripe, asks for it: refused.
+    control(&mut s, 3, told(vec![NO_DEPTH, NO_DEPTH], vec![0, 0], 500), now);
+    let actions = control(&mut s, 3, Message::Graft { stripe: 0 }, now);
+    assert_eq!(sends(&actions), vec![(node(3), Message::Prune { stripe: 0 })]);
+    // Node 2, weaker than node 1 but cut off with three children of stripe 0 below it, asks:
+    // node 1 makes way (it is still fed a second while it finds another parent).
+    control(&mut s, 2, told(vec![NO_DEPTH, NO_DEPTH], vec![3, 0], 500), now);
+    let actions = control(&mut s, 2, Message::Graft { stripe: 0 }, now);
+    assert_eq!(sends(&actions), vec![(node(1), Message::Prune { stripe: 0 })]);
+    let later = now + Duration::from_secs(2);
+    let a: Vec<_> = s.handle(Event::Publish(chunk(1, 4, 1_000, 0)), later).collect();
+    assert_eq!(pushes(&a), vec![(node(2), 4)]);
+}
+
+#[test]
 fn stripes_spread_at_the_source_when_nobody_declared_an_upload() {
     let now = Instant::now();
     let mut s = source(now);
@@ -698,6 +734,7 @@ fn stripes_spread_at_the_source_when_nobody_declared_an_upload() {
         up(&mut s, n, now);
         let undeclared = Message::Status {
             depths: vec![NO_DEPTH, NO_DEPTH],
+            children: Vec::new(),
             upload_kbps: 0,
             free_slots: 4,
             stream_kbps: 0,
@@ -836,6 +873,7 @@ fn the_source_makes_room_only_for_a_viewer_that_can_pass_the_stream_on() {
     let mut s = source(now);
     let told = |kbps| Message::Status {
         depths: vec![NO_DEPTH, NO_DEPTH],
+        children: Vec::new(),
         upload_kbps: kbps,
         free_slots: 0,
         stream_kbps: 2_000,

@@ -285,6 +285,15 @@ impl Trees {
         };
         // (Upload unknown on both sides, as when nobody passed --upload-kbps, is comparable.)
         let newcomer = strength(&from);
+        // One cut off from the stripe with children of it brings its whole subtree back: a
+        // child of ours that feeds nobody in this stripe makes way for it, whatever their
+        // uploads (a leaf finds another parent easily; the subtree waits on its root).
+        if let Some((t, i)) = self.subtree_room(from, s, cx) {
+            let displaced = self.stripes[t].children.remove(i);
+            out.counters.children_displaced += 1;
+            self.shed(t, displaced, now, cx.config.source, out);
+            return true;
+        }
         // Only for one that can pass a whole copy on: trading one leaf for another (a viewer
         // that measured nothing yet for the gateway that uploads nothing) only churns.
         if newcomer > 0 && !forwards_a_copy(newcomer, cx) {
@@ -328,6 +337,39 @@ impl Trees {
         out.counters.children_displaced += 1;
         self.shed(s, displaced, now, cx.config.source, out);
         true
+    }
+
+    /// Which child (stripe, index) makes way for `from`, cut off from stripe `s` with a
+    /// subtree of it: the weakest of ours that feeds nobody in `s`, or else, when our room
+    /// went to other stripes, the weakest leaf of the stripe with the most children (at least
+    /// two more than `s`: each such move narrows the gap, so it settles). `None` if it brings
+    /// no subtree or we have no such child.
+    fn subtree_room(&self, from: NodeId, s: usize, cx: &Ctx) -> Option<(usize, usize)> {
+        let brings = cx
+            .view
+            .get(&from)
+            .is_some_and(|n| n.depths.get(s) == Some(&NO_DEPTH) && n.children.get(s).is_some_and(|c| *c > 0));
+        if !brings {
+            return None;
+        }
+        let leaf_of = |t: usize| {
+            self.stripes[t]
+                .children
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| cx.view.get(c).is_some_and(|n| n.children.get(t) == Some(&0)))
+                .min_by_key(|(_, c)| cx.view.strength(c))
+                .map(|(i, _)| (t, i))
+        };
+        leaf_of(s).or_else(|| {
+            let here = self.stripes[s].children.len();
+            let t = (0..self.stripes.len())
+                .filter(|t| *t != s)
+                .max_by_key(|t| self.stripes[*t].children.len())?;
+            (self.stripes[t].children.len() >= here + 2)
+                .then(|| leaf_of(t))
+                .flatten()
+        })
     }
 
     pub fn on_prune(&mut self, from: NodeId, stripe: u8, now: Instant, out: &mut Outbox) {
@@ -650,6 +692,11 @@ impl Trees {
         let epoch = window.live_epoch().unwrap_or(0);
         Message::Status {
             depths: self.depths(cx.config, cx.view),
+            children: self
+                .stripes
+                .iter()
+                .map(|s| s.children.len().min(usize::from(u8::MAX)) as u8)
+                .collect(),
             upload_kbps: cx
                 .config
                 .upload_bps
