@@ -232,6 +232,24 @@ mod tests {
     }
 
     #[test]
+    fn a_queue_one_path_alone_sees_is_not_corroborated() {
+        let t0 = Instant::now();
+        let mut d = Delays::default();
+        d.sample_quiet(1, ms(20), t0);
+        d.sample_quiet(2, ms(50), t0);
+        d.step();
+        // Only path 1 answers in this step, 100 ms late (its neighbour's uplink is full).
+        d.sample_quiet(1, ms(120), t0 + ms(400));
+        assert_eq!(d.step(), Some(ms(100)), "still a queue to slow down for");
+        assert!(!d.corroborated(), "one path alone");
+        // Both answer, both late: the queue is ours.
+        d.sample_quiet(1, ms(120), t0 + ms(800));
+        d.sample_quiet(2, ms(150), t0 + ms(800));
+        assert_eq!(d.step(), Some(ms(100)));
+        assert!(d.corroborated());
+    }
+
+    #[test]
     fn the_queue_is_what_most_paths_see_above_their_bases() {
         let t0 = Instant::now();
         let at = |n: u64| t0 + ms(n * 400);
