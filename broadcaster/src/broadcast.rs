@@ -13,7 +13,7 @@ use bytes::Bytes;
 use ed25519_dalek::SigningKey;
 use shoal_peer::Node;
 use shoal_peer::discovery::lan::Announcement;
-use shoal_peer::events::{EVENTS_QUEUE, Events, Lagging, NodeEvent};
+use shoal_peer::events::{EVENTS_QUEUE, Events, Lagging, NeighbourEvents, NodeEvent, forward};
 use shoal_peer::net::node::Publisher;
 use shoal_peer::net::stats::{Snapshot, Stats};
 use shoal_peer::swarm::{Role, SwarmError, SwarmOptions, UploadMode};
@@ -287,11 +287,23 @@ impl BroadcasterBuilder {
         };
         let mut push = None;
         let source: tokio::task::JoinHandle<Result<(), BroadcastError>> = match source {
-            Source::MpegTs(reader) => tokio::spawn(crate::ingest::read(reader, cut, tx, health.clone(), stop.token())),
+            Source::MpegTs(reader) => tokio::spawn(crate::ingest::run(
+                crate::ingest::Input::reader(reader),
+                cut,
+                tx,
+                health.clone(),
+                stop.token(),
+            )),
             Source::Push => {
                 let (push_tx, push_rx) = mpsc::channel(PUSH_QUEUE);
                 push = Some(push_tx);
-                tokio::spawn(crate::ingest::pushed(push_rx, cut, tx, health.clone(), stop.token()))
+                tokio::spawn(crate::ingest::run(
+                    crate::ingest::Input::Pushed(push_rx),
+                    cut,
+                    tx,
+                    health.clone(),
+                    stop.token(),
+                ))
             }
             #[cfg(feature = "gstreamer")]
             Source::Media(source) => {
@@ -442,15 +454,13 @@ fn random_epoch() -> Result<u64, BroadcastError> {
     Ok(u64::from_le_bytes(bytes))
 }
 
-/// Passes the node's neighbour events on as the broadcaster's.
-async fn forward(mut from: Events<NodeEvent>, to: broadcast::Sender<BroadcasterEvent>) {
-    while let Some(event) = from.next().await {
-        let event = match event {
-            NodeEvent::NeighbourUp { node_id, addr } => BroadcasterEvent::NeighbourUp { node_id, addr },
-            NodeEvent::NeighbourDown { node_id, why } => BroadcasterEvent::NeighbourDown { node_id, why },
-            _ => continue,
-        };
-        let _ = to.send(event);
+impl NeighbourEvents for BroadcasterEvent {
+    fn from_node(event: NodeEvent) -> Option<Self> {
+        match event {
+            NodeEvent::NeighbourUp { node_id, addr } => Some(BroadcasterEvent::NeighbourUp { node_id, addr }),
+            NodeEvent::NeighbourDown { node_id, why } => Some(BroadcasterEvent::NeighbourDown { node_id, why }),
+            _ => None,
+        }
     }
 }
 

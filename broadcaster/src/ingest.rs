@@ -2,7 +2,7 @@
 //! cut into signed chunks at its own frames and keyframes, with no GStreamer: what an app
 //! with its own encoder, or a phone's hardware encoder, streams through.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use shoal_peer::net::stats::now_us;
 use shoal_proto::{Chunk, ChunkFlags};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -16,9 +16,39 @@ use crate::keyframes::KeyframeWatch;
 /// How much is read at once.
 const READ_SIZE: usize = 64 * 1024;
 
-/// Cuts what `reader` gives until it ends or `stop`; then sends the end of the stream.
-pub(crate) async fn read(
-    mut reader: Box<dyn AsyncRead + Send + Unpin>,
+/// Where the application's MPEG-TS comes from.
+pub(crate) enum Input {
+    /// Read from this, into that buffer, a read at a time.
+    Reader(Box<dyn AsyncRead + Send + Unpin>, BytesMut),
+    /// Pushed as buffers (`Broadcaster::push_ts`); ends when every sender is gone.
+    Pushed(mpsc::Receiver<Bytes>),
+}
+
+impl Input {
+    pub(crate) fn reader(reader: Box<dyn AsyncRead + Send + Unpin>) -> Self {
+        Input::Reader(reader, BytesMut::new())
+    }
+
+    /// The next bytes, `None` at the end.
+    async fn next(&mut self) -> Option<Result<Bytes, BroadcastError>> {
+        match self {
+            Input::Reader(reader, buf) => {
+                // (Split off, not copied: the buffer is reused once the chunker let go of it.)
+                buf.reserve(READ_SIZE);
+                match reader.read_buf(buf).await {
+                    Ok(0) => None,
+                    Ok(_) => Some(Ok(buf.split().freeze())),
+                    Err(e) => Some(Err(BroadcastError::Source(format!("cannot read the MPEG-TS: {e}")))),
+                }
+            }
+            Input::Pushed(rx) => rx.recv().await.map(Ok),
+        }
+    }
+}
+
+/// Cuts what `input` gives until it ends or `stop`; then sends the end of the stream.
+pub(crate) async fn run(
+    mut input: Input,
     mut cut: Cut,
     tx: mpsc::Sender<Chunk>,
     health: std::sync::Arc<Health>,
@@ -26,48 +56,23 @@ pub(crate) async fn read(
 ) -> Result<(), BroadcastError> {
     health.set_media("input: MPEG-TS from the application, passed through");
     let mut keyframes = KeyframeWatch::new(cut.segment_ms());
-    let mut buf = vec![0u8; READ_SIZE];
     let result = loop {
-        let n = tokio::select! {
+        let next = tokio::select! {
             _ = stop.cancelled() => break Ok(()),
-            n = reader.read(&mut buf) => n,
+            next = input.next() => next,
         };
-        match n {
-            Ok(0) => break Ok(()),
-            Ok(n) => {
-                if !feed(&buf[..n], &mut cut, &mut keyframes, &tx, &health).await {
+        match next {
+            None => break Ok(()),
+            Some(Ok(data)) => {
+                if !feed(&data, &mut cut, &mut keyframes, &tx, &health).await {
                     return Ok(());
                 }
             }
-            Err(e) => break Err(BroadcastError::Source(format!("cannot read the MPEG-TS: {e}"))),
+            Some(Err(e)) => break Err(e),
         }
     };
     finish(cut, &tx).await;
     result
-}
-
-/// Cuts what is pushed until the pushing stops or `stop`; then sends the end of the stream.
-pub(crate) async fn pushed(
-    mut rx: mpsc::Receiver<Bytes>,
-    mut cut: Cut,
-    tx: mpsc::Sender<Chunk>,
-    health: std::sync::Arc<Health>,
-    stop: CancellationToken,
-) -> Result<(), BroadcastError> {
-    health.set_media("input: MPEG-TS from the application, passed through");
-    let mut keyframes = KeyframeWatch::new(cut.segment_ms());
-    loop {
-        let data = tokio::select! {
-            _ = stop.cancelled() => break,
-            data = rx.recv() => data,
-        };
-        let Some(data) = data else { break };
-        if !feed(&data, &mut cut, &mut keyframes, &tx, &health).await {
-            return Ok(());
-        }
-    }
-    finish(cut, &tx).await;
-    Ok(())
 }
 
 /// Cuts, signs and sends; false once nobody takes chunks any more.

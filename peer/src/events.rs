@@ -91,6 +91,23 @@ pub enum NodeEvent {
     },
 }
 
+/// An event type that tells its node's neighbours coming and going (a viewer's, a
+/// broadcaster's).
+pub trait NeighbourEvents: Sized {
+    /// The event for `event`, if it is one this type tells.
+    fn from_node(event: NodeEvent) -> Option<Self>;
+}
+
+/// Passes a node's events on as `E`s until the node stops. (Missed ones are this
+/// forwarder's to count, not the listener's.)
+pub async fn forward<E: NeighbourEvents>(mut from: Events<NodeEvent>, to: broadcast::Sender<E>) {
+    while let Some(event) = from.next().await {
+        if let Some(event) = E::from_node(event) {
+            let _ = to.send(event);
+        }
+    }
+}
+
 impl Lagging for NodeEvent {
     fn lagged(missed: u64) -> Self {
         NodeEvent::Lagged { missed }

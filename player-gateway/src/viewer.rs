@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use shoal_peer::Node;
 use shoal_peer::discovery::lan::Announcement;
-use shoal_peer::events::{EVENTS_QUEUE, Events, Lagging, NodeEvent};
+use shoal_peer::events::{EVENTS_QUEUE, Events, Lagging, NeighbourEvents, NodeEvent, forward};
 use shoal_peer::net::stats::{now_us, spawn_writer};
 use shoal_peer::swarm::{Dht, Role, SwarmError, SwarmOptions, UploadMode};
 use shoal_proto::{NodeId, Ticket};
@@ -272,16 +272,13 @@ impl ViewerBuilder {
     }
 }
 
-/// Passes the node's neighbour events on as the viewer's.
-async fn forward(mut from: Events<NodeEvent>, to: broadcast::Sender<ViewerEvent>) {
-    while let Some(event) = from.next().await {
-        let event = match event {
-            NodeEvent::NeighbourUp { node_id, addr } => ViewerEvent::NeighbourUp { node_id, addr },
-            NodeEvent::NeighbourDown { node_id, why } => ViewerEvent::NeighbourDown { node_id, why },
-            // (Missed neighbour events are this forwarder's, not the listener's, to count.)
-            _ => continue,
-        };
-        let _ = to.send(event);
+impl NeighbourEvents for ViewerEvent {
+    fn from_node(event: NodeEvent) -> Option<Self> {
+        match event {
+            NodeEvent::NeighbourUp { node_id, addr } => Some(ViewerEvent::NeighbourUp { node_id, addr }),
+            NodeEvent::NeighbourDown { node_id, why } => Some(ViewerEvent::NeighbourDown { node_id, why }),
+            _ => None,
+        }
     }
 }
 
