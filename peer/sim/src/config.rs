@@ -26,6 +26,8 @@ pub struct SimConfig {
     /// Depth of the household router's queue in front of every uplink, ms (`tc tbf …
     /// latency`); 0 for the model before it: nodes send at exactly their uplink's rate.
     pub router_queue_ms: u64,
+    /// kB the router holds beyond `router_queue_ms` of its rate (`tc tbf … burst`).
+    pub router_burst_kb: u64,
     /// The congestion control nodes run.
     pub sender: SenderModel,
     /// Share of viewers whose household uploads in bulk through the same router now and
@@ -67,6 +69,7 @@ impl Default for SimConfig {
             source_upload_x: 5.0,
             upload_unknown: true,
             router_queue_ms: 400,
+            router_burst_kb: 0,
             sender: SenderModel::Controlled,
             cross_traffic: 0.0,
             deadline_ms: 3000,

@@ -364,7 +364,8 @@ impl Sim {
             } else {
                 Sender::new(self.cfg.sender, source, declared, self.base)
             },
-            router: (self.cfg.router_queue_ms > 0).then(|| Router::new(upload_bps, self.cfg.router_queue_ms)),
+            router: (self.cfg.router_queue_ms > 0)
+                .then(|| Router::new(upload_bps, self.cfg.router_queue_ms, self.cfg.router_burst_kb)),
             sent_data: 0,
             sent_control: 0,
             sent_padding: 0,

@@ -31,10 +31,13 @@ pub struct Passage {
 const MAX_SAMPLES: usize = 1 << 16;
 
 impl Router {
-    pub fn new(bits_per_s: f64, depth_ms: u64) -> Self {
+    /// `depth_ms` of the uplink's rate, and `burst_kb` more (tbf's limit is rate × latency +
+    /// burst).
+    pub fn new(bits_per_s: f64, depth_ms: u64, burst_kb: u64) -> Self {
+        let bytes_per_us = bits_per_s / 8.0 / 1e6;
         Router {
-            bytes_per_us: bits_per_s / 8.0 / 1e6,
-            depth_us: depth_ms * 1000,
+            bytes_per_us,
+            depth_us: depth_ms * 1000 + (burst_kb as f64 * 1024.0 / bytes_per_us) as u64,
             drains_at: 0,
             arriving: Vec::new(),
             taken: Passage::default(),
@@ -125,7 +128,7 @@ mod tests {
 
     #[test]
     fn a_fifo_at_the_uplink_rate_that_drops_packets_beyond_its_depth() {
-        let mut r = Router::new(8e6, 2); // 1 byte/µs, 2 ms deep
+        let mut r = Router::new(8e6, 2, 0); // 1 byte/µs, 2 ms deep
         // Sent at 2× the uplink's rate: each 1000-byte item takes 500 µs to send, 1000 to leave.
         let mut passages = Vec::new();
         for i in 0..6 {
@@ -138,11 +141,11 @@ mod tests {
             [(1500, 0), (2500, 0), (3500, 0), (4500, 0), (5500, 0), (3000, 1)]
         );
         // Sent slower than the uplink: nothing queues, packets leave as they are sent.
-        let mut r = Router::new(8e6, 2);
+        let mut r = Router::new(8e6, 2, 0);
         r.start(0, 2000, 1000, 500);
         assert_eq!(r.finish(2000).leaves, 2000 + 500);
         // A control packet sent halfway through a paced item waits only for what is in.
-        let mut r = Router::new(8e6, 2);
+        let mut r = Router::new(8e6, 2, 0);
         r.start(0, 4000, 2000, 500); // 500 bytes a ms, drained at 1000 a ms
         let control = r.pass_now(2000, 100, 500);
         assert_eq!(
@@ -152,8 +155,19 @@ mod tests {
         );
         assert_eq!(r.finish(4000).leaves, 4000 + 500);
         // A burst of 4000 bytes into a 2 ms queue: the last packet is dropped.
-        let mut r = Router::new(8e6, 2);
+        let mut r = Router::new(8e6, 2, 0);
         let p = r.pass_now(0, 4000, 1000);
         assert_eq!(p.dropped, 1, "the fourth packet finds 3 ms queued");
+    }
+
+    #[test]
+    fn a_tbf_burst_deepens_the_queue_by_its_bytes() {
+        // 1 Mbit/s, "30 ms" and a 16 kB burst, as the lab's tbf: 30 + 131 ms deep.
+        let r = Router::new(1e6, 30, 16);
+        assert_eq!(r.depth_us, 30_000 + 131_072);
+        let mut r = Router::new(8e6, 2, 2); // 1 byte/µs: 2 ms and 2048 bytes more
+        let p = r.pass_now(0, 5000, 1000);
+        assert_eq!(p.dropped, 0, "4048 µs deep: the fifth packet finds 4 ms queued");
+        assert_eq!(r.pass_now(0, 1000, 1000).dropped, 1);
     }
 }

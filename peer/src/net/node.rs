@@ -33,6 +33,8 @@ const INPUT_QUEUE: usize = 4096;
 const DELIVERY_QUEUE: usize = 1024;
 /// How often the core gets a `Tick`.
 const TICK: Duration = Duration::from_millis(50);
+/// How often `shoal::uplink` debug lines are written.
+const TRACE_EVERY: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -259,6 +261,9 @@ async fn run_core(
     let (stats, events) = (links.stats.clone(), links.events.clone());
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // (`RUST_LOG=shoal::uplink=debug`: what the uplink controller sees, every `TRACE_EVERY`.)
+    let mut traced: Option<std::time::Instant> = None;
+    let mut traced_rate = 0.0;
     loop {
         let input = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -341,6 +346,21 @@ async fn run_core(
             };
             core.set_upload_capacity(plan.map(|b| b as u64));
             stats.set_core(&core);
+            if tracing::enabled!(target: "shoal::uplink", tracing::Level::TRACE) {
+                let u = uplink.lock();
+                let rate = u.pacing_bps().unwrap_or(0.0);
+                if rate != traced_rate {
+                    traced_rate = rate;
+                    tracing::trace!(target: "shoal::uplink", kbps = (rate / 1000.0).round(), why = u.why(), queue = ?report.queue, "rate");
+                }
+            }
+            if tracing::enabled!(target: "shoal::uplink", tracing::Level::DEBUG)
+                && traced.is_none_or(|t| now.duration_since(t) >= TRACE_EVERY)
+            {
+                traced = Some(now);
+                let c = core.counters();
+                tracing::debug!(target: "shoal::uplink", ?report, plan, paths = %uplink.lock().describe_paths(), served = c.requests_served, refused = c.requests_refused, asked = c.requests_sent, verified = c.verified, children = core.children(), depths = ?core.depths(), "uplink");
+            }
             stats.set_uplink(report);
         }
     }

@@ -50,6 +50,15 @@ const SLOWDOWN: Duration = Duration::from_millis(200);
 const SLOWDOWN_MAX: Duration = Duration::from_millis(500);
 /// After drops at a full queue, growth is a packet a round trip for this long.
 const GENTLE_AFTER_DROPS: Duration = Duration::from_secs(10);
+/// Drops while sending this share of what the uplink was seen to carry or more are our own
+/// overshoot (a keyframe's burst, growth past the measure): the rate goes back to
+/// `AFTER_OVERSHOOT` of what it carried, and of what it delivered in the last second (beside
+/// a household's flow, that is our shrinking share), not to half.
+const OVERSHOOT_SHARE: f64 = 0.85;
+const AFTER_OVERSHOOT: f64 = 0.85;
+/// Drops reported this soon after a cut were mostly sent before it (they show a round trip,
+/// the queue and QUIC's loss detection later): one cut per episode, as TCP's recovery.
+const RECOVERY: Duration = Duration::from_secs(1);
 const PACKET_BITS: f64 = 1200.0 * 8.0;
 /// The least delay target, whatever the router drops at.
 const MIN_TARGET: Duration = Duration::from_millis(10);
@@ -168,6 +177,10 @@ pub struct Uplink {
     last_congestion: Option<Instant>,
     /// When the last slowdown ended.
     slowed_at: Option<Instant>,
+    /// When drops last cut the rate.
+    cut_at: Option<Instant>,
+    /// Why the rate last changed (for tracing).
+    why: &'static str,
     /// When a queue we did not want last stood (drops, or over the target), and when the
     /// last probe started.
     pressed_at: Option<Instant>,
@@ -208,6 +221,8 @@ impl Uplink {
             quiet_steps: 0,
             last_congestion: None,
             slowed_at: None,
+            cut_at: None,
+            why: "start",
             pressed_at: None,
             probed_at: None,
             slowdown_until: None,
@@ -321,6 +336,11 @@ impl Uplink {
         }
     }
 
+    /// For tracing: why the rate last changed.
+    pub fn why(&self) -> &'static str {
+        self.why
+    }
+
     /// For debugging: the paths' delays.
     pub fn describe_paths(&self) -> String {
         format!("{} losses {}", self.delays.describe(), self.losses.describe())
@@ -408,9 +428,26 @@ impl Uplink {
                 (1.0 - 0.5 * (q - half) / (3.0 * half)).max(floor)
             }
         });
+        // What the uplink was measured to carry (0 until it was).
+        let measured = match self.capacity.how() {
+            How::Measured => self.capacity.bps().unwrap_or(0.0),
+            _ => 0.0,
+        };
+        // Drops while we sent near or past what the uplink was seen to carry (measured, or
+        // at least delivered while a probe grows): most likely our own overshoot; back under
+        // it and under what it delivered lately, not to half (children were planned on it,
+        // and half of it starves them every few seconds behind a shallow queue). Beside a
+        // household's flow, what it delivered is our share, and each episode cuts into it.
+        let carried = self.capacity.bps().unwrap_or(0.0).min(bottleneck);
+        // (Drops soon after a cut belong to the episode that cut.)
+        let recovering = self.cut_at.is_some_and(|t| now.duration_since(t) < RECOVERY);
+        let cuts = congested && !recovering;
+        let overshoot = cuts && carried > 0.0 && self.rate >= OVERSHOOT_SHARE * carried;
         if congested {
-            gain = gain.min(0.5);
             self.last_congestion = Some(now);
+        }
+        if cuts {
+            gain = gain.min(0.5);
         }
         // Someone else's traffic held the queue up (drops, or a queue over the target, while
         // we sent under half of what the uplink carries): once it is gone, probe again to
@@ -425,8 +462,22 @@ impl Uplink {
             let feedback = self.delays.smallest_base().unwrap_or_default() + queue.unwrap_or_default() + STEP;
             now.duration_since(t) < feedback
         });
-        if !settling {
-            let next = if gain < 1.0 {
+        if !settling || overshoot {
+            if cuts {
+                self.cut_at = Some(now);
+            }
+            self.why = if overshoot {
+                "overshoot"
+            } else if cuts {
+                "drops"
+            } else if gain < 1.0 {
+                "queue"
+            } else {
+                "grow"
+            };
+            let next = if overshoot {
+                self.rate.min(AFTER_OVERSHOOT * carried)
+            } else if gain < 1.0 {
                 // Down by the gain: from what the uplink delivered if we filled it, else from
                 // the rate (what we sent was less: the queue is not all ours).
                 let from = if limited { recent.min(self.rate) } else { self.rate };
@@ -448,10 +499,6 @@ impl Uplink {
             // trip: slower than the TCP, which then keeps its share.
             // (Up to what the uplink was measured to carry, quickly: a probe's own overshoot
             // drops some too.)
-            let measured = match self.capacity.how() {
-                How::Measured => self.capacity.bps().unwrap_or(0.0),
-                _ => 0.0,
-            };
             let next = match self.last_congestion {
                 Some(t) if next > self.rate.max(0.9 * measured) && now.duration_since(t) < GENTLE_AFTER_DROPS => {
                     let round_trip = self.delays.smallest_base().unwrap_or_default() + queue.unwrap_or_default() + STEP;
@@ -507,6 +554,7 @@ impl Uplink {
             }
             self.slowdown_until = None;
             self.rate = self.rate_before_slowdown;
+            self.why = "slowdown over";
             // Drained (or as drained as our own queue gets at the floor in this long): the
             // paths sampled meanwhile show their bases.
             self.delays.trust_sampled_since(started + SLOWDOWN / 2);
@@ -531,6 +579,7 @@ impl Uplink {
         {
             self.rate_before_slowdown = self.rate;
             self.rate = FLOOR_BPS;
+            self.why = if blind { "slowdown (blind)" } else { "slowdown" };
             self.slowdown_until = Some(now + SLOWDOWN);
             return true;
         }
@@ -552,6 +601,7 @@ impl Uplink {
                     && let Some(c) = self.capacity.bps()
                 {
                     self.rate = (UNDER_CAPACITY * c).max(FLOOR_BPS);
+                    self.why = "probe found";
                     self.last_change = Some(now);
                 }
                 // Spaced out while it keeps finding the same; soon again after a fall.
@@ -590,8 +640,12 @@ impl Uplink {
             self.probed_at = Some(now);
             // The uplink carried its peak a few minutes ago at most, and the queue is quiet
             // now: half of it at once, the rest as the probe grows.
+            // (The drops of the household's flow are over with it: no gentle growth after
+            // them, or a fast uplink takes many seconds to come back.)
             if freed {
+                self.last_congestion = None;
                 self.rate = self.rate.max(0.5 * self.capacity.peak_bps(now));
+                self.why = "freed";
                 self.last_change = Some(now);
             }
             // What the probe finds is measured from now on, alone (a window begun beside the

@@ -347,3 +347,23 @@ fn a_bulk_upload_that_filled_a_shallow_queue_first_keeps_its_throughput() {
         );
     }
 }
+
+#[test]
+fn behind_a_shallow_queue_its_own_overshoot_does_not_halve_the_rate() {
+    // A relay asked for 80 % of a 4 Mbit/s uplink in keyframe bursts, behind a 30 ms router
+    // queue: its bursts and its growth past the measure overflow the queue now and then.
+    // Halving on each (as before) took the rate under what its children need every few
+    // seconds in the namespace lab; it goes back under what the uplink carried instead.
+    let mut lab = Lab::new(4e6, 3.2e6);
+    lab.depth = Duration::from_millis(30);
+    lab.bursty = true;
+    lab.bases_ms = [1, 1, 2];
+    let mut up = background(lab.now);
+    lab.run(&mut up, 15.0);
+    let mut lowest = f64::INFINITY;
+    for _ in 0..300 {
+        lab.run(&mut up, 0.1);
+        lowest = lowest.min(up.pacing_bps().expect("paces"));
+    }
+    assert!(lowest > 0.6 * 4e6, "the rate fell to {lowest} bit/s over 30 s");
+}

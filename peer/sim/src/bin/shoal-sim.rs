@@ -48,6 +48,10 @@ struct Args {
     /// exactly their uplink's rate, and nothing queues).
     #[arg(long, default_value_t = 400)]
     router_queue_ms: u64,
+    /// The router also holds this many kB more, as `tc tbf … burst` does (its limit is
+    /// rate × latency + burst: the lab's 16 kB make a "30 ms" queue at 1 Mbit/s 158 ms deep).
+    #[arg(long, default_value_t = 0)]
+    router_burst_kb: u64,
     /// Congestion control the nodes run: controlled (the uplink controller) or greedy (the
     /// transport before it, which keeps router queues full).
     #[arg(long, default_value = "controlled")]
@@ -153,6 +157,7 @@ fn main() {
         source_upload_x: a.source_upload_x,
         upload_unknown: !a.declare_upload,
         router_queue_ms: a.router_queue_ms,
+        router_burst_kb: a.router_burst_kb,
         sender: a.sender,
         cross_traffic: a.cross_traffic,
         deadline_ms: a.deadline_ms,
