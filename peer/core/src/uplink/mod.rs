@@ -52,10 +52,12 @@ const SLOWDOWN_MAX: Duration = Duration::from_millis(500);
 const GENTLE_AFTER_DROPS: Duration = Duration::from_secs(10);
 /// Drops while sending this share of what the uplink was seen to carry or more are our own
 /// overshoot (a keyframe's burst, growth past the measure): the rate goes back to
-/// `AFTER_OVERSHOOT` of what it carried, and of what it delivered in the last second (beside
-/// a household's flow, that is our shrinking share), not to half.
+/// `AFTER_OVERSHOOT` of what it carried, not to half; when drops come again within
+/// `DROPS_AGAIN`, of what it delivered in the last second too (beside a household's flow, that
+/// is our shrinking share).
 const OVERSHOOT_SHARE: f64 = 0.85;
 const AFTER_OVERSHOOT: f64 = 0.85;
+const DROPS_AGAIN: Duration = Duration::from_secs(5);
 /// Drops reported this soon after a cut were mostly sent before it (they show a round trip,
 /// the queue and QUIC's loss detection later): one cut per episode, as TCP's recovery.
 const RECOVERY: Duration = Duration::from_secs(1);
@@ -435,12 +437,17 @@ impl Uplink {
         };
         // Drops while we sent near or past what the uplink was seen to carry (measured, or
         // at least delivered while a probe grows): most likely our own overshoot; back under
-        // it and under what it delivered lately, not to half (children were planned on it,
-        // and half of it starves them every few seconds behind a shallow queue). Beside a
-        // household's flow, what it delivered is our share, and each episode cuts into it.
-        let carried = self.capacity.bps().unwrap_or(0.0).min(bottleneck);
+        // it, not to half (children were planned on it, and half of it starves them every
+        // few seconds behind a shallow queue). Drops that come again soon cut under what it
+        // delivered lately as well: beside a household's flow that is our share, and each
+        // episode cuts into it. (Not the first: what it delivered in the last second is low
+        // after a quiet spell, when a probe or the rate's growth overshoots.)
+        let since_cut = self.cut_at.map(|t| now.duration_since(t));
+        let again = since_cut.is_some_and(|d| d < DROPS_AGAIN);
+        let carried = self.capacity.bps().unwrap_or(0.0);
+        let carried = if again { carried.min(bottleneck) } else { carried };
         // (Drops soon after a cut belong to the episode that cut.)
-        let recovering = self.cut_at.is_some_and(|t| now.duration_since(t) < RECOVERY);
+        let recovering = since_cut.is_some_and(|d| d < RECOVERY);
         let cuts = congested && !recovering;
         let overshoot = cuts && carried > 0.0 && self.rate >= OVERSHOOT_SHARE * carried;
         if congested {
