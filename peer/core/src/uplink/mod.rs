@@ -328,8 +328,18 @@ impl Uplink {
                 Some(self.capacity_bps()?.min(self.rate))
             }
             (_, How::Measured) => self.capacity_bps(),
-            // The owner's word stands until the uplink is seen to carry less.
-            (Mode::Background, _) if self.cfg.cap_bps.is_some() => self.cfg.cap_bps,
+            // The owner's word stands until the uplink is seen to carry less, or drops its
+            // packets under it (a household's upload that started before us holds the queue
+            // we would measure with: then what it lets through is all we have).
+            (Mode::Background, _) if self.cfg.cap_bps.is_some() => {
+                let dropping = self
+                    .last_congestion
+                    .is_some_and(|t| self.step_at.saturating_duration_since(t) < GENTLE_AFTER_DROPS);
+                match (dropping, self.cfg.cap_bps) {
+                    (true, Some(cap)) => Some(cap.min(self.rate.max(self.capacity_bps().unwrap_or(0.0)))),
+                    (_, cap) => cap,
+                }
+            }
             (Mode::Background, _) => {
                 let seen = self.capacity_bps().unwrap_or(0.0).max(INITIAL_BPS);
                 Some(self.cfg.cap_bps.map_or(seen, |c| c.min(seen)))
