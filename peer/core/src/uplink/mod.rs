@@ -492,13 +492,16 @@ impl Uplink {
             } else {
                 "grow"
             };
+            // Down by the gain: from what the uplink delivered if we filled it, else from the
+            // rate (what we sent was less: the queue is not all ours).
+            let from = if limited { recent.min(self.rate) } else { self.rate };
+            let down = (from.max(FLOOR_BPS) * gain).min(self.rate);
             let next = if overshoot {
-                self.rate.min(AFTER_OVERSHOOT * carried)
+                // (A softer cut, never a deeper one: on a fast link asked for little, what it
+                // carried is only a lower bound, far under the rate.)
+                down.max(AFTER_OVERSHOOT * carried).min(self.rate)
             } else if gain < 1.0 {
-                // Down by the gain: from what the uplink delivered if we filled it, else from
-                // the rate (what we sent was less: the queue is not all ours).
-                let from = if limited { recent.min(self.rate) } else { self.rate };
-                (from.max(FLOOR_BPS) * gain).min(self.rate)
+                down
             } else if limited {
                 // More to send than the rate lets out: up to a quarter above what the uplink
                 // was seen to deliver, never down without a queue.
