@@ -340,19 +340,16 @@ async fn run_core(
         }
         if is_tick {
             // The core plans children with what the uplink was seen to carry.
-            let (report, plan) = {
+            let (report, plan, why) = {
                 let u = uplink.lock();
-                (u.report(), u.plan_bps())
+                (u.report(), u.plan_bps(), u.why())
             };
             core.set_upload_capacity(plan.map(|b| b as u64));
             stats.set_core(&core);
-            if tracing::enabled!(target: "shoal::uplink", tracing::Level::TRACE) {
-                let u = uplink.lock();
-                let rate = u.pacing_bps().unwrap_or(0.0);
-                if rate != traced_rate {
-                    traced_rate = rate;
-                    tracing::trace!(target: "shoal::uplink", kbps = (rate / 1000.0).round(), why = u.why(), queue = ?report.queue, "rate");
-                }
+            let rate = report.pacing_bps.unwrap_or(0.0);
+            if rate != traced_rate {
+                traced_rate = rate;
+                tracing::trace!(target: "shoal::uplink", kbps = (rate / 1000.0).round(), why, queue = ?report.queue, "rate");
             }
             if tracing::enabled!(target: "shoal::uplink", tracing::Level::DEBUG)
                 && traced.is_none_or(|t| now.duration_since(t) >= TRACE_EVERY)

@@ -335,10 +335,10 @@ impl Uplink {
                 let dropping = self
                     .last_congestion
                     .is_some_and(|t| self.step_at.saturating_duration_since(t) < GENTLE_AFTER_DROPS);
-                match (dropping, self.cfg.cap_bps) {
-                    (true, Some(cap)) => Some(cap.min(self.rate.max(self.capacity_bps().unwrap_or(0.0)))),
-                    (_, cap) => cap,
-                }
+                let through = self.rate.max(self.capacity_bps().unwrap_or(0.0));
+                self.cfg
+                    .cap_bps
+                    .map(|cap| if dropping { cap.min(through) } else { cap })
             }
             (Mode::Background, _) => {
                 let seen = self.capacity_bps().unwrap_or(0.0).max(INITIAL_BPS);
