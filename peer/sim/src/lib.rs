@@ -56,6 +56,8 @@ struct Node {
     joined_us: u64,
     left_us: Option<u64>,
     startup_us: Option<u64>,
+    /// When its uplink controller first measured the uplink (seen full).
+    measured_us: Option<u64>,
     upload_bps: f64,
     /// What waits to be sent, and how fast the node's transport sends it.
     uplink: Uplink,
@@ -352,6 +354,7 @@ impl Sim {
             joined_us: 0,
             left_us: None,
             startup_us: if source { Some(0) } else { None },
+            measured_us: None,
             upload_bps,
             // Before the uplink controller, each connection had its own chunk queue.
             uplink: if self.cfg.router_queue_ms > 0 && self.cfg.sender == SenderModel::Greedy {
@@ -591,6 +594,9 @@ impl Sim {
         // The core plans children with what the uplink was seen to carry.
         if let (Role::Honest(state), Sender::Controlled(_)) = (&mut node.role, &node.sender) {
             state.set_upload_capacity(node.sender.plan_bps());
+            if node.measured_us.is_none() && node.sender.measured() {
+                node.measured_us = Some(self.now);
+            }
         }
         if self.trace == Some(n) && self.now % 500_000 < TICK_US {
             let node = &self.nodes[n];

@@ -23,6 +23,8 @@ pub struct Report {
     pub latency_ms: Latency,
     /// Join → the peer holds a whole segment that starts with a keyframe.
     pub startup_ms: Startup,
+    /// Join → the peer's uplink controller measured its uplink (relaying viewers that did).
+    pub measured_ms: Startup,
     /// Bytes the source sent / stream bytes produced.
     pub source_upload_ratio: f64,
     pub max_peer_upload_ratio: f64,
@@ -91,6 +93,7 @@ pub struct Latency {
 pub struct Ratios {
     pub p10: f64,
     pub p50: f64,
+    pub p90: f64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -330,11 +333,18 @@ impl Sim {
             .filter_map(|n| Some(n.sender.capacity_bps()? / n.upload_bps))
             .collect();
         learnt.sort_by(f64::total_cmp);
+        let mut measured: Vec<u64> = honest()
+            .skip(1)
+            .filter(|n| n.watch.is_none())
+            .filter_map(|n| Some(n.measured_us? - n.joined_us))
+            .collect();
+        measured.sort_unstable();
         let capacity_learnt = (!learnt.is_empty()).then(|| {
             let at = |q: f64| round(learnt[((learnt.len() - 1) as f64 * q).round() as usize], 3);
             Ratios {
                 p10: at(0.1),
                 p50: at(0.5),
+                p90: at(0.9),
             }
         });
         let padding: u64 = self.nodes.iter().map(|n| n.sent_padding).sum();
@@ -407,6 +417,10 @@ impl Sim {
             startup_ms: Startup {
                 p50: pct(&startups, 0.5),
                 p95: pct(&startups, 0.95),
+            },
+            measured_ms: Startup {
+                p50: pct(&measured, 0.5),
+                p95: pct(&measured, 0.95),
             },
             source_upload_ratio: round(
                 (source.sent_data + source.sent_control) as f64 / self.stream_bytes.max(1) as f64,

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use shoal_core::uplink::{Mode, Uplink, UplinkConfig};
+use shoal_core::uplink::{How, Mode, Uplink, UplinkConfig};
 
 /// Which congestion control the nodes run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -80,7 +80,7 @@ impl Sender {
                 if let Some(rtt) = rtt {
                     u.on_rtt(path, rtt, now);
                 }
-                u.on_acked(path, bytes);
+                u.on_acked(path, bytes, now - rtt.unwrap_or_default());
                 if lost > 0 {
                     u.on_lost(path, lost);
                 }
@@ -118,6 +118,11 @@ impl Sender {
             Sender::Controlled(u) => u.capacity_bps(),
             _ => None,
         }
+    }
+
+    /// Whether the uplink was seen full (its capacity measured, not only bounded).
+    pub fn measured(&self) -> bool {
+        matches!(self, Sender::Controlled(u) if u.report().how == How::Measured)
     }
 
     /// One line for `SHOAL_SIM_DEBUG`.

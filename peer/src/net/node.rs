@@ -264,6 +264,7 @@ async fn run_core(
     // (`RUST_LOG=shoal::uplink=debug`: what the uplink controller sees, every `TRACE_EVERY`.)
     let mut traced: Option<std::time::Instant> = None;
     let mut traced_rate = 0.0;
+    let mut traced_capacity = None;
     loop {
         let input = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -350,6 +351,11 @@ async fn run_core(
             if rate != traced_rate {
                 traced_rate = rate;
                 tracing::trace!(target: "shoal::uplink", kbps = (rate / 1000.0).round(), why, queue = ?report.queue, "rate");
+            }
+            if report.capacity_bps != traced_capacity {
+                traced_capacity = report.capacity_bps;
+                let kbps = traced_capacity.map(|b| (b / 1000.0).round());
+                tracing::trace!(target: "shoal::uplink", kbps, how = report.how.as_str(), "capacity");
             }
             if tracing::enabled!(target: "shoal::uplink", tracing::Level::DEBUG)
                 && traced.is_none_or(|t| now.duration_since(t) >= TRACE_EVERY)

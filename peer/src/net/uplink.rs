@@ -76,7 +76,7 @@ impl Controller for Path {
         // The round trip of this very packet: send to acknowledgement.
         let mut uplink = self.uplink.lock();
         uplink.on_rtt(self.path, now.saturating_duration_since(sent), now);
-        uplink.on_acked(self.path, bytes);
+        uplink.on_acked(self.path, bytes, sent);
     }
 
     fn on_end_acks(&mut self, now: Instant, in_flight: u64, app_limited: bool, largest_acked: Option<u64>) {

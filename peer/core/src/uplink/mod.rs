@@ -255,9 +255,10 @@ impl Uplink {
         self.delays.sample(path, rtt, now, quiet);
     }
 
-    /// Bytes the other end acknowledged on `path`: what the uplink carried.
-    pub fn on_acked(&mut self, path: u64, bytes: u64) {
-        self.capacity.acked(bytes);
+    /// Bytes sent at `sent` that the other end acknowledged on `path`: what the uplink
+    /// carried.
+    pub fn on_acked(&mut self, path: u64, bytes: u64, sent: Instant) {
+        self.capacity.acked(path, bytes, sent);
         self.acked_step += bytes;
         self.losses.acked(bytes, self.delays.at_top(path));
     }
