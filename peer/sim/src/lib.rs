@@ -115,6 +115,9 @@ enum Ev {
         node: usize,
         path: usize,
         bytes: u64,
+        /// When what is acknowledged was sent (its last packet), and the round trip sampled
+        /// (0: none, a loss report).
+        sent_us: u64,
         rtt_us: u64,
         /// Bytes declared lost on the way (in packets dropped or lost at random).
         lost: u64,
@@ -444,10 +447,12 @@ impl Sim {
                 node,
                 path,
                 bytes,
+                sent_us,
                 rtt_us,
                 lost,
             } => {
                 let now = self.instant();
+                let sent = self.base + Duration::from_micros(sent_us);
                 let n = &mut self.nodes[node];
                 if n.online && bytes > 0 {
                     n.heard.insert(path, self.now);
@@ -455,7 +460,7 @@ impl Sim {
                 if n.online {
                     // (A loss report carries no round trip: QUIC samples none from it.)
                     let rtt = (rtt_us > 0).then(|| Duration::from_micros(rtt_us));
-                    n.sender.acked(path as u64, bytes, rtt, lost, now);
+                    n.sender.acked(path as u64, bytes, sent, rtt, lost, now);
                 }
             }
             Ev::Household(n) => self.household(n),

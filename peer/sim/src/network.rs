@@ -156,6 +156,7 @@ impl Sim {
                         node: n,
                         path: q.to,
                         bytes: wire.saturating_sub(dropped * PACKET_BYTES) as u64,
+                        sent_us: sent_last,
                         rtt_us: 0,
                         lost: (dropped * PACKET_BYTES).min(wire) as u64,
                     },
@@ -183,6 +184,7 @@ impl Sim {
                     node: n,
                     path: q.to,
                     bytes: wire as u64,
+                    sent_us: sent_last,
                     rtt_us,
                     // (A lost packet of a small item, a control message, is small too.)
                     lost: (resent * PACKET_BYTES.min(wire)) as u64,

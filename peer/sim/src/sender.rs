@@ -70,9 +70,9 @@ impl Sender {
         }
     }
 
-    /// An acknowledgement for bytes sent on `path`, `rtt` after they were sent, with
-    /// `lost` bytes declared lost on the way.
-    pub fn acked(&mut self, path: u64, bytes: u64, rtt: Option<Duration>, lost: u64, now: Instant) {
+    /// An acknowledgement for bytes sent on `path` at `sent` (a round trip `rtt` sampled,
+    /// unless it is a loss report), with `lost` bytes declared lost on the way.
+    pub fn acked(&mut self, path: u64, bytes: u64, sent: Instant, rtt: Option<Duration>, lost: u64, now: Instant) {
         match self {
             Sender::Exact => {}
             Sender::Greedy(g) => g.acked(bytes, now),
@@ -80,7 +80,7 @@ impl Sender {
                 if let Some(rtt) = rtt {
                     u.on_rtt(path, rtt, now);
                 }
-                u.on_acked(path, bytes, now - rtt.unwrap_or_default());
+                u.on_acked(path, bytes, sent);
                 if lost > 0 {
                     u.on_lost(path, lost);
                 }

@@ -19,7 +19,7 @@ const FULL_FOR: Duration = Duration::from_millis(300);
 /// A full spell shorter than this is not measured: its ends (a router's burst, a queue read
 /// a step late) weigh too much in it, at a low rate above all.
 const SPELL_MIN: Duration = Duration::from_millis(300);
-/// A measure outside a probe counts at most this much above the estimate.
+/// A measure counts at most this much above the most the uplink carried lately.
 const RISE_MOST: f64 = 1.1;
 /// The most the uplink was seen to carry is remembered this long (the estimate itself falls
 /// to our share while the household's traffic lasts).
@@ -238,13 +238,11 @@ impl Capacity {
             let delivered = self.acked_full * 8.0 / self.full_for.as_secs_f64();
             // (A probe that finds far more than the estimate took the uplink back from the
             // household: that is the uplink now. Otherwise measures are averaged.) A measure
-            // raises the estimate by a few percent at most (a probe's, the most the uplink
-            // carried lately): ACKs that a receiver's draining queue bunched can still read
-            // 10-20 % over the uplink.
+            // counts at most a little over the most the uplink carried lately: ACKs that a
+            // receiver's draining queue bunched can still read 10-20 % over the uplink.
             let new = match (self.how, self.estimate) {
                 (How::Measured, Some(e)) => {
-                    let seen = if self.probing { self.peak_bps(now).max(e) } else { e };
-                    let delivered = delivered.min(RISE_MOST * seen);
+                    let delivered = delivered.min(RISE_MOST * self.peak_bps(now));
                     if self.probing && delivered > 1.5 * e {
                         delivered
                     } else {
