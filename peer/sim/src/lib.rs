@@ -35,6 +35,7 @@ pub use cpu::{CpuConfig, CpuReport};
 use driver::NodeIo;
 use encoder::Encoder;
 use evil::Evil;
+use report::QueueReads;
 pub use report::{Latency, Report, Startup};
 use router::Router;
 use sender::Sender;
@@ -58,6 +59,10 @@ struct Node {
     startup_us: Option<u64>,
     /// When its uplink controller first measured the uplink (seen full).
     measured_us: Option<u64>,
+    /// Ticks at which its controller read its uplink's queue, and of those how many read
+    /// one of half the target or more while its router held under a tenth of that (the
+    /// queue was on the ACKs' way back), or under a tenth while the router held half or more.
+    queue_reads: QueueReads,
     upload_bps: f64,
     /// What waits to be sent, and how fast the node's transport sends it.
     uplink: Uplink,
@@ -358,6 +363,7 @@ impl Sim {
             left_us: None,
             startup_us: if source { Some(0) } else { None },
             measured_us: None,
+            queue_reads: QueueReads::default(),
             upload_bps,
             // Before the uplink controller, each connection had its own chunk queue.
             uplink: if self.cfg.router_queue_ms > 0 && self.cfg.sender == SenderModel::Greedy {
@@ -601,6 +607,12 @@ impl Sim {
             state.set_upload_capacity(node.sender.plan_bps());
             if node.measured_us.is_none() && node.sender.measured() {
                 node.measured_us = Some(self.now);
+            }
+            if n != SOURCE
+                && let Some(read) = node.sender.queue()
+            {
+                let routers = node.router.as_ref().map_or(0, |r| r.backlog_us(self.now));
+                node.queue_reads.add(read.as_micros() as u64, routers);
             }
         }
         if self.trace == Some(n) && self.now % 500_000 < TICK_US {

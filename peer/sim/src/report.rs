@@ -64,6 +64,11 @@ pub struct Report {
     /// (absent when nothing is learnt).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capacity_learnt: Option<Ratios>,
+    /// How viewers' uplink controllers read their queues against what their routers held,
+    /// over every tick: the share read full (half the delay target) while the router held
+    /// under a tenth of that, and read empty while it held that much (absent without reads).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_misread: Option<Misread>,
     pub wall_s: f64,
     /// Only when the shared CPU is modelled.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -71,6 +76,38 @@ pub struct Report {
     /// What a gateway on the watchers would have shown (only with `--watchers`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub watch: Option<WatchReport>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Misread {
+    /// Read a queue the router did not hold: it was on the ACKs' way back (the receiver's
+    /// own uplink), which round trips cannot tell from ours.
+    pub phantom: f64,
+    /// Read no queue while the router held one.
+    pub hidden: f64,
+}
+
+/// One node's queue readings against its router (see `Report::queue_misread`).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct QueueReads {
+    reads: u64,
+    phantom: u64,
+    hidden: u64,
+}
+
+impl QueueReads {
+    /// Half the 60 ms target: a queue the controller takes for a full uplink.
+    const FULL_US: u64 = 30_000;
+
+    pub(crate) fn add(&mut self, read_us: u64, router_us: u64) {
+        self.reads += 1;
+        if read_us >= Self::FULL_US && router_us < Self::FULL_US / 10 {
+            self.phantom += 1;
+        }
+        if read_us < Self::FULL_US / 10 && router_us >= Self::FULL_US {
+            self.hidden += 1;
+        }
+    }
 }
 
 impl std::fmt::Display for Report {
@@ -347,6 +384,16 @@ impl Sim {
                 p90: at(0.9),
             }
         });
+        let reads = honest().skip(1).fold(QueueReads::default(), |mut all, n| {
+            all.reads += n.queue_reads.reads;
+            all.phantom += n.queue_reads.phantom;
+            all.hidden += n.queue_reads.hidden;
+            all
+        });
+        let queue_misread = (reads.reads > 0).then(|| Misread {
+            phantom: round(reads.phantom as f64 / reads.reads as f64, 4),
+            hidden: round(reads.hidden as f64 / reads.reads as f64, 4),
+        });
         let padding: u64 = self.nodes.iter().map(|n| n.sent_padding).sum();
         let watch = (self.cfg.watchers > 0).then(|| {
             let mut report = WatchReport::default();
@@ -405,6 +452,7 @@ impl Sim {
             slow_dropped: self.slow_dropped,
             padding_ratio: round(padding as f64 / data_sent.max(1) as f64, 4),
             capacity_learnt,
+            queue_misread,
             peers: self.cfg.peers,
             duration_s: self.cfg.duration_s,
             delivery_ratio: round(on_time as f64 / expected.max(1) as f64, 5),

@@ -120,6 +120,14 @@ impl Sender {
         }
     }
 
+    /// The uplink's queueing delay as the controller last read it.
+    pub fn queue(&self) -> Option<Duration> {
+        match self {
+            Sender::Controlled(u) => u.report().queue,
+            _ => None,
+        }
+    }
+
     /// Whether the uplink was seen full (its capacity measured, not only bounded).
     pub fn measured(&self) -> bool {
         matches!(self, Sender::Controlled(u) if u.report().how == How::Measured)

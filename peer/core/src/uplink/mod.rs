@@ -596,8 +596,13 @@ impl Uplink {
         // base already, and a slowdown holds back every child's chunks.
         // Or when too few paths are believed to measure the queue on (new neighbours came
         // while we sent): draining the queue lets every path's base be taken.
-        if self.probe_until.is_none() && self.rate > 2.0 * FLOOR_BPS && (self.standing_steps >= STANDING_STEPS || blind)
-        {
+        // (A probe too: a newcomer opens most of its paths while its first probe fills the
+        // queue, and a probe seen on fewer than two paths never shows the uplink full.)
+        let due = blind || (self.probe_until.is_none() && self.standing_steps >= STANDING_STEPS);
+        if due && self.rate > 2.0 * FLOOR_BPS {
+            if let Some(until) = self.probe_until.as_mut() {
+                *until += SLOWDOWN_MAX;
+            }
             self.rate_before_slowdown = self.rate;
             self.rate = FLOOR_BPS;
             self.why = if blind { "slowdown (blind)" } else { "slowdown" };
@@ -614,13 +619,12 @@ impl Uplink {
             // (An uplink that carries this much has more room than any swarm asks of it: a
             // fast line is not filled with padding to find its end.)
             let enough = self.capacity.bps().is_some_and(|c| c >= PROBE_ENOUGH_BPS);
-            if now >= until || enough || self.capacity.measured_since(until - PROBE_FOR) {
+            let found = self.probed_at.is_some_and(|t| self.capacity.measured_since(t));
+            if now >= until || enough || found {
                 self.probe_until = None;
                 // What it found is the rate from now on (a little under it: the queue the
                 // probe built drains).
-                if self.capacity.measured_since(until - PROBE_FOR)
-                    && let Some(c) = self.capacity.bps()
-                {
+                if found && let Some(c) = self.capacity.bps() {
                     self.rate = (UNDER_CAPACITY * c).max(FLOOR_BPS);
                     self.why = "probe found";
                     self.last_change = Some(now);

@@ -20,8 +20,10 @@ struct Lab {
     tcp: Option<Tcp>,
     /// Chunk bytes the swarm asks this node to send per second (bit/s).
     demand_bps: f64,
-    /// The three paths' base round trips.
+    /// The three paths' base round trips, and the first path's ID (new IDs: new
+    /// connections).
     bases_ms: [u64; 3],
+    first_path: u64,
     backlog_bytes: f64,
     /// (when, path, bytes, round trip, lost).
     acks: std::collections::VecDeque<(Instant, u64, u64, Duration, bool)>,
@@ -44,6 +46,7 @@ impl Lab {
             tcp: None,
             demand_bps,
             bases_ms: [20, 50, 80],
+            first_path: 0,
             backlog_bytes: 0.0,
             acks: Default::default(),
             now: Instant::now(),
@@ -97,9 +100,9 @@ impl Lab {
             up.on_sent(chunks as usize, want > allowed);
             let queue = Duration::from_secs_f64(self.backlog_bytes / (self.uplink_bps / 8.0));
             self.queue_ms.push(queue.as_secs_f64() * 1000.0);
-            let path = i % 3;
+            let path = self.first_path + i % 3;
             let jitter = self.jitter.mul_f64(self.random());
-            let base = Duration::from_millis(self.bases_ms[path as usize]) + jitter;
+            let base = Duration::from_millis(self.bases_ms[(i % 3) as usize]) + jitter;
             if bytes > 0.0 {
                 let dropped = queue > self.depth || self.random() < self.loss;
                 if !dropped {
@@ -285,6 +288,23 @@ fn an_idle_uplink_is_probed_and_an_unshaped_one_is_bounded_below() {
         rate <= 1.01 * capacity,
         "an idle uplink holds no rate it was not seen to carry: {rate}"
     );
+}
+
+#[test]
+fn a_newcomer_whose_paths_open_during_its_first_probe_still_measures_its_uplink() {
+    // A viewer joins (first contacts, sampled while the uplink is quiet, so believed), its
+    // first probe starts, and its connections then go to neighbours found meanwhile: paths
+    // opened while the probe fills the queue would take that queue for their base.
+    let mut lab = Lab::new(4e6, 0.2e6);
+    let mut up = background(lab.now);
+    lab.run(&mut up, 0.3);
+    assert!(up.report().probing, "the first probe runs");
+    lab.first_path = 10;
+    lab.run(&mut up, 5.0);
+    // (Blind, the probe drains the queue once; the new paths' bases are taken then.)
+    assert_eq!(up.report().how, How::Measured, "measured within 5.3 s of joining");
+    let capacity = up.capacity_bps().expect("learnt");
+    assert!(capacity > 0.7 * 4e6 && capacity <= 1.05 * 4e6, "capacity {capacity}");
 }
 
 #[test]
