@@ -30,6 +30,10 @@ pub struct SimConfig {
     pub router_burst_kb: u64,
     /// The congestion control nodes run.
     pub sender: SenderModel,
+    /// The uplink controllers read one-way delays (receivers echo the nodes' stamps, as
+    /// `shoal-peer` does), not only round trips (which carry the receiver's own uplink queue
+    /// on the ACK's way back).
+    pub one_way_delay: bool,
     /// Share of viewers whose household uploads in bulk through the same router now and
     /// then (20 s on, 40 s off, Cubic-like).
     pub cross_traffic: f64,
@@ -70,6 +74,7 @@ impl Default for SimConfig {
             upload_unknown: true,
             router_queue_ms: 400,
             router_burst_kb: 0,
+            one_way_delay: true,
             sender: SenderModel::Controlled,
             cross_traffic: 0.0,
             deadline_ms: 3000,

@@ -124,6 +124,9 @@ enum Ev {
         /// (0: none, a loss report).
         sent_us: u64,
         rtt_us: u64,
+        /// What the receiver echoed, its clock at arrival less
+        /// ours at sending (0: none).
+        one_way_us: u64,
         /// Bytes declared lost on the way (in packets dropped or lost at random).
         lost: u64,
     },
@@ -455,6 +458,7 @@ impl Sim {
                 bytes,
                 sent_us,
                 rtt_us,
+                one_way_us,
                 lost,
             } => {
                 let now = self.instant();
@@ -466,6 +470,9 @@ impl Sim {
                 if n.online {
                     // (A loss report carries no round trip: QUIC samples none from it.)
                     let rtt = (rtt_us > 0).then(|| Duration::from_micros(rtt_us));
+                    if one_way_us > 0 {
+                        n.sender.one_way(path as u64, Duration::from_micros(one_way_us), now);
+                    }
                     n.sender.acked(path as u64, bytes, sent, rtt, lost, now);
                 }
             }

@@ -158,6 +158,7 @@ impl Sim {
                         bytes: wire.saturating_sub(dropped * PACKET_BYTES) as u64,
                         sent_us: sent_last,
                         rtt_us: 0,
+                        one_way_us: 0,
                         lost: (dropped * PACKET_BYTES).min(wire) as u64,
                     },
                 );
@@ -178,6 +179,14 @@ impl Sim {
             // packet's, here (its wait in the router and the path, not the item's pacing).
             let ack_wait = self.nodes[q.to].router.as_ref().map_or(0, |r| r.backlog_us(self.now));
             let rtt_us = leaves.saturating_sub(sent_last) + there + ack_wait + self.one_way_us();
+            // The receiver echoes our stamp with its clock (off ours by a constant the base
+            // takes away); the echo comes back with the ACK.
+            let one_way_us = if self.cfg.one_way_delay {
+                let offset = (n as u64 * 7_919 + q.to as u64 * 104_729) % 1_000_000;
+                leaves.saturating_sub(sent_last) + there + offset + 1
+            } else {
+                0
+            };
             self.schedule(
                 sent_last + rtt_us,
                 Ev::Acked {
@@ -186,6 +195,7 @@ impl Sim {
                     bytes: wire as u64,
                     sent_us: sent_last,
                     rtt_us,
+                    one_way_us,
                     // (A lost packet of a small item, a control message, is small too.)
                     lost: (resent * PACKET_BYTES.min(wire)) as u64,
                 },

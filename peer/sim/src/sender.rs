@@ -89,6 +89,13 @@ impl Sender {
         }
     }
 
+    /// A one-way delay sample (a receiver echoed a stamp).
+    pub fn one_way(&mut self, path: u64, delay: Duration, now: Instant) {
+        if let Sender::Controlled(u) = self {
+            u.on_one_way(path, delay, now);
+        }
+    }
+
     pub fn poll(&mut self, now: Instant) {
         match self {
             Sender::Exact => {}

@@ -24,6 +24,7 @@ use shoal_core::state::{Event, Reject};
 
 use super::mailbox::{Input, LinkHandle};
 use super::pacer::{PIECE, Pacer};
+use super::stamps::{self, Stamps};
 use super::stats::{Kind, Link as LinkStats, Stats};
 
 /// Chunk streams written to one neighbour at once; priorities order them inside QUIC.
@@ -184,7 +185,7 @@ pub async fn start(
     shared.events.send(Input::Linked(handle)).await.ok()?;
     shared.pacer.add_connection(conn.clone());
     let mut tasks = JoinSet::new();
-    tasks.spawn(discard_padding(conn.clone()));
+    tasks.spawn(stamps::serve(conn.clone(), shared.pacer.uplink().clone()));
     tasks.spawn(read_control(peer.node_id, recv, buf, shared.clone(), stats.clone()));
     tasks.spawn(write_control(send, control_rx, shared.clone(), stats.clone()));
     tasks.spawn(read_chunks(peer.node_id, conn.clone(), shared.clone(), stats.clone()));
@@ -249,11 +250,6 @@ async fn write_control(
             return;
         }
     }
-}
-
-/// Padding datagrams a neighbour sends while it probes its uplink: read and dropped.
-async fn discard_padding(conn: quinn::Connection) {
-    while conn.read_datagram().await.is_ok() {}
 }
 
 async fn read_chunks(from: NodeId, conn: quinn::Connection, shared: Shared, stats: Arc<LinkStats>) {
@@ -331,6 +327,7 @@ async fn write_chunks(
     let mut writers = JoinSet::new();
     // Chunks that missed their deadline since one last went out whole.
     let expired_in_row = Arc::new(AtomicUsize::new(0));
+    let stamps = Arc::new(Stamps::default());
     loop {
         if queue.is_empty() {
             match rx.recv().await {
@@ -379,8 +376,13 @@ async fn write_chunks(
             continue;
         }
         while writers.try_join_next().is_some() {}
-        let (conn, shared, stats, expired_in_row) =
-            (conn.clone(), shared.clone(), stats.clone(), expired_in_row.clone());
+        let (conn, shared, stats, expired_in_row, stamps) = (
+            conn.clone(),
+            shared.clone(),
+            stats.clone(),
+            expired_in_row.clone(),
+            stamps.clone(),
+        );
         writers.spawn(async move {
             let _slot = slot;
             let len = chunk.encoded_len();
@@ -405,6 +407,7 @@ async fn write_chunks(
                         shared.pacer.take(piece.len(), stamp).await;
                         pacing.store(false, Relaxed);
                         send.write_chunk(piece).await?;
+                        stamps.after_piece(&conn);
                     }
                 }
                 anyhow::Ok(())

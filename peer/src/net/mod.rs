@@ -1,5 +1,5 @@
 //! The swarm over QUIC: the endpoint (`transport`), dialling and running connections
-//! (`connect`), one task set per neighbour (`link`), what they tell the node loop (`mailbox`), the loop that owns the core (`node`), and the
+//! (`connect`), one task set per neighbour (`link`, with its one-way delay `stamps`), what they tell the node loop (`mailbox`), the loop that owns the core (`node`), and the
 //! counters they all keep (`stats`).
 
 mod connect;
@@ -10,6 +10,7 @@ pub mod mailbox;
 pub mod netem;
 pub mod node;
 pub mod pacer;
+mod stamps;
 #[warn(missing_docs)]
 pub mod stats;
 pub mod transport;

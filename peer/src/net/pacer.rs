@@ -95,6 +95,11 @@ impl Pacer {
 
     /// Whether chunks can wait here (so a chunk expiring in a link's queue may be our own
     /// pace, not the neighbour's slowness).
+    /// The uplink controller it paces for.
+    pub fn uplink(&self) -> &SharedUplink {
+        &self.uplink
+    }
+
     pub fn paces(&self) -> bool {
         self.nothing || self.paced
     }

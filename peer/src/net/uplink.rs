@@ -49,6 +49,7 @@ impl ControllerFactory for Reporting {
             inner: self.bbr.clone().build(now, current_mtu),
             path: self.next_path.fetch_add(1, Relaxed),
             uplink: self.uplink.clone(),
+            copies: Arc::new(()),
         })
     }
 }
@@ -58,12 +59,23 @@ struct Path {
     inner: Box<dyn Controller>,
     path: u64,
     uplink: SharedUplink,
+    /// Shared by the copies of this controller (quinn copies it when the path migrates, and
+    /// `path_of` reads a copy): the last one dropped ends the path.
+    copies: Arc<()>,
 }
 
 impl Drop for Path {
     fn drop(&mut self) {
-        self.uplink.lock().forget(self.path);
+        if Arc::strong_count(&self.copies) == 1 {
+            self.uplink.lock().forget(self.path);
+        }
     }
+}
+
+/// The uplink controller's ID for `conn`'s path, if its congestion controller reports to one.
+pub fn path_of(conn: &quinn::Connection) -> Option<u64> {
+    let copy = conn.congestion_state().into_any().downcast::<Path>().ok()?;
+    Some(copy.path)
 }
 
 impl Controller for Path {
@@ -106,6 +118,7 @@ impl Controller for Path {
             inner: self.inner.clone_box(),
             path: self.path,
             uplink: self.uplink.clone(),
+            copies: self.copies.clone(),
         })
     }
 

@@ -45,6 +45,12 @@ struct Path {
     /// would take that queue for its base and report it as no delay at all.)
     trusted: bool,
     last_sample: Instant,
+    /// Its delays are one-way (the receiver's clock less our send time, from its echoes):
+    /// only our uplink and the path forward, not the ACKs' way back through the receiver's
+    /// own uplink. Round trips then only time the path.
+    one_way: bool,
+    /// The least round trip seen on it (for timing, whatever its delays are).
+    rtt_min: Option<Duration>,
 }
 
 impl Path {
@@ -62,10 +68,54 @@ pub struct Delays {
     witnesses: usize,
 }
 
+/// A delay sample on a path.
+#[derive(Clone, Copy, Debug)]
+pub enum Sample {
+    /// QUIC's round trip of an acknowledged packet: our uplink's queue, the path both ways,
+    /// and the receiver's uplink on the ACK's way back.
+    RoundTrip(Duration),
+    /// The receiver's clock at arrival less our clock at sending (plus an unknown constant:
+    /// the clocks' offset, which the base takes away).
+    OneWay(Duration),
+}
+
 impl Delays {
-    /// One round-trip sample on `path`.
+    /// One sample on `path`. Once a path has one-way samples, its round trips only time it.
     /// `quiet`: the uplink carries little of ours now, so a new path's samples are its base.
-    pub fn sample(&mut self, path: u64, rtt: Duration, now: Instant, quiet: bool) {
+    pub fn sample(&mut self, path: u64, sample: Sample, now: Instant, quiet: bool) {
+        if let (Sample::RoundTrip(rtt), Some(p)) = (sample, self.paths.get_mut(&path)) {
+            p.rtt_min = Some(p.rtt_min.map_or(rtt, |m| m.min(rtt)));
+            if p.one_way {
+                return;
+            }
+        }
+        if let (Sample::OneWay(_), Some(p)) = (sample, self.paths.get(&path))
+            && !p.one_way
+        {
+            // (A path that turns to one-way delays starts its history anew, as a new path;
+            // believed at once if its round trips were and showed no queue now.)
+            let rtt_min = p.rtt_min;
+            let clear = p.trusted
+                && p.recent
+                    .iter()
+                    .map(|(_, d)| *d)
+                    .min()
+                    .is_some_and(|d| d.saturating_sub(p.base()) < TRUST_BELOW);
+            self.paths.remove(&path);
+            self.sample_new_kind(path, sample, now, quiet, rtt_min);
+            if let Some(p) = self.paths.get_mut(&path) {
+                p.trusted |= clear;
+            }
+            return;
+        }
+        self.sample_new_kind(path, sample, now, quiet, None);
+    }
+
+    fn sample_new_kind(&mut self, path: u64, sample: Sample, now: Instant, quiet: bool, rtt_min: Option<Duration>) {
+        let (rtt, one_way) = match sample {
+            Sample::RoundTrip(d) => (d, false),
+            Sample::OneWay(d) => (d, true),
+        };
         let queue_empty = quiet && self.queue.is_none_or(|q| q < TRUST_BELOW);
         if !self.paths.contains_key(&path) && self.paths.len() >= MAX_PATHS {
             let quietest = self.paths.iter().min_by_key(|(_, p)| p.last_sample).map(|(id, _)| *id);
@@ -81,6 +131,8 @@ impl Delays {
             latest: rtt,
             trusted: queue_empty,
             last_sample: now,
+            one_way,
+            rtt_min: if one_way { rtt_min } else { Some(rtt) },
         });
         match p.base.back_mut() {
             Some((start, min)) if now.duration_since(*start) < BASE_BUCKET => *min = (*min).min(rtt),
@@ -180,7 +232,7 @@ impl Delays {
     /// What `path`'s latest sample had above its base.
     #[cfg(test)]
     fn sample_quiet(&mut self, path: u64, rtt: Duration, now: Instant) {
-        self.sample(path, rtt, now, true);
+        self.sample(path, Sample::RoundTrip(rtt), now, true);
     }
 
     pub fn excess(&self, path: u64) -> Option<Duration> {
@@ -194,11 +246,20 @@ impl Delays {
             .paths
             .iter()
             .map(|(id, p)| {
+                // (One-way delays carry the clocks' offset: their excess is what counts.)
                 format!(
-                    "{id}:{}/{}{}",
-                    p.base().as_millis(),
-                    p.latest.as_millis(),
-                    if p.trusted { "" } else { "?" }
+                    "{id}:{}{}{}",
+                    if p.one_way { "+" } else { "" },
+                    if p.one_way {
+                        p.latest.saturating_sub(p.base()).as_millis()
+                    } else {
+                        p.base().as_millis()
+                    },
+                    if p.one_way {
+                        String::new()
+                    } else {
+                        format!("/{}", p.latest.as_millis())
+                    } + if p.trusted { "" } else { "?" }
                 )
             })
             .collect();
@@ -206,8 +267,9 @@ impl Delays {
         v.join(" ")
     }
 
-    pub fn smallest_base(&self) -> Option<Duration> {
-        self.paths.values().map(Path::base).min()
+    /// The least round trip of any path (one-way bases carry the clocks' offset).
+    pub fn smallest_rtt(&self) -> Option<Duration> {
+        self.paths.values().filter_map(|p| p.rtt_min).min()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -292,6 +354,40 @@ mod tests {
             d.sample_quiet(p, ms(20 + p + 10 + reverse), at(1));
         }
         assert_eq!(d.step(), Some(ms(10)), "our queue, not theirs");
+    }
+
+    #[test]
+    fn one_way_delays_do_not_read_the_neighbours_queues_on_the_way_back() {
+        let t0 = Instant::now();
+        let at = |n: u64| t0 + ms(n * 400);
+        // Two neighbours, 20 and 40 ms away; their clocks are off ours by 5 and 90 s.
+        let offsets = [ms(5_000), ms(90_000)];
+        let mut rtt = Delays::default();
+        let mut one_way = Delays::default();
+        for d in [&mut rtt, &mut one_way] {
+            d.sample_quiet(1, ms(20), at(0));
+            d.sample_quiet(2, ms(40), at(0));
+            d.step();
+        }
+        // Their echoes come: the paths turn to one-way delays, believed (no queue then).
+        one_way.sample(1, Sample::OneWay(offsets[0] + ms(10)), at(1), false);
+        one_way.sample(2, Sample::OneWay(offsets[1] + ms(20)), at(1), false);
+        assert_eq!(one_way.step(), Some(ms(0)));
+        // Both neighbours' households fill their uplinks: our ACKs wait 200 ms there.
+        rtt.sample_quiet(1, ms(220), at(2));
+        rtt.sample_quiet(2, ms(240), at(2));
+        assert_eq!(rtt.step(), Some(ms(200)), "round trips cannot tell it from ours");
+        for (path, offset) in [(1, offsets[0]), (2, offsets[1])] {
+            one_way.sample(path, Sample::RoundTrip(ms(200 + 20 * path)), at(2), false);
+            one_way.sample(path, Sample::OneWay(offset + ms(10 * path)), at(2), false);
+        }
+        assert_eq!(one_way.step(), Some(ms(0)), "our side of the paths is empty");
+        // Our own router's queue holds 50 ms: one-way delays show it.
+        for (path, offset) in [(1, offsets[0]), (2, offsets[1])] {
+            one_way.sample(path, Sample::OneWay(offset + ms(10 * path + 50)), at(3), false);
+        }
+        assert_eq!(one_way.step(), Some(ms(50)));
+        assert_eq!(one_way.smallest_rtt(), Some(ms(20)), "round trips still time the paths");
     }
 
     #[test]

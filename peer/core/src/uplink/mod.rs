@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use capacity::Capacity;
 pub use capacity::How;
-use delay::Delays;
+use delay::{Delays, Sample};
 use loss::Losses;
 
 /// After stepping aside, children are planned with the rate left for this long.
@@ -194,6 +194,8 @@ pub struct Uplink {
     probe_until: Option<Instant>,
     next_probe: Option<Instant>,
     probe_spacing: Duration,
+    /// A probe ended and its queue has not yet drained: that queue is ours, not pressure.
+    probe_draining: bool,
     yielding: bool,
     /// Until when children are planned with the rate the household leaves us, not the
     /// uplink's capacity: a household's upload lasts a while, and children a parent cannot
@@ -234,6 +236,7 @@ impl Uplink {
             probe_until: None,
             next_probe: cfg.probe.then_some(now),
             probe_spacing: PROBE_SPACING_MIN,
+            probe_draining: false,
             yielding: false,
             yielded_until: None,
             cfg,
@@ -248,11 +251,22 @@ impl Uplink {
 
     /// A round-trip sample on `path` (one per acknowledged packet is fine).
     pub fn on_rtt(&mut self, path: u64, rtt: Duration, now: Instant) {
+        self.sample(path, Sample::RoundTrip(rtt), now);
+    }
+
+    /// A one-way delay sample on `path`: the receiver's clock when a packet arrived less ours
+    /// when it was sent (any constant offset between the clocks is fine). A path with these
+    /// reads our uplink's queue without the receiver's own on the way back.
+    pub fn on_one_way(&mut self, path: u64, delay: Duration, now: Instant) {
+        self.sample(path, Sample::OneWay(delay), now);
+    }
+
+    fn sample(&mut self, path: u64, sample: Sample, now: Instant) {
         // A path first sampled while we send little sees our uplink's queue empty (unless
         // the household's traffic fills it: nothing tells that apart from the path's base).
         let most = self.capacity.bps().unwrap_or(INITIAL_BPS).max(INITIAL_BPS);
         let quiet = self.probe_until.is_none() && self.capacity.recent_sent_bps() < QUIET_SHARE * most;
-        self.delays.sample(path, rtt, now, quiet);
+        self.delays.sample(path, sample, now, quiet);
     }
 
     /// Bytes sent at `sent` that the other end acknowledged on `path`: what the uplink
@@ -470,14 +484,23 @@ impl Uplink {
         // Someone else's traffic held the queue up (drops, or a queue over the target, while
         // we sent under half of what the uplink carries): once it is gone, probe again to
         // see the uplink come back. (Not our own probe's queue: that would call the next.)
-        if self.yielding && self.probe_until.is_none() && (congested || queue.is_some_and(|q| q > self.target)) {
+        // (Nor the queue a probe left, until it drained: read as pressure, it called the next
+        // probe a second later, and a 1 Mbit/s uplink was probed every few seconds.)
+        if queue.is_some_and(|q| q < self.target / 4) {
+            self.probe_draining = false;
+        }
+        if self.yielding
+            && self.probe_until.is_none()
+            && !self.probe_draining
+            && (congested || queue.is_some_and(|q| q > self.target))
+        {
             self.pressed_at = Some(now);
         }
         // A change shows in the samples only a round trip (queue included) later: until then
         // the queue still reflects the rate before it, and is no reason to change again
         // (LEDBAT changes its window once a round trip).
         let settling = self.last_change.is_some_and(|t| {
-            let feedback = self.delays.smallest_base().unwrap_or_default() + queue.unwrap_or_default() + STEP;
+            let feedback = self.delays.smallest_rtt().unwrap_or_default() + queue.unwrap_or_default() + STEP;
             now.duration_since(t) < feedback
         });
         if !settling || overshoot {
@@ -522,7 +545,7 @@ impl Uplink {
             // drops some too.)
             let next = match self.last_congestion {
                 Some(t) if next > self.rate.max(0.9 * measured) && now.duration_since(t) < GENTLE_AFTER_DROPS => {
-                    let round_trip = self.delays.smallest_base().unwrap_or_default() + queue.unwrap_or_default() + STEP;
+                    let round_trip = self.delays.smallest_rtt().unwrap_or_default() + queue.unwrap_or_default() + STEP;
                     next.min(self.rate + PACKET_BITS / round_trip.as_secs_f64())
                 }
                 _ => next,
@@ -622,6 +645,7 @@ impl Uplink {
             let found = self.probed_at.is_some_and(|t| self.capacity.measured_since(t));
             if now >= until || enough || found {
                 self.probe_until = None;
+                self.probe_draining = true;
                 // What it found is the rate from now on (a little under it: the queue the
                 // probe built drains).
                 if found && let Some(c) = self.capacity.bps() {

@@ -52,6 +52,11 @@ struct Args {
     /// rate × latency + burst: the lab's 16 kB make a "30 ms" queue at 1 Mbit/s 158 ms deep).
     #[arg(long, default_value_t = 0)]
     router_burst_kb: u64,
+    /// Uplink controllers read round trips only, as before one-way delay stamps (or against
+    /// peers that do not echo them): round trips carry the receiver's own uplink queue on the
+    /// ACK's way back.
+    #[arg(long)]
+    round_trips_only: bool,
     /// Congestion control the nodes run: controlled (the uplink controller) or greedy (the
     /// transport before it, which keeps router queues full).
     #[arg(long, default_value = "controlled")]
@@ -158,6 +163,7 @@ fn main() {
         upload_unknown: !a.declare_upload,
         router_queue_ms: a.router_queue_ms,
         router_burst_kb: a.router_burst_kb,
+        one_way_delay: !a.round_trips_only,
         sender: a.sender,
         cross_traffic: a.cross_traffic,
         deadline_ms: a.deadline_ms,
