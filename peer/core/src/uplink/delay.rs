@@ -102,16 +102,18 @@ impl Delays {
                     .min()
                     .is_some_and(|d| d.saturating_sub(p.base()) < TRUST_BELOW);
             self.paths.remove(&path);
-            self.sample_new_kind(path, sample, now, quiet, rtt_min);
+            self.record(path, sample, now, quiet, rtt_min);
             if let Some(p) = self.paths.get_mut(&path) {
                 p.trusted |= clear;
             }
             return;
         }
-        self.sample_new_kind(path, sample, now, quiet, None);
+        self.record(path, sample, now, quiet, None);
     }
 
-    fn sample_new_kind(&mut self, path: u64, sample: Sample, now: Instant, quiet: bool, rtt_min: Option<Duration>) {
+    /// Records a sample of the kind the path reads (a new path takes the sample's kind, and
+    /// `rtt_min` if it has one already).
+    fn record(&mut self, path: u64, sample: Sample, now: Instant, quiet: bool, rtt_min: Option<Duration>) {
         let (rtt, one_way) = match sample {
             Sample::RoundTrip(d) => (d, false),
             Sample::OneWay(d) => (d, true),
@@ -246,21 +248,13 @@ impl Delays {
             .paths
             .iter()
             .map(|(id, p)| {
+                let untrusted = if p.trusted { "" } else { "?" };
                 // (One-way delays carry the clocks' offset: their excess is what counts.)
-                format!(
-                    "{id}:{}{}{}",
-                    if p.one_way { "+" } else { "" },
-                    if p.one_way {
-                        p.latest.saturating_sub(p.base()).as_millis()
-                    } else {
-                        p.base().as_millis()
-                    },
-                    if p.one_way {
-                        String::new()
-                    } else {
-                        format!("/{}", p.latest.as_millis())
-                    } + if p.trusted { "" } else { "?" }
-                )
+                if p.one_way {
+                    format!("{id}:+{}{untrusted}", p.latest.saturating_sub(p.base()).as_millis())
+                } else {
+                    format!("{id}:{}/{}{untrusted}", p.base().as_millis(), p.latest.as_millis())
+                }
             })
             .collect();
         v.sort();
