@@ -518,7 +518,20 @@ impl State {
 
         if let Some(left) = self.config.push_deadline.checked_sub(Duration::from_micros(age_us)) {
             let deadline = now + left;
-            for child in self.trees.push_targets(s, now) {
+            // Children that pass the stripe on first, the most children first: the chunk
+            // waits behind the others' copies in our uplink, and their subtrees wait with them.
+            let mut targets: Vec<(u8, NodeId)> = self
+                .trees
+                .push_targets(s, now)
+                .map(|c| {
+                    (
+                        self.view.get(&c).map_or(0, |n| n.children.get(s).copied().unwrap_or(0)),
+                        c,
+                    )
+                })
+                .collect();
+            targets.sort_by_key(|(children, _)| std::cmp::Reverse(*children));
+            for (_, child) in targets {
                 if Some(child) != from
                     && let Some(n) = self.view.get_mut(&child)
                     && n.has.insert(seq)

@@ -276,7 +276,7 @@ impl Repair {
             let stripe = trees.stripe_of(seq);
             let wait = if trees.parent_delivered_within(stripe, now, config.repair_after) && !trees.parent_lags(stripe)
             {
-                config.repair_after * 5 / 2
+                config.repair_after * 3 / 2
             } else if trees.parent_delivered_within(stripe, now, config.parent_timeout) {
                 config.repair_after
             } else {

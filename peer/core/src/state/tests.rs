@@ -161,6 +161,73 @@ fn children_get_their_stripe_pushed_and_nobody_else() {
 }
 
 #[test]
+fn children_that_pass_the_stripe_on_are_pushed_to_first() {
+    let now = Instant::now();
+    let mut s = state_with(&[1, 2, 3], now);
+    control(&mut s, 1, status(vec![0, 0], 8), now);
+    let _ = s.handle(Event::Tick, now).count();
+    feed(&mut s, 1, 4, 500, 0, now);
+    feed(&mut s, 1, 5, 600, 0, now);
+    // Node 2 is a leaf; node 3, grafted after it, feeds three children of stripe 0.
+    control(&mut s, 2, Message::Graft { stripe: 0 }, now);
+    control(&mut s, 3, Message::Graft { stripe: 0 }, now);
+    let relay = Message::Status {
+        depths: vec![2, NO_DEPTH],
+        children: vec![3, 0],
+        upload_kbps: 4000,
+        free_slots: 0,
+        stream_kbps: 0,
+        epoch: 1,
+        segment_start: None,
+    };
+    control(&mut s, 3, relay, now);
+    // The chunk waits in our uplink behind the copies before it: the relay's subtree waits
+    // with it, the leaf only for itself.
+    assert_eq!(
+        pushes(&feed(&mut s, 1, 10, 1_000, 0, now)),
+        vec![(node(3), 10), (node(2), 10)]
+    );
+}
+
+#[test]
+fn a_node_left_with_no_room_keeps_no_child() {
+    let now = Instant::now();
+    let mut s = State::new(
+        node(0),
+        Config {
+            upload_bps: Some(4_000_000),
+            ..config()
+        },
+        1,
+        now,
+    );
+    for n in 1..=3 {
+        up(&mut s, n, now);
+    }
+    control(&mut s, 1, status(vec![0, 0], 8), now);
+    let _ = s.handle(Event::Tick, now).count();
+    for seq in 0..=40 {
+        feed(&mut s, 1, seq, seq * 50_000, 0, now);
+    }
+    control(&mut s, 2, Message::Graft { stripe: 0 }, now);
+    control(&mut s, 3, Message::Graft { stripe: 1 }, now);
+    assert_eq!(s.children(), 2);
+    // Its household took the uplink: what is left would not pass on a copy. (A little over
+    // the slots is tolerated while there are some; none is when there are none: the child's
+    // whole subtree would wait behind the household's traffic.)
+    s.set_upload_capacity(Some(20_000));
+    assert_eq!(s.slots(), 0);
+    let later = now + Duration::from_millis(100);
+    let actions: Vec<_> = s.handle(Event::Tick, later).collect();
+    assert_eq!(s.children(), 0);
+    let pruned: Vec<_> = sends(&actions)
+        .into_iter()
+        .filter(|(_, m)| matches!(m, Message::Prune { .. }))
+        .collect();
+    assert_eq!(pruned.len(), 2, "{pruned:?}");
+}
+
+#[test]
 fn a_full_node_refuses_grafts_with_prune() {
     let now = Instant::now();
     let mut s = State::new(

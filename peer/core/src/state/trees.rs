@@ -477,7 +477,9 @@ impl Trees {
         let slots = self.slots(cx.config, cx.meter.plan_bps());
         // (A little over is tolerated: the reserve covers it, and an estimate that moves by
         // a few percent must not shed a child and take another in turn.)
-        let tolerated = if cx.config.source {
+        // (Not with no room at all: a node that stepped aside for its household keeps no child,
+        // or a stripe's whole subtree waits behind its household's traffic.)
+        let tolerated = if cx.config.source || slots == 0 {
             slots
         } else {
             slots + (slots / 8).max(1)
@@ -551,8 +553,8 @@ impl Trees {
         failed
     }
 
-    /// Climbs towards the source, make-before-break: GRAFT onto a closer neighbour (or, when
-    /// the parent lags, one as close) and keep the current parent until the new one's first
+    /// Climbs towards the source, make-before-break: GRAFT onto a neighbour two hops closer
+    /// (or, when the parent lags, one as close) and keep the current parent until the new one's first
     /// chunk arrives (`note_chunk`).
     /// A strong uploader also asks closer neighbours that are full: they make room for it.
     fn maybe_climb(&mut self, s: usize, now: Instant, cx: &Ctx, out: &mut Outbox) {
@@ -571,9 +573,11 @@ impl Trees {
         let Some(parent_depth) = cx.view.get(&parent).map(|n| n.depths[s]) else {
             return;
         };
-        // A parent that lags (it stepped aside for its household, or is overloaded) is left
-        // for any neighbour as near the source, not only a nearer one: none of those is below
-        // us in the tree, so no loop can form.
+        // Two hops nearer at least: one hop is worth less than the chunks a switch can lose
+        // and the repairs it calls (at 200 peers, climbing for one hop switched each stripe's
+        // parent every 8 s). A parent that lags (it stepped aside for its household, or is
+        // overloaded) is left for any neighbour as near the source: none of those is below us
+        // in the tree, so no loop can form.
         let lagging = self.parent_lags(s);
         let strong = self.slots(cx.config, cx.meter.plan_bps()) >= 2 * usize::from(cx.config.stripes);
         let mine = &self.stripes[s].children;
@@ -582,7 +586,7 @@ impl Trees {
             .iter()
             .filter(|(id, n)| {
                 **id != parent
-                    && (n.depths[s] < parent_depth || lagging && n.depths[s] <= parent_depth)
+                    && (n.depths[s].saturating_add(1) < parent_depth || lagging && n.depths[s] <= parent_depth)
                     && cx.view.is_fresh(n, cx.meter.last_new_chunk())
                     && (n.free_slots > 0 || strong)
                     && !mine.contains(id)

@@ -339,8 +339,10 @@ impl Uplink {
     /// (a public relay, presumed strong) plans with defaults until its uplink was seen full.
     pub fn plan_bps(&self) -> Option<f64> {
         match (self.cfg.mode, self.capacity.how()) {
-            (Mode::Background, How::Measured) if self.yielded_until.is_some() => {
-                Some(self.capacity_bps()?.min(self.rate))
+            // (Measured or not: a node that stepped aside while it was still probing, with
+            // only a lower bound, planned children on that bound and fed them at the floor.)
+            (Mode::Background, _) if self.yielded_until.is_some() => {
+                Some(self.capacity_bps().map_or(self.rate, |c| c.min(self.rate)))
             }
             (_, How::Measured) => self.capacity_bps(),
             // The owner's word stands until the uplink is seen to carry less, or drops its
