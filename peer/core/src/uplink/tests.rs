@@ -394,3 +394,19 @@ fn behind_a_shallow_queue_its_own_overshoot_does_not_halve_the_rate() {
     }
     assert!(lowest > 0.6 * 4e6, "the rate fell to {lowest} bit/s over 30 s");
 }
+
+#[test]
+fn a_node_that_yields_before_it_measured_plans_with_what_it_sends() {
+    // Half a second in, its first probe has shown only a lower bound; then its household's
+    // upload takes the uplink and it steps aside to the floor. Its children must follow what
+    // it sends, not that bound: in the simulator's lab a stripe's top planned four children
+    // on its 6.4 Mbit/s bound and fed them at 64 kbit/s for 20 s.
+    let mut lab = Lab::new(10e6, 0.2e6);
+    let mut up = background(lab.now);
+    lab.run(&mut up, 0.5);
+    assert_ne!(up.report().how, How::Measured);
+    up.rate = FLOOR_BPS;
+    up.yielded_until = Some(lab.now + YIELD_HOLD);
+    let plan = up.plan_bps().expect("background plans");
+    assert!(plan <= FLOOR_BPS, "plans {plan} bit/s while sending {FLOOR_BPS}");
+}
