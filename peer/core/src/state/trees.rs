@@ -575,9 +575,11 @@ impl Trees {
         };
         // Two hops nearer at least: one hop is worth less than the chunks a switch can lose
         // and the repairs it calls (at 200 peers, climbing for one hop switched each stripe's
-        // parent every 8 s). A parent that lags (it stepped aside for its household, or is
-        // overloaded) is left for any neighbour as near the source: none of those is below us
-        // in the tree, so no loop can form.
+        // parent every 8 s). The source with room is worth one (a gateway fed through a
+        // relay beside it stalled after the broadcaster restarted, one run in three).
+        // A parent that lags (it stepped aside for its household, or is overloaded) is left
+        // for any neighbour as near the source: none of those is below us in the tree, so no
+        // loop can form.
         let lagging = self.parent_lags(s);
         let strong = self.slots(cx.config, cx.meter.plan_bps()) >= 2 * usize::from(cx.config.stripes);
         let mine = &self.stripes[s].children;
@@ -586,7 +588,9 @@ impl Trees {
             .iter()
             .filter(|(id, n)| {
                 **id != parent
-                    && (n.depths[s].saturating_add(1) < parent_depth || lagging && n.depths[s] <= parent_depth)
+                    && (n.depths[s].saturating_add(1) < parent_depth
+                        || n.depths[s] == 0 && parent_depth > 0 && n.free_slots > 0
+                        || lagging && n.depths[s] <= parent_depth)
                     && cx.view.is_fresh(n, cx.meter.last_new_chunk())
                     && (n.free_slots > 0 || strong)
                     && !mine.contains(id)
