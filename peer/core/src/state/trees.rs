@@ -553,9 +553,9 @@ impl Trees {
         failed
     }
 
-    /// Climbs towards the source, make-before-break: GRAFT onto a neighbour two hops closer
-    /// (or, when the parent lags, one as close) and keep the current parent until the new one's first
-    /// chunk arrives (`note_chunk`).
+    /// Climbs towards the source, make-before-break: GRAFT onto a neighbour two hops closer,
+    /// or onto the source when it has room (or, when the parent lags, one as close), and keep
+    /// the current parent until the new one's first chunk arrives (`note_chunk`).
     /// A strong uploader also asks closer neighbours that are full: they make room for it.
     fn maybe_climb(&mut self, s: usize, now: Instant, cx: &Ctx, out: &mut Outbox) {
         if let Some((pending, since)) = self.stripes[s].pending {
