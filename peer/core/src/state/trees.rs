@@ -26,6 +26,10 @@ const PARENT_COOLDOWN: Duration = Duration::from_secs(5);
 /// A neighbour that claims a place in the trees has shown a chunk by now: it announces what it
 /// gets every `have_interval`, and a newcomer lacks everything.
 const PROOF_WITHIN: Duration = Duration::from_secs(1);
+/// A parent that goes quiet is left after `GRAFT_TIMEOUT` and this per hop of its depth (up
+/// to `QUIET_STAGGER_DEPTHS` hops).
+const QUIET_STAGGER: Duration = Duration::from_millis(100);
+const QUIET_STAGGER_DEPTHS: u8 = 8;
 /// Least time between two moves of one stripe to a closer parent.
 const CLIMB_INTERVAL: Duration = Duration::from_secs(3);
 /// After finding no better parent, how long before looking again.
@@ -77,6 +81,9 @@ const ASSUMED_STREAM_BPS: f64 = 4_000_000.0;
 /// get its first chunk.
 const LEAVE_GRACE: Duration = Duration::from_secs(3);
 const SOURCE_LEAVE_GRACE: Duration = Duration::from_secs(1);
+/// How long a child shed because our upload no longer carries it is still fed: the upload is
+/// short already, so only until a nearby parent takes it.
+const SHED_GRACE: Duration = Duration::from_secs(1);
 
 /// Whether an upload of `kbps` (as a neighbour told it) carries a whole copy of the stream
 /// beside the reserve: enough to be a parent in every stripe.
@@ -147,16 +154,21 @@ impl Trees {
         stripe.children.iter().copied().chain(leaving.map(|(id, _)| *id))
     }
 
-    /// Tells a child of stripe `s` to find another parent, and keeps feeding it a while.
-    /// (The source, a shorter while: its upload is the stream's one copy, and a child it let
-    /// go is usually fed by a nearby relay within a second.)
-    fn shed(&mut self, s: usize, child: NodeId, now: Instant, source: bool, out: &mut Outbox) {
+    /// Tells a child of stripe `s` to find another parent, and keeps feeding it for `grace`
+    /// (make-before-break, from the parent's side).
+    fn shed(&mut self, s: usize, child: NodeId, now: Instant, grace: Duration, out: &mut Outbox) {
         out.send(child, Message::Prune { stripe: s as u8 });
         let leaving = &mut self.stripes[s].leaving;
         leaving.retain(|(id, until)| *id != child && now < *until);
-        let grace = if source { SOURCE_LEAVE_GRACE } else { LEAVE_GRACE };
         leaving.push((child, now + grace));
         self.status_dirty = true;
+    }
+
+    /// How long a child displaced for another is still fed. (The source, a shorter while: its
+    /// upload is the stream's one copy, and a child it let go is usually fed by a nearby relay
+    /// within a second.)
+    fn displace_grace(config: &Config) -> Duration {
+        if config.source { SOURCE_LEAVE_GRACE } else { LEAVE_GRACE }
     }
 
     /// Parent, pending parent or child of ours in some stripe.
@@ -291,7 +303,7 @@ impl Trees {
         if let Some((t, i)) = self.subtree_room(from, s, cx) {
             let displaced = self.stripes[t].children.remove(i);
             out.counters.children_displaced += 1;
-            self.shed(t, displaced, now, cx.config.source, out);
+            self.shed(t, displaced, now, Self::displace_grace(cx.config), out);
             return true;
         }
         // Only for one that can pass a whole copy on: trading one leaf for another (a viewer
@@ -335,7 +347,7 @@ impl Trees {
         };
         let displaced = self.stripes[s].children.remove(i);
         out.counters.children_displaced += 1;
-        self.shed(s, displaced, now, cx.config.source, out);
+        self.shed(s, displaced, now, Self::displace_grace(cx.config), out);
         true
     }
 
@@ -491,10 +503,17 @@ impl Trees {
             let Some(child) = self.stripes[s].children.pop() else {
                 break;
             };
-            // Over capacity: feeding it on would only make everyone's chunks later.
             out.counters.children_shed += 1;
-            out.send(child, Message::Prune { stripe: s as u8 });
-            self.status_dirty = true;
+            if slots == 0 {
+                // Stepped aside for its household: what it pushed on would wait behind the
+                // household's traffic, and so would the repairs it serves.
+                out.send(child, Message::Prune { stripe: s as u8 });
+                self.status_dirty = true;
+            } else {
+                // Over capacity, but fed a moment longer (last in the push order) so it finds
+                // another parent before its chunks stop: a hard cut leaves a gap for repairs.
+                self.shed(s, child, now, SHED_GRACE, out);
+            }
         }
         if cx.config.source {
             return failed;
@@ -503,9 +522,15 @@ impl Trees {
         for s in 0..self.stripes.len() {
             if let Some(parent) = self.stripes[s].parent {
                 let stripe = &self.stripes[s];
-                let quiet = stripe
-                    .parent_active
-                    .is_none_or(|t| now.duration_since(t) > GRAFT_TIMEOUT);
+                // Deeper, a little more patient: where a feed breaks, the node next to the
+                // break notices first and mends it (or tells its children it is cut off)
+                // before every node below it leaves its parent too.
+                let parent_depth = cx
+                    .view
+                    .get(&parent)
+                    .map_or(0, |n| n.depths[s].min(QUIET_STAGGER_DEPTHS));
+                let quiet_after = GRAFT_TIMEOUT + QUIET_STAGGER * u32::from(parent_depth);
+                let quiet = stripe.parent_active.is_none_or(|t| now.duration_since(t) > quiet_after);
                 let overtaken = stripe
                     .overtaken
                     .is_some_and(|t| now.duration_since(t) > cx.config.parent_timeout);
