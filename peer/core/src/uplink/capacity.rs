@@ -255,6 +255,17 @@ impl Capacity {
             if self.estimate.is_some_and(|e| new < 0.7 * e) {
                 self.fell_at = Some(now);
             }
+            // A lower bound the uplink was seen to carry stays among what it carried lately:
+            // a node measured first beside its household's upload (only its share) must not
+            // forget it, or it grows back from that share once the household is done.
+            if self.how == How::AtLeast
+                && let Some(bound) = self.estimate
+                && self
+                    .peak
+                    .is_none_or(|(p, at)| bound > p || now.duration_since(at) > PEAK_FOR)
+            {
+                self.peak = Some((bound, now));
+            }
             self.estimate = Some(new);
             self.how = How::Measured;
             self.measured_at = Some(now);

@@ -410,3 +410,32 @@ fn a_node_that_yields_before_it_measured_plans_with_what_it_sends() {
     let plan = up.plan_bps().expect("background plans");
     assert!(plan <= FLOOR_BPS, "plans {plan} bit/s while sending {FLOOR_BPS}");
 }
+
+#[test]
+fn a_node_that_never_filled_its_uplink_takes_it_back_after_a_bulk_upload() {
+    // A relay asked for less than its uplink carries has only a lower bound on it when its
+    // household's TCP upload starts (the lab's 30 ms router queue, neighbours a millisecond
+    // away): the first measure it gets is its share beside that upload. Once the upload stops
+    // it must come back to its rate at once, not grow back from that share (it took 4.5 s).
+    let mut lab = Lab::new(10e6, 3e6);
+    lab.depth = Duration::from_millis(30);
+    lab.bases_ms = [1, 1, 2];
+    let mut up = background(lab.now);
+    lab.run(&mut up, 15.0);
+    assert_eq!(up.report().how, How::AtLeast, "{:?}", up.report());
+    let before = up.pacing_bps().expect("paces");
+    lab.tcp = Some(Tcp::new());
+    lab.demand_bps = 0.1e6;
+    lab.run(&mut up, 12.0);
+    assert!(up.capacity_bps().is_some_and(|c| c < 1e6), "{:?}", up.report());
+    lab.tcp = None;
+    for (run_s, after_s, share) in [(1.5, 1.5, 0.5), (3.5, 5.0, 0.8)] {
+        lab.run(&mut up, run_s);
+        let rate = up.pacing_bps().expect("paces");
+        assert!(
+            rate >= share * before,
+            "the rate is back to {rate:.0} bit/s of {before:.0}, {after_s} s after ({:?})",
+            up.report()
+        );
+    }
+}
