@@ -70,6 +70,8 @@ pub struct State {
     started: Instant,
     startup: Option<Duration>,
     out: Outbox,
+    /// Whom a chunk is pushed to, in order: (its children in the stripe, who).
+    push_order: Vec<(std::cmp::Reverse<u8>, NodeId)>,
 }
 
 impl State {
@@ -87,6 +89,7 @@ impl State {
             started: now,
             startup: None,
             out: Outbox::default(),
+            push_order: Vec::new(),
             config,
         }
     }
@@ -520,18 +523,17 @@ impl State {
             let deadline = now + left;
             // Children that pass the stripe on first, the most children first: the chunk
             // waits behind the others' copies in our uplink, and their subtrees wait with them.
-            let mut targets: Vec<(u8, NodeId)> = self
-                .trees
-                .push_targets(s, now)
-                .map(|c| {
-                    (
-                        self.view.get(&c).map_or(0, |n| n.children.get(s).copied().unwrap_or(0)),
-                        c,
-                    )
-                })
-                .collect();
-            targets.sort_by_key(|(children, _)| std::cmp::Reverse(*children));
-            for (_, child) in targets {
+            // (So do those of a child told to go, still fed: leaves told to go come last.)
+            // (The order is built in a buffer kept from chunk to chunk: this runs for every
+            // chunk.)
+            let mut order = std::mem::take(&mut self.push_order);
+            order.clear();
+            order.extend(self.trees.push_targets(s, now).map(|c| {
+                let children = self.view.get(&c).map_or(0, |n| n.children.get(s).copied().unwrap_or(0));
+                (std::cmp::Reverse(children), c)
+            }));
+            order.sort_by_key(|(children, _)| *children);
+            for &(_, child) in &order {
                 if Some(child) != from
                     && let Some(n) = self.view.get_mut(&child)
                     && n.has.insert(seq)
@@ -543,6 +545,7 @@ impl State {
                     });
                 }
             }
+            self.push_order = order;
         }
         if self.config.deliver {
             self.out.push(Action::Deliver(chunk));

@@ -265,13 +265,13 @@ fn a_child_shed_for_a_smaller_upload_is_fed_until_it_finds_another_parent() {
         .filter_map(|(to, m)| matches!(m, Message::Prune { .. }).then_some(to))
         .collect();
     let [shed] = pruned[..] else { panic!("{pruned:?}") };
-    // Make-before-break: fed a moment longer (last), to find another parent first.
+    // Make-before-break: fed a moment longer (a leaf, last), to find another parent first.
     let to = |seq: u64, t: Instant, s: &mut State| {
         let actions = feed(s, 1, seq, seq * 50_000, 0, t);
         pushes(&actions).iter().map(|(to, _)| *to).collect::<Vec<_>>()
     };
-    let stripe_of_shed = (2..=5u8).find(|n| node(*n) == shed).map(|n| u64::from(n % 2)).unwrap();
-    let seq = 42 + stripe_of_shed;
+    let shed_n = (2..=5u8).find(|n| node(*n) == shed).unwrap();
+    let seq = 42 + u64::from(shed_n % 2);
     assert_eq!(to(seq, later, &mut s).last(), Some(&shed));
     assert!(!to(seq + 2, later + Duration::from_secs(2), &mut s).contains(&shed));
 }

@@ -510,8 +510,8 @@ impl Trees {
                 out.send(child, Message::Prune { stripe: s as u8 });
                 self.status_dirty = true;
             } else {
-                // Over capacity, but fed a moment longer (last in the push order) so it finds
-                // another parent before its chunks stop: a hard cut leaves a gap for repairs.
+                // Over capacity, but fed a moment longer so it finds another parent before its
+                // chunks stop: a hard cut leaves a gap for repairs.
                 self.shed(s, child, now, SHED_GRACE, out);
             }
         }

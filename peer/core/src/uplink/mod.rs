@@ -64,6 +64,11 @@ const RECOVERY: Duration = Duration::from_secs(1);
 const PACKET_BITS: f64 = 1200.0 * 8.0;
 /// The least delay target, whatever the router drops at.
 const MIN_TARGET: Duration = Duration::from_millis(10);
+/// A queue under this reads as empty whatever the target: one-way delays wander by a few
+/// milliseconds (a base taken at a quieter moment, timers, scheduling). Behind a shallow
+/// router, a quarter of the least target read 2-4 ms of that as a standing queue, and the
+/// uplink was not probed back after the household's upload for 5 s and more.
+const EMPTY_QUEUE: Duration = Duration::from_millis(5);
 /// Without drops for this long, the target grows back by a quarter.
 const TARGET_REGROW: Duration = Duration::from_secs(30);
 /// Too few believed paths call for a slowdown this often at most.
@@ -332,6 +337,11 @@ impl Uplink {
         Some(self.cfg.cap_bps.map_or(seen, |c| c.min(seen)))
     }
 
+    /// Under this, the uplink's queue counts as empty (drained, quiet, with room).
+    fn empty_below(&self) -> Duration {
+        (self.target / 4).max(EMPTY_QUEUE)
+    }
+
     /// The upload the swarm core may plan children with (bit/s), or `None` to let it use its
     /// defaults. A yielding (background) node plans with what it has seen its uplink carry,
     /// and until it has seen anything with the rate it starts at: enough to answer repairs,
@@ -407,7 +417,7 @@ impl Uplink {
             self.target_set = now;
         }
         match queue {
-            Some(q) if q >= self.target / 4 => {
+            Some(q) if q >= self.empty_below() => {
                 self.standing_steps += 1;
                 self.quiet_steps = 0;
             }
@@ -488,7 +498,7 @@ impl Uplink {
         // see the uplink come back. (Not our own probe's queue: that would call the next.)
         // (Nor the queue a probe left, until it drained: read as pressure, it called the next
         // probe a second later, and a 1 Mbit/s uplink was probed every few seconds.)
-        if queue.is_some_and(|q| q < self.target / 4) {
+        if queue.is_some_and(|q| q < self.empty_below()) {
             self.probe_draining = false;
         }
         if self.yielding
@@ -562,7 +572,7 @@ impl Uplink {
         // and so do the household's packets). Probes measure it again, to see it grow.
         // (Not while more waits and the queue stays empty: the uplink has room beyond what
         // was measured, as when the household's traffic that was measured beside is gone.)
-        self.room_steps = if limited && queue.is_some_and(|q| q < self.target / 4) {
+        self.room_steps = if limited && queue.is_some_and(|q| q < self.empty_below()) {
             self.room_steps + 1
         } else {
             0
@@ -593,7 +603,7 @@ impl Uplink {
         if let Some(until) = self.slowdown_until {
             // Until the queue is seen drained (LEDBAT++ slows for two round trips, queue
             // included), at least `SLOWDOWN`, at most `SLOWDOWN_MAX`.
-            let drained = queue.is_some_and(|q| q < self.target / 4);
+            let drained = queue.is_some_and(|q| q < self.empty_below());
             let started = until - SLOWDOWN;
             if now < until || (!drained && now.duration_since(started) < SLOWDOWN_MAX) {
                 return true;

@@ -439,3 +439,31 @@ fn a_node_that_never_filled_its_uplink_takes_it_back_after_a_bulk_upload() {
         );
     }
 }
+
+#[test]
+fn behind_a_shallow_queue_a_few_milliseconds_of_delay_read_as_an_empty_queue() {
+    // The lab at 30 ms: the household's TCP upload drops packets at a shallow queue, which
+    // takes the delay target to its least (10 ms). Once the upload stops, the paths read
+    // 2-4 ms over their base delays (what was taken as base was a quieter moment): that is an
+    // empty queue, and the uplink is probed back. (Read against a quarter of the target, the
+    // queue never looked empty, and the uplink stayed at its share for 5 s and more.)
+    let mut lab = Lab::new(10e6, 3e6);
+    lab.depth = Duration::from_millis(30);
+    lab.bases_ms = [1, 1, 2];
+    let mut up = background(lab.now);
+    lab.run(&mut up, 15.0);
+    let before = up.pacing_bps().expect("paces");
+    lab.tcp = Some(Tcp::new());
+    lab.demand_bps = 0.1e6;
+    lab.run(&mut up, 12.0);
+    lab.tcp = None;
+    up.target = MIN_TARGET;
+    lab.bases_ms = [4, 4, 5];
+    lab.run(&mut up, 3.0);
+    let rate = up.pacing_bps().expect("paces");
+    assert!(
+        rate >= 0.8 * before,
+        "the rate is back to {rate:.0} bit/s of {before:.0}, 3 s after ({:?})",
+        up.report()
+    );
+}
