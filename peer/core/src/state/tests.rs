@@ -189,19 +189,19 @@ fn children_that_pass_the_stripe_on_are_pushed_to_first() {
     );
 }
 
-#[test]
-fn a_node_left_with_no_room_keeps_no_child() {
-    let now = Instant::now();
+/// A node capped at `upload_bps`, fed both stripes by the source (node 1), with nodes
+/// 2..=`last` as children (node n of stripe n % 2).
+fn relay_with_children(upload_bps: u64, last: u8, now: Instant) -> State {
     let mut s = State::new(
         node(0),
         Config {
-            upload_bps: Some(4_000_000),
+            upload_bps: Some(upload_bps),
             ..config()
         },
         1,
         now,
     );
-    for n in 1..=3 {
+    for n in 1..=last {
         up(&mut s, n, now);
     }
     control(&mut s, 1, status(vec![0, 0], 8), now);
@@ -209,8 +209,16 @@ fn a_node_left_with_no_room_keeps_no_child() {
     for seq in 0..=40 {
         feed(&mut s, 1, seq, seq * 50_000, 0, now);
     }
-    control(&mut s, 2, Message::Graft { stripe: 0 }, now);
-    control(&mut s, 3, Message::Graft { stripe: 1 }, now);
+    for n in 2..=last {
+        control(&mut s, n, Message::Graft { stripe: n % 2 }, now);
+    }
+    s
+}
+
+#[test]
+fn a_node_left_with_no_room_keeps_no_child() {
+    let now = Instant::now();
+    let mut s = relay_with_children(4_000_000, 3, now);
     assert_eq!(s.children(), 2);
     // Its household took the uplink: what is left would not pass on a copy. (A little over
     // the slots is tolerated while there are some; none is when there are none: the child's
@@ -232,26 +240,7 @@ fn a_node_left_with_no_room_keeps_no_child() {
 #[test]
 fn a_child_shed_for_a_smaller_upload_is_fed_until_it_finds_another_parent() {
     let now = Instant::now();
-    let mut s = State::new(
-        node(0),
-        Config {
-            upload_bps: Some(8_000_000),
-            ..config()
-        },
-        1,
-        now,
-    );
-    for n in 1..=5 {
-        up(&mut s, n, now);
-    }
-    control(&mut s, 1, status(vec![0, 0], 8), now);
-    let _ = s.handle(Event::Tick, now).count();
-    for seq in 0..=40 {
-        feed(&mut s, 1, seq, seq * 50_000, 0, now);
-    }
-    for n in 2..=5 {
-        control(&mut s, n, Message::Graft { stripe: n % 2 }, now);
-    }
+    let mut s = relay_with_children(8_000_000, 5, now);
     assert_eq!(s.children(), 4, "slots {}", s.slots());
     // The uplink carries less than was thought: room for two children (three tolerated).
     // (The test's chunks are small: a child of a stripe costs about 16 kbit/s.)

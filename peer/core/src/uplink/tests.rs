@@ -411,12 +411,11 @@ fn a_node_that_yields_before_it_measured_plans_with_what_it_sends() {
     assert!(plan <= FLOOR_BPS, "plans {plan} bit/s while sending {FLOOR_BPS}");
 }
 
-#[test]
-fn a_node_that_never_filled_its_uplink_takes_it_back_after_a_bulk_upload() {
-    // A relay asked for less than its uplink carries has only a lower bound on it when its
-    // household's TCP upload starts (the lab's 30 ms router queue, neighbours a millisecond
-    // away): the first measure it gets is its share beside that upload. Once the upload stops
-    // it must come back to its rate at once, not grow back from that share (it took 4.5 s).
+/// A relay asked for 3 of its 10 Mbit/s (a lower bound on its uplink, never full) behind the
+/// lab's 30 ms router queue, neighbours a millisecond away, then a household's TCP upload for
+/// 12 s while it is asked for little; returns just after the upload stops, with the rate it
+/// was allowed before it.
+fn after_a_bulk_upload_behind_a_30_ms_queue() -> (Lab, Uplink, f64) {
     let mut lab = Lab::new(10e6, 3e6);
     lab.depth = Duration::from_millis(30);
     lab.bases_ms = [1, 1, 2];
@@ -429,6 +428,16 @@ fn a_node_that_never_filled_its_uplink_takes_it_back_after_a_bulk_upload() {
     lab.run(&mut up, 12.0);
     assert!(up.capacity_bps().is_some_and(|c| c < 1e6), "{:?}", up.report());
     lab.tcp = None;
+    (lab, up, before)
+}
+
+#[test]
+fn a_node_that_never_filled_its_uplink_takes_it_back_after_a_bulk_upload() {
+    // A relay asked for less than its uplink carries has only a lower bound on it when its
+    // household's TCP upload starts (the lab's 30 ms router queue, neighbours a millisecond
+    // away): the first measure it gets is its share beside that upload. Once the upload stops
+    // it must come back to its rate at once, not grow back from that share (it took 4.5 s).
+    let (mut lab, mut up, before) = after_a_bulk_upload_behind_a_30_ms_queue();
     for (run_s, after_s, share) in [(1.5, 1.5, 0.5), (3.5, 5.0, 0.8)] {
         lab.run(&mut up, run_s);
         let rate = up.pacing_bps().expect("paces");
@@ -447,16 +456,7 @@ fn behind_a_shallow_queue_a_few_milliseconds_of_delay_read_as_an_empty_queue() {
     // 2-4 ms over their base delays (what was taken as base was a quieter moment): that is an
     // empty queue, and the uplink is probed back. (Read against a quarter of the target, the
     // queue never looked empty, and the uplink stayed at its share for 5 s and more.)
-    let mut lab = Lab::new(10e6, 3e6);
-    lab.depth = Duration::from_millis(30);
-    lab.bases_ms = [1, 1, 2];
-    let mut up = background(lab.now);
-    lab.run(&mut up, 15.0);
-    let before = up.pacing_bps().expect("paces");
-    lab.tcp = Some(Tcp::new());
-    lab.demand_bps = 0.1e6;
-    lab.run(&mut up, 12.0);
-    lab.tcp = None;
+    let (mut lab, mut up, before) = after_a_bulk_upload_behind_a_30_ms_queue();
     up.target = MIN_TARGET;
     lab.bases_ms = [4, 4, 5];
     lab.run(&mut up, 3.0);
