@@ -155,12 +155,14 @@ impl Trees {
     }
 
     /// Tells a child of stripe `s` to find another parent, and keeps feeding it for `grace`
-    /// (make-before-break, from the parent's side).
+    /// (make-before-break, from the parent's side; none when `grace` is zero).
     fn shed(&mut self, s: usize, child: NodeId, now: Instant, grace: Duration, out: &mut Outbox) {
         out.send(child, Message::Prune { stripe: s as u8 });
         let leaving = &mut self.stripes[s].leaving;
         leaving.retain(|(id, until)| *id != child && now < *until);
-        leaving.push((child, now + grace));
+        if !grace.is_zero() {
+            leaving.push((child, now + grace));
+        }
         self.status_dirty = true;
     }
 
@@ -504,16 +506,12 @@ impl Trees {
                 break;
             };
             out.counters.children_shed += 1;
-            if slots == 0 {
-                // Stepped aside for its household: what it pushed on would wait behind the
-                // household's traffic, and so would the repairs it serves.
-                out.send(child, Message::Prune { stripe: s as u8 });
-                self.status_dirty = true;
-            } else {
-                // Over capacity, but fed a moment longer so it finds another parent before its
-                // chunks stop: a hard cut leaves a gap for repairs.
-                self.shed(s, child, now, SHED_GRACE, out);
-            }
+            // Over capacity, but fed a moment longer so it finds another parent before its
+            // chunks stop: a hard cut leaves a gap for repairs. (Not when stepped aside for the
+            // household: what it pushed on would wait behind the household's traffic, and so
+            // would the repairs it serves.)
+            let grace = if slots == 0 { Duration::ZERO } else { SHED_GRACE };
+            self.shed(s, child, now, grace, out);
         }
         if cx.config.source {
             return failed;
@@ -525,16 +523,14 @@ impl Trees {
                 // Deeper, a little more patient: where a feed breaks, the node next to the
                 // break notices first and mends it (or tells its children it is cut off)
                 // before every node below it leaves its parent too.
-                let parent_depth = cx
-                    .view
-                    .get(&parent)
-                    .map_or(0, |n| n.depths[s].min(QUIET_STAGGER_DEPTHS));
+                let told_depth = cx.view.get(&parent).map(|n| n.depths[s]);
+                let parent_depth = told_depth.map_or(0, |d| d.min(QUIET_STAGGER_DEPTHS));
                 let quiet_after = GRAFT_TIMEOUT + QUIET_STAGGER * u32::from(parent_depth);
                 let quiet = stripe.parent_active.is_none_or(|t| now.duration_since(t) > quiet_after);
                 let overtaken = stripe
                     .overtaken
                     .is_some_and(|t| now.duration_since(t) > cx.config.parent_timeout);
-                let cut_off = cx.view.get(&parent).is_some_and(|n| n.depths[s] >= MAX_DEPTH)
+                let cut_off = told_depth.is_some_and(|d| d >= MAX_DEPTH)
                     && stripe
                         .parent_active
                         .is_none_or(|t| now.duration_since(t) > cx.config.parent_timeout);
