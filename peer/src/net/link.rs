@@ -185,11 +185,21 @@ pub async fn start(
     shared.events.send(Input::Linked(handle)).await.ok()?;
     shared.pacer.add_connection(conn.clone());
     let mut tasks = JoinSet::new();
-    tasks.spawn(stamps::serve(conn.clone(), shared.pacer.uplink().clone()));
+    let stamps = Arc::new(Stamps::default());
+    let uplink = shared.pacer.uplink().clone();
+    tasks.spawn(stamps::serve(conn.clone(), uplink, stamps.clone()));
     tasks.spawn(read_control(peer.node_id, recv, buf, shared.clone(), stats.clone()));
-    tasks.spawn(write_control(send, control_rx, shared.clone(), stats.clone()));
+    let control = write_control(
+        send,
+        conn.clone(),
+        stamps.clone(),
+        control_rx,
+        shared.clone(),
+        stats.clone(),
+    );
+    tasks.spawn(control);
     tasks.spawn(read_chunks(peer.node_id, conn.clone(), shared.clone(), stats.clone()));
-    tasks.spawn(write_chunks(conn, chunk_rx, shared.clone(), stats));
+    tasks.spawn(write_chunks(conn, stamps, chunk_rx, shared.clone(), stats));
     Some(tasks)
 }
 
@@ -233,6 +243,8 @@ async fn read_control(
 
 async fn write_control(
     mut send: quinn::SendStream,
+    conn: quinn::Connection,
+    stamps: Arc<Stamps>,
     mut rx: mpsc::Receiver<Message>,
     shared: Shared,
     stats: Arc<LinkStats>,
@@ -249,6 +261,7 @@ async fn write_control(
         if send.write_chunk(frame).await.is_err() {
             return;
         }
+        stamps.after_send(&conn);
     }
 }
 
@@ -318,6 +331,7 @@ impl Ord for Queued {
 
 async fn write_chunks(
     conn: quinn::Connection,
+    stamps: Arc<Stamps>,
     mut rx: mpsc::Receiver<(Arc<Chunk>, Instant)>,
     shared: Shared,
     stats: Arc<LinkStats>,
@@ -327,7 +341,6 @@ async fn write_chunks(
     let mut writers = JoinSet::new();
     // Chunks that missed their deadline since one last went out whole.
     let expired_in_row = Arc::new(AtomicUsize::new(0));
-    let stamps = Arc::new(Stamps::default());
     loop {
         if queue.is_empty() {
             match rx.recv().await {
@@ -407,7 +420,7 @@ async fn write_chunks(
                         shared.pacer.take(piece.len(), stamp).await;
                         pacing.store(false, Relaxed);
                         send.write_chunk(piece).await?;
-                        stamps.after_piece(&conn);
+                        stamps.after_send(&conn);
                     }
                 }
                 anyhow::Ok(())

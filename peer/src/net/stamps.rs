@@ -5,11 +5,16 @@
 //! it with its own clock at arrival, and the difference, less its least (the clocks' offset),
 //! is the queue on our side of the path only.
 //!
+//! Every path is stamped, not only those chunks go out on: a leaf sends only control messages,
+//! and with its paths unsampled its controller was blind, never probed, and stayed a leaf
+//! (a viewer that joined beside its household's upload kept that upload's share for good).
+//! A path with nothing to carry a stamp gets one on its own every `IDLE_EVERY`.
+//!
 //! Datagrams on a link: padding (zeros, read and dropped), a stamp, or an echo. A neighbour
 //! that does not echo (an older version) leaves its path on round trips.
 
-use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -23,6 +28,9 @@ const ECHO_LEN: usize = 1 + 8 + 8;
 /// A path is stamped at most this often (a datagram in a packet of its own costs ~50 bytes:
 /// 8 kbit/s a path at most, and mostly it rides with the chunk's packets).
 const STAMP_EVERY: Duration = Duration::from_millis(50);
+/// A path nothing else stamped is stamped this often (a datagram of its own: ~2 kbit/s), so
+/// the controller has fresh delays on it (it believes paths sampled within the last second).
+const IDLE_EVERY: Duration = Duration::from_millis(300);
 /// Echoes sent at most this often on a link (a neighbour cannot make us send more).
 const ECHO_EVERY: Duration = Duration::from_millis(10);
 /// One-way delays carry the clocks' offset, either way: shifted by this much they stay
@@ -42,11 +50,16 @@ pub struct Stamps {
 }
 
 impl Stamps {
-    /// A piece of a chunk went out on `conn`: stamp the path if it is due.
-    pub fn after_piece(&self, conn: &quinn::Connection) {
+    /// Something went out on `conn` (a piece of a chunk, control messages): stamp the path if
+    /// it is due (the stamp rides in the same packet).
+    pub fn after_send(&self, conn: &quinn::Connection) {
+        self.stamp_unless_within(conn, STAMP_EVERY);
+    }
+
+    fn stamp_unless_within(&self, conn: &quinn::Connection, within: Duration) {
         let now = clock_us();
         let last = self.last.load(Relaxed);
-        if last != 0 && now.saturating_sub(last) < STAMP_EVERY.as_micros() as u64 {
+        if last != 0 && now.saturating_sub(last) < within.as_micros() as u64 {
             return;
         }
         if self.last.compare_exchange(last, now, Relaxed, Relaxed).is_err() {
@@ -60,11 +73,24 @@ impl Stamps {
 }
 
 /// Reads the neighbour's datagrams until the link ends: echoes its stamps, feeds the echoes
-/// of ours to the uplink controller, drops padding.
-pub async fn serve(conn: quinn::Connection, uplink: SharedUplink) {
+/// of ours to the uplink controller, drops padding; and stamps the path when nothing else
+/// did for a while.
+pub async fn serve(conn: quinn::Connection, uplink: SharedUplink, stamps: Arc<Stamps>) {
     let path = path_of(&conn);
     let mut echoed_at: Option<Instant> = None;
-    while let Ok(d) = conn.read_datagram().await {
+    let mut idle = tokio::time::interval(IDLE_EVERY);
+    idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let d = tokio::select! {
+            d = conn.read_datagram() => match d {
+                Ok(d) => d,
+                Err(_) => return,
+            },
+            _ = idle.tick() => {
+                stamps.stamp_unless_within(&conn, IDLE_EVERY);
+                continue;
+            }
+        };
         match (d.first(), d.len()) {
             (Some(&STAMP), STAMP_LEN) => {
                 let now = Instant::now();
@@ -124,5 +150,51 @@ mod tests {
             assert_eq!(b - a, Duration::from_millis(60));
         }
         assert_eq!(one_way(&echo(sent + 10_000_000, sent)), None, "a stamp from the future");
+    }
+
+    #[tokio::test]
+    async fn a_path_nothing_goes_out_on_keeps_its_delays_fresh() {
+        use crate::net::transport::{SERVER_NAME, endpoint_with};
+        use crate::net::uplink::Reporting;
+        use ed25519_dalek::SigningKey;
+        use shoal_core::limits::Limits;
+        use shoal_core::uplink::{Uplink, UplinkConfig};
+
+        let limits = Limits::default();
+        let uplink = |now| SharedUplink::new(Uplink::new(UplinkConfig::default(), now));
+        let (ours, theirs) = (uplink(Instant::now()), uplink(Instant::now()));
+        let endpoint = |seed, uplink: &SharedUplink| {
+            let key = SigningKey::from_bytes(&[seed; 32]);
+            endpoint_with(
+                "127.0.0.1:0".parse().unwrap(),
+                &limits,
+                &key,
+                Reporting::factory(uplink.clone()),
+            )
+            .unwrap()
+        };
+        let (server, client) = (endpoint(1, &theirs), endpoint(2, &ours));
+        let addr = server.local_addr().unwrap();
+        let accepted = tokio::spawn(async move { server.accept().await.unwrap().await.unwrap() });
+        let conn = client.connect(addr, SERVER_NAME).unwrap().await.unwrap();
+        let accepted = accepted.await.unwrap();
+        let stamps = Arc::new(Stamps::default());
+        tokio::spawn(serve(accepted, theirs, Arc::new(Stamps::default())));
+        tokio::spawn(serve(conn.clone(), ours.clone(), stamps.clone()));
+        // A piece of a chunk went out: the path reads one-way delays from the first echo on
+        // (round trips then only time it). Then nothing more, as at a leaf: the path must
+        // still be read, or the controller is blind and never probes its uplink.
+        stamps.after_send(&conn);
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(
+                !ours.lock().describe_paths().contains('?'),
+                "the path is believed from the start"
+            );
+        }
+        let described = ours.lock().describe_paths();
+        assert!(described.contains(":+"), "one-way delays: {described}");
+        assert_eq!(ours.lock().paths_believed(Instant::now()), 1, "{described}");
+        conn.close(0u32.into(), b"done");
     }
 }

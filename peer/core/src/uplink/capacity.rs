@@ -138,6 +138,8 @@ pub struct Capacity {
     /// A probe runs: a measure far above the estimate replaces it instead of being averaged
     /// in (it measures the uplink itself, not the share the household left).
     probing: bool,
+    /// The most the controller allowed in the window (bit/s): nothing was delivered faster.
+    allowed_most: f64,
 }
 
 impl Capacity {
@@ -159,7 +161,27 @@ impl Capacity {
             recent_sent: 0.0,
             probing: false,
             peak: None,
+            allowed_most: 0.0,
         }
+    }
+
+    /// The controller allows `bps` now (called every step, before `step`).
+    pub fn allowed(&mut self, bps: f64) {
+        self.allowed_most = self.allowed_most.max(bps);
+    }
+
+    /// The most a measure in this window may count: a little over the most the uplink
+    /// carried lately (ACKs that a receiver's draining queue bunched can read 10-20 % over
+    /// the uplink); in a probe, over what it sent at most (the household's traffic that held
+    /// the estimate at our share may be gone: the probe measures the uplink itself).
+    fn ceiling(&self, now: Instant) -> f64 {
+        let lately = self.peak_bps(now);
+        RISE_MOST
+            * if self.probing {
+                lately.max(self.allowed_most)
+            } else {
+                lately
+            }
     }
 
     /// A probe starts: a fresh window, whose measure is taken as it is.
@@ -237,12 +259,10 @@ impl Capacity {
         if self.full_for >= FULL_FOR {
             let delivered = self.acked_full * 8.0 / self.full_for.as_secs_f64();
             // (A probe that finds far more than the estimate took the uplink back from the
-            // household: that is the uplink now. Otherwise measures are averaged.) A measure
-            // counts at most a little over the most the uplink carried lately: ACKs that a
-            // receiver's draining queue bunched can still read 10-20 % over the uplink.
+            // household: that is the uplink now. Otherwise measures are averaged.)
             let new = match (self.how, self.estimate) {
                 (How::Measured, Some(e)) => {
-                    let delivered = delivered.min(RISE_MOST * self.peak_bps(now));
+                    let delivered = delivered.min(self.ceiling(now));
                     if self.probing && delivered > 1.5 * e {
                         delivered
                     } else {
@@ -276,13 +296,14 @@ impl Capacity {
                 self.peak = Some((new, now));
             }
         } else if acked > 0.0 {
-            // (A measured estimate rises this way by a few percent at a time, as above.)
-            let most = if self.how == How::Measured {
-                RISE_MOST
-            } else {
-                f64::INFINITY
+            // (A measured estimate rises this way by a few percent at a time, as above; in
+            // a probe, up to what it sent.)
+            let most = match self.how {
+                How::Measured if self.probing => self.ceiling(now),
+                How::Measured => RISE_MOST * self.estimate.unwrap_or(0.0),
+                _ => f64::INFINITY,
             };
-            self.estimate = Some(self.estimate.map_or(delivered, |e| e.max(delivered.min(most * e))));
+            self.estimate = Some(self.estimate.map_or(delivered, |e| e.max(delivered.min(most))));
             if self.how == How::Unknown {
                 self.how = How::AtLeast;
             }
@@ -291,6 +312,7 @@ impl Capacity {
         self.window.clear();
         self.acked_full = 0.0;
         self.full_for = Duration::ZERO;
+        self.allowed_most = 0.0;
     }
 
     pub fn bps(&self) -> Option<f64> {
@@ -318,6 +340,11 @@ impl Capacity {
     /// Whether the uplink was seen full at or after `t`.
     pub fn measured_since(&self, t: Instant) -> bool {
         self.measured_at.is_some_and(|m| m >= t)
+    }
+
+    /// When the estimate last fell.
+    pub fn fell_at(&self) -> Option<Instant> {
+        self.fell_at
     }
 
     pub fn fell_lately(&self) -> bool {

@@ -467,3 +467,34 @@ fn behind_a_shallow_queue_a_few_milliseconds_of_delay_read_as_an_empty_queue() {
         up.report()
     );
 }
+
+#[test]
+fn a_node_that_joined_beside_its_households_upload_learns_its_uplink_once_the_upload_ends() {
+    // The lab's household viewer (10 Mbit/s, 400 ms queue) joins while its household's bulk
+    // upload runs and is asked for little (a leaf): its first probe measures its share beside
+    // the upload. Once the upload stops, a probe must follow (none did: the queue the first
+    // probe left never drained beside the upload, so the pressure was never recorded), and
+    // find the uplink rather than rise from that share by a tenth a second (in the lab it
+    // found 1.2 of 10 Mbit/s).
+    let mut lab = Lab::new(10e6, 0.2e6);
+    lab.tcp = Some(Tcp::new());
+    let mut up = background(lab.now);
+    lab.run(&mut up, 20.0);
+    let share = up.capacity_bps().unwrap_or(0.0);
+    assert!(share < 2e6, "beside the upload it learns its share: {:?}", up.report());
+    lab.tcp = None;
+    lab.run(&mut up, 5.0);
+    let rate = up.pacing_bps().expect("paces");
+    assert!(
+        rate >= 7e6,
+        "5 s after the upload the rate is {rate:.0} bit/s ({:?})",
+        up.report()
+    );
+    lab.run(&mut up, 2.0);
+    let found = up.capacity_bps().unwrap_or(0.0);
+    assert!(
+        found >= 7e6,
+        "7 s after the upload it knows {found:.0} bit/s ({:?})",
+        up.report()
+    );
+}
