@@ -189,15 +189,7 @@ pub async fn start(
     let uplink = shared.pacer.uplink().clone();
     tasks.spawn(stamps::serve(conn.clone(), uplink, stamps.clone()));
     tasks.spawn(read_control(peer.node_id, recv, buf, shared.clone(), stats.clone()));
-    let control = write_control(
-        send,
-        conn.clone(),
-        stamps.clone(),
-        control_rx,
-        shared.clone(),
-        stats.clone(),
-    );
-    tasks.spawn(control);
+    tasks.spawn(write_control(send, control_rx, shared.clone(), stats.clone()));
     tasks.spawn(read_chunks(peer.node_id, conn.clone(), shared.clone(), stats.clone()));
     tasks.spawn(write_chunks(conn, stamps, chunk_rx, shared.clone(), stats));
     Some(tasks)
@@ -243,8 +235,6 @@ async fn read_control(
 
 async fn write_control(
     mut send: quinn::SendStream,
-    conn: quinn::Connection,
-    stamps: Arc<Stamps>,
     mut rx: mpsc::Receiver<Message>,
     shared: Shared,
     stats: Arc<LinkStats>,
@@ -261,7 +251,6 @@ async fn write_control(
         if send.write_chunk(frame).await.is_err() {
             return;
         }
-        stamps.after_send(&conn);
     }
 }
 

@@ -8,7 +8,9 @@
 //! Every path is stamped, not only those chunks go out on: a leaf sends only control messages,
 //! and with its paths unsampled its controller was blind, never probed, and stayed a leaf
 //! (a viewer that joined beside its household's upload kept that upload's share for good).
-//! A path with nothing to carry a stamp gets one on its own every `IDLE_EVERY`.
+//! A path no chunk piece stamped lately gets a stamp on its own every `IDLE_EVERY`.
+//! (Not with every control write: links carry control messages many times a second, and
+//! stamps and echoes that often on every link cost more packets than the samples are worth.)
 //!
 //! Datagrams on a link: padding (zeros, read and dropped), a stamp, or an echo. A neighbour
 //! that does not echo (an older version) leaves its path on round trips.
@@ -50,8 +52,8 @@ pub struct Stamps {
 }
 
 impl Stamps {
-    /// Something went out on `conn` (a piece of a chunk, control messages): stamp the path if
-    /// it is due (the stamp rides in the same packet).
+    /// A piece of a chunk went out on `conn`: stamp the path if it is due (the stamp rides in
+    /// the same packet).
     pub fn after_send(&self, conn: &quinn::Connection) {
         self.stamp_unless_within(conn, STAMP_EVERY);
     }

@@ -498,3 +498,26 @@ fn a_node_that_joined_beside_its_households_upload_learns_its_uplink_once_the_up
         up.report()
     );
 }
+
+#[test]
+fn a_fast_uplink_is_not_padded_past_what_any_swarm_asks_of_it() {
+    // Loopback, or a fibre line: the probe stops at 25 Mbit/s (the estimate lags the rate by a
+    // second, and the rate had grown to 100 Mbit/s of padding before it ended).
+    let mut lab = Lab::new(1e9, 1e6);
+    let mut up = background(lab.now);
+    let mut most: f64 = 0.0;
+    for _ in 0..100 {
+        lab.run(&mut up, 0.1);
+        if up.probe_bps() > 0.0 {
+            most = most.max(up.pacing_bps().expect("paces"));
+        }
+    }
+    assert!(most > 0.0 && most <= PROBE_ENOUGH_BPS, "padded up to {most:.0} bit/s");
+    let seen = up.capacity_bps().unwrap_or(0.0);
+    assert!(
+        seen >= 0.9 * PROBE_ENOUGH_BPS,
+        "it knows {seen:.0} bit/s ({:?})",
+        up.report()
+    );
+    assert!(up.probe_bps() == 0.0, "the probe is over ({:?})", up.report());
+}
