@@ -409,7 +409,7 @@ async fn write_chunks(
                         shared.pacer.take(piece.len(), stamp).await;
                         pacing.store(false, Relaxed);
                         send.write_chunk(piece).await?;
-                        stamps.after_send(&conn);
+                        stamps.after_piece(&conn);
                     }
                 }
                 anyhow::Ok(())

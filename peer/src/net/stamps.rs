@@ -54,7 +54,7 @@ pub struct Stamps {
 impl Stamps {
     /// A piece of a chunk went out on `conn`: stamp the path if it is due (the stamp rides in
     /// the same packet).
-    pub fn after_send(&self, conn: &quinn::Connection) {
+    pub fn after_piece(&self, conn: &quinn::Connection) {
         self.stamp_unless_within(conn, STAMP_EVERY);
     }
 
@@ -186,7 +186,7 @@ mod tests {
         // A piece of a chunk went out: the path reads one-way delays from the first echo on
         // (round trips then only time it). Then nothing more, as at a leaf: the path must
         // still be read, or the controller is blind and never probes its uplink.
-        stamps.after_send(&conn);
+        stamps.after_piece(&conn);
         for _ in 0..20 {
             tokio::time::sleep(Duration::from_millis(100)).await;
             assert!(

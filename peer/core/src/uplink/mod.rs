@@ -435,21 +435,11 @@ impl Uplink {
         } else if congested {
             self.target_set = now;
         }
-        match queue {
-            Some(q) if q >= 2 * self.target => self.deep_steps += 1,
-            Some(_) => self.deep_steps = 0,
-            None => {}
-        }
-        match queue {
-            Some(q) if q >= self.empty_below() => {
-                self.standing_steps += 1;
-                self.quiet_steps = 0;
-            }
-            Some(_) => {
-                self.standing_steps = 0;
-                self.quiet_steps += 1;
-            }
-            None => {}
+        if let Some(q) = queue {
+            let (standing, deep) = (q >= self.empty_below(), q >= 2 * self.target);
+            self.standing_steps = if standing { self.standing_steps + 1 } else { 0 };
+            self.quiet_steps = if standing { 0 } else { self.quiet_steps + 1 };
+            self.deep_steps = if deep { self.deep_steps + 1 } else { 0 };
         }
         let sent_bps = self.sent_step as f64 * 8.0 / elapsed;
         // More was asked than allowed for a good part of the step (or padding filled it):
