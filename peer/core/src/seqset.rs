@@ -59,6 +59,12 @@ impl SeqSet {
             .is_some_and(|w| w & (1 << ((seq - self.base) % 64)) != 0)
     }
 
+    /// The newest seq held, if any.
+    pub fn newest(&self) -> Option<u64> {
+        let (i, w) = self.words.iter().enumerate().rev().find(|(_, w)| **w != 0)?;
+        Some(self.base + i as u64 * 64 + 63 - u64::from(w.leading_zeros()))
+    }
+
     /// No seq at all (words only ever gain bits until cleared).
     pub fn is_empty(&self) -> bool {
         self.words.iter().all(|w| *w == 0)
@@ -84,6 +90,16 @@ mod tests {
         assert!(!s.contains(100));
         assert!(s.contains(100 + MAX_SPAN + 64));
         assert!(!s.insert(5));
+    }
+
+    #[test]
+    fn knows_the_newest_seq_it_holds() {
+        let mut s = SeqSet::default();
+        assert_eq!(s.newest(), None);
+        s.insert_range(100, 30);
+        assert_eq!(s.newest(), Some(129));
+        s.insert(64 * 5 + 63);
+        assert_eq!(s.newest(), Some(64 * 5 + 63));
     }
 
     #[test]

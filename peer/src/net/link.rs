@@ -211,6 +211,9 @@ async fn read_control(
         let error = match read_message(&mut recv, &mut buf).await {
             Ok(Some((msg, len))) => {
                 shared.stats.received(Some(&stats), Kind::Control, len);
+                if matches!(msg, Message::Graft { .. } | Message::Prune { .. }) {
+                    tracing::debug!(neighbour = %from.short(), ?msg, "tree from");
+                }
                 to_core(&shared, Event::Control { from, msg }).await;
                 continue;
             }
@@ -351,6 +354,7 @@ async fn write_chunks(
         if queue.len() > shared.limits.chunk_queue {
             let before = queue.len();
             queue.retain(|q| q.1 > now);
+            shared.stats.expired(before - queue.len());
             if !shared.pacer.paces() {
                 expired_in_row.fetch_add(before - queue.len(), Relaxed);
             }
@@ -372,6 +376,7 @@ async fn write_chunks(
         if now >= deadline {
             // Behind its deadline in our queue: the neighbour's slowness, unless our own
             // pace held it back.
+            shared.stats.expired(1);
             if !shared.pacer.paces() {
                 expired_in_row.fetch_add(1, Relaxed);
             }
@@ -390,9 +395,14 @@ async fn write_chunks(
             let len = chunk.encoded_len();
             let stamp = chunk.header.timestamp_us;
             // Opening the stream waits for the neighbour's stream credit: the deadline covers it.
-            let Ok(Ok(mut send)) = tokio::time::timeout_at(deadline, conn.open_uni()).await else {
-                expired_in_row.fetch_add(1, Relaxed);
-                return;
+            let mut send = match tokio::time::timeout_at(deadline, conn.open_uni()).await {
+                Ok(Ok(send)) => send,
+                Ok(Err(_)) => return, // the connection went away
+                Err(_) => {
+                    shared.stats.expired(1);
+                    expired_in_row.fetch_add(1, Relaxed);
+                    return;
+                }
             };
             // Newer chunks get higher priority; i32 wraps only after years of chunks.
             let _ = send.set_priority((chunk.header.seq & 0x7fff_ffff) as i32);
@@ -424,6 +434,7 @@ async fn write_chunks(
                 Err(_) => {
                     // Not sent whole in time: the neighbour must not read half a chunk.
                     let _ = send.reset(close::EXPIRED.into());
+                    shared.stats.expired(1);
                     if !pacing.load(Relaxed) {
                         expired_in_row.fetch_add(1, Relaxed);
                     }

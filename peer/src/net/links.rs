@@ -56,8 +56,13 @@ impl Links {
 
 impl Driver for Links {
     fn send(&mut self, to: NodeId, msg: Message) {
-        if matches!(msg, Message::Graft { .. } | Message::Prune { .. }) {
-            tracing::debug!(neighbour = %to.short(), ?msg, "tree");
+        match &msg {
+            Message::Graft { .. } | Message::Prune { .. } => tracing::debug!(neighbour = %to.short(), ?msg, "tree"),
+            Message::Request { ranges, .. } => {
+                let chunks: u64 = ranges.iter().map(|r| u64::from(r.len)).sum();
+                tracing::trace!(neighbour = %to.short(), chunks, first = ranges.first().map(|r| r.start), "request");
+            }
+            _ => {}
         }
         if let Some(link) = self.by_id.get(&to)
             && let Err(mpsc::error::TrySendError::Full(_)) = link.control.try_send(msg)

@@ -137,6 +137,8 @@ pub struct Stats {
     connections_refused: AtomicU64,
     /// Neighbours dropped for not taking the chunks pushed to them.
     slow_dropped: AtomicU64,
+    /// Chunks for neighbours given up unsent (or cut part-way) at their deadline.
+    expired: AtomicU64,
     /// Handshakes refused for a HELLO claiming another node's ID.
     identity_refused: AtomicU64,
     /// What closed links no longer listed had sent on the wire.
@@ -168,6 +170,7 @@ impl Stats {
             live: Mutex::default(),
             connections_refused: AtomicU64::new(0),
             slow_dropped: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
             identity_refused: AtomicU64::new(0),
             wire_forgotten: Mutex::default(),
             observed: Mutex::default(),
@@ -205,6 +208,11 @@ impl Stats {
     /// Counts a neighbour dropped for not taking the chunks pushed to it.
     pub fn slow_dropped(&self) {
         self.slow_dropped.fetch_add(1, Relaxed);
+    }
+
+    /// Counts chunks for a neighbour given up at their deadline, unsent or cut part-way.
+    pub fn expired(&self, chunks: usize) {
+        self.expired.fetch_add(chunks as u64, Relaxed);
     }
 
     /// Counts a handshake refused because the HELLO claimed a node ID its sender did not prove.
@@ -367,6 +375,7 @@ impl Stats {
                 duplicate: counters.duplicate,
                 duplicate_bytes: counters.duplicate_bytes,
                 late: counters.late,
+                expired: self.expired.load(Relaxed),
                 rejected: counters.rejected.iter().map(|(k, n)| (k.to_string(), *n)).collect(),
             },
             requests: Requests {
@@ -565,6 +574,10 @@ pub struct ChunkCounts {
     pub duplicate_bytes: u64,
     /// Older than the window.
     pub late: u64,
+    /// Pushed or served to a neighbour but given up at its deadline, unsent or cut part-way
+    /// (our uplink's pace held it, or the neighbour took too long): the neighbour asks elsewhere.
+    #[serde(default)]
+    pub expired: u64,
     /// Refused, by reason: `bad_signature`, `malformed`, `oversized`, `protocol`,
     /// `control_flood`, `request_flood`, `false_have`, `stale`.
     pub rejected: BTreeMap<String, u64>,

@@ -204,16 +204,20 @@ impl Repair {
 
     /// First contact with the stream: pull from the start of the newest segment a neighbour
     /// holds, so playback can begin at a keyframe right away. From the strongest uploader
-    /// among the neighbours that told us a segment start.
+    /// among the neighbours that told us a segment start, up to the newest chunk it holds:
+    /// what comes after reaches us from our parents. (Asking for chunks not yet made left
+    /// each of them missing from the start: as soon as any neighbour announced one it was
+    /// asked for, beside the parent's push. In the lab every joiner so asked for its first
+    /// 256 chunks twice, and repairs swamped the forming swarm's uplinks.)
     pub fn maybe_backfill(&mut self, now: Instant, window: &Window, view: &Neighbourhood, out: &mut Outbox) {
         if self.backfilled {
             return;
         }
-        let Some((from, (epoch, start))) = view
+        let Some((from, (epoch, start), held)) = view
             .iter()
-            .filter_map(|(id, n)| n.segment_start.map(|s| (*id, s, n.upload_kbps)))
-            .max_by_key(|(id, _, up)| (*up, std::cmp::Reverse(*id)))
-            .map(|(id, s, _)| (id, s))
+            .filter_map(|(id, n)| Some((*id, n.segment_start?, n.has.newest()?, n.upload_kbps)))
+            .max_by_key(|(id, _, _, up)| (*up, std::cmp::Reverse(*id)))
+            .map(|(id, s, held, _)| (id, s, held))
         else {
             return;
         };
@@ -221,11 +225,8 @@ impl Repair {
             return;
         }
         self.backfilled = true;
-        let newest = window
-            .live_epoch()
-            .and_then(|e| window.newest_seq(e))
-            .unwrap_or(start + MAX_BACKFILL);
-        let end = newest.min(start + MAX_BACKFILL);
+        let newest = window.live_epoch().and_then(|e| window.newest_seq(e)).unwrap_or(held);
+        let end = (newest.min(held) + 1).min(start + MAX_BACKFILL);
         let seqs: Vec<u64> = (start..end).filter(|s| !window.contains(epoch, *s)).collect();
         self.floor = Some(self.floor.map_or(start, |f| f.min(start)));
         if seqs.is_empty() {

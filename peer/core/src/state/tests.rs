@@ -647,10 +647,27 @@ fn a_joining_node_starts_at_the_newest_segment() {
         segment_start: Some(120),
     };
     let _ = s.handle(Event::Control { from: node(1), msg }, now).count();
+    // Not before it is known what the neighbour holds.
+    let actions: Vec<_> = s.handle(Event::Tick, now).collect();
+    assert_eq!(requests(&actions), vec![]);
+    let have = Message::Have {
+        epoch: 1,
+        ranges: vec![SeqRange { start: 100, len: 100 }],
+    };
+    control(&mut s, 1, have, now);
+    // From the segment's start up to what it holds, no further: the chunks to come are
+    // pushed by parents (asked for too, they came twice to every joiner while a swarm formed).
     let actions: Vec<_> = s.handle(Event::Tick, now).collect();
     assert_eq!(
         requests(&actions),
-        vec![(node(1), vec![SeqRange { start: 120, len: 256 }])]
+        vec![(node(1), vec![SeqRange { start: 120, len: 80 }])]
+    );
+    let later = now + Duration::from_secs(2);
+    let actions: Vec<_> = s.handle(Event::Tick, later).collect();
+    assert!(
+        requests(&actions)
+            .iter()
+            .all(|(_, r)| r.iter().all(|r| r.start + u64::from(r.len) <= 200))
     );
 }
 
