@@ -294,6 +294,12 @@ impl Assembler {
         let Some(next) = self.chunks.values().find(|c| Self::is_start(c)).map(|c| c.header.seq) else {
             return false;
         };
+        tracing::info!(
+            waiting_for = ?self.cursor,
+            held_from = ?self.chunks.keys().next(),
+            next_segment = next,
+            "a segment the swarm did not complete in time is skipped"
+        );
         self.abandon_open(now_us);
         self.chunks = self.chunks.split_off(&next);
         self.cursor = Some(next);
